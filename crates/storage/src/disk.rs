@@ -1,0 +1,1 @@
+//! The `Disk` abstraction: the real file system, and a faulty disk for crash tests.

@@ -1,0 +1,10 @@
+//! `chorus-storage`: the durable engine of a Chorus node.
+//!
+//! - [`disk`]: the `Disk` abstraction, with the real file system and a faulty test disk.
+//! - [`wal`]: the segmented write-ahead log holding the Raft entries and hard state of every
+//!   group on the node, and the [`chorus_raft::LogStorage`] built on it.
+//! - [`mvcc`]: the multi-version key-value store with etcd v3 semantics.
+
+pub mod disk;
+pub mod mvcc;
+pub mod wal;

@@ -1,0 +1,1 @@
+//! The multi-version key-value store with etcd v3 semantics.

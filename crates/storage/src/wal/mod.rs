@@ -1,0 +1,1 @@
+//! The segmented write-ahead log shared by all Raft groups of a node.
