@@ -1,0 +1,202 @@
+//! One group's view of the shared WAL: the read side is [`chorus_raft::LogStorage`], the write
+//! side persists what a `Ready` hands over.
+
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::Bytes;
+use chorus_raft::{
+    ConfState, Entry, GroupId, HardState, LogIndex, LogStorage, RaftState, Snapshot, SnapshotMeta,
+    StorageError, Term,
+};
+
+use super::codec::Record;
+use super::{GroupLog, SharedWal, Wal, WalError, WalPosition};
+
+/// The persisted Raft log of one group, stored in the node's shared [`Wal`].
+///
+/// Writes are durable only after [`RaftLogStore::sync`] (or a `sync` of the shared WAL by
+/// anyone): a node persists the Readies of all its groups and then syncs once.
+///
+/// The WAL keeps snapshot metadata only. The snapshot's data is held here in memory, as handed to
+/// [`apply_snapshot`](Self::apply_snapshot) or [`set_snapshot`](Self::set_snapshot); after a
+/// restart the application hands it back with `set_snapshot` (it owns the durable copy). Until
+/// then [`LogStorage::snapshot`] answers `SnapshotTemporarilyUnavailable`.
+#[derive(Debug)]
+pub struct RaftLogStore {
+    group: GroupId,
+    wal: SharedWal,
+    snapshot_data: Mutex<Option<(LogIndex, Bytes)>>,
+}
+
+fn storage_error(err: WalError) -> StorageError {
+    StorageError::Io(err.to_string())
+}
+
+impl RaftLogStore {
+    /// The log of `group` in `wal`.
+    pub fn new(wal: SharedWal, group: GroupId) -> Self {
+        RaftLogStore {
+            group,
+            wal,
+            snapshot_data: Mutex::new(None),
+        }
+    }
+
+    /// The group this log belongs to.
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Wal> {
+        // A panic while holding the lock leaves the WAL as consistent as any crash would; the
+        // poisoned flag inside the WAL, not the mutex's, decides whether it may be used.
+        self.wal.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&GroupLog) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        let wal = self.lock();
+        match wal.group(self.group).map_err(storage_error)? {
+            Some(log) => f(log),
+            None => f(&GroupLog::default()),
+        }
+    }
+
+    /// Appends entries, replacing any conflicting suffix from the first of them on.
+    pub fn append(&self, entries: &[Entry]) -> Result<WalPosition, WalError> {
+        if entries.is_empty() {
+            return Ok(self.lock().appended_position());
+        }
+        self.lock().append(&Record::Entries {
+            group: self.group,
+            entries: entries.to_vec(),
+        })
+    }
+
+    /// Records the hard state.
+    pub fn set_hard_state(&self, hard_state: HardState) -> Result<WalPosition, WalError> {
+        self.lock().append(&Record::HardState {
+            group: self.group,
+            hard_state,
+        })
+    }
+
+    /// Records the configuration (after a membership change is applied).
+    pub fn set_conf_state(&self, conf_state: ConfState) -> Result<WalPosition, WalError> {
+        self.lock().append(&Record::ConfState {
+            group: self.group,
+            conf_state,
+        })
+    }
+
+    /// Installs a snapshot received from the leader: the log restarts after it.
+    pub fn apply_snapshot(&self, snapshot: Snapshot) -> Result<WalPosition, WalError> {
+        let index = snapshot.meta.index;
+        let position = self.lock().append(&Record::Snapshot {
+            group: self.group,
+            meta: snapshot.meta,
+        })?;
+        *self.snapshot_data.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((index, snapshot.data));
+        Ok(position)
+    }
+
+    /// Records a snapshot the application built locally and keeps its data for followers that
+    /// need it. Entries are untouched; follow with [`compact`](Self::compact).
+    pub fn set_snapshot(&self, snapshot: Snapshot) -> Result<WalPosition, WalError> {
+        let index = snapshot.meta.index;
+        let meta = snapshot.meta;
+        let already = self
+            .lock()
+            .group(self.group)?
+            .is_some_and(|l| *l.snapshot_meta() == meta);
+        let position = if already {
+            // A restart hands back the data of the snapshot already recorded: nothing to write.
+            self.lock().appended_position()
+        } else {
+            self.lock().append(&Record::SnapshotMark {
+                group: self.group,
+                meta,
+            })?
+        };
+        *self.snapshot_data.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((index, snapshot.data));
+        Ok(position)
+    }
+
+    /// Discards the entries up to and including `index`.
+    pub fn compact(&self, index: LogIndex) -> Result<WalPosition, WalError> {
+        let mut wal = self.lock();
+        let term = match wal.group(self.group)? {
+            Some(log) => log.term(index),
+            None => Err(StorageError::Unavailable),
+        };
+        let term = term.map_err(|e| WalError::Rejected {
+            group: self.group,
+            reason: format!("cannot compact to {index}: {e}"),
+        })?;
+        wal.append(&Record::Compact {
+            group: self.group,
+            index,
+            term,
+        })
+    }
+
+    /// Makes everything appended to the shared WAL durable.
+    pub fn sync(&self) -> Result<WalPosition, WalError> {
+        self.lock().sync()
+    }
+}
+
+impl LogStorage for RaftLogStore {
+    fn initial_state(&self) -> Result<RaftState, StorageError> {
+        self.read(|log| {
+            Ok(RaftState {
+                hard_state: log.hard_state(),
+                conf_state: log.conf_state().clone(),
+            })
+        })
+    }
+
+    fn entries(
+        &self,
+        low: LogIndex,
+        high: LogIndex,
+        bytes_max: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.read(|log| log.entries(low, high, bytes_max))
+    }
+
+    fn term(&self, index: LogIndex) -> Result<Term, StorageError> {
+        self.read(|log| log.term(index))
+    }
+
+    fn first_index(&self) -> Result<LogIndex, StorageError> {
+        self.read(|log| Ok(log.first_index()))
+    }
+
+    fn last_index(&self) -> Result<LogIndex, StorageError> {
+        self.read(|log| Ok(log.last_index()))
+    }
+
+    fn snapshot(&self, request_index: LogIndex) -> Result<Snapshot, StorageError> {
+        let meta: SnapshotMeta = self.read(|log| Ok(log.snapshot_meta().clone()))?;
+        if meta.index < request_index {
+            return Err(StorageError::SnapshotTemporarilyUnavailable);
+        }
+        let data = self.snapshot_data.lock().unwrap_or_else(|e| e.into_inner());
+        match &*data {
+            Some((index, data)) if *index == meta.index => Ok(Snapshot {
+                meta,
+                data: data.clone(),
+            }),
+            _ if meta.index == LogIndex(0) => Ok(Snapshot {
+                meta,
+                data: Bytes::new(),
+            }),
+            _ => Err(StorageError::SnapshotTemporarilyUnavailable),
+        }
+    }
+}
