@@ -13,9 +13,11 @@
 //! (`chorus-raft`), which the simulator drives only through its public API.
 
 pub mod history;
+pub mod invariants;
 pub mod kv;
 pub mod linearizability;
 pub mod net;
+pub mod params;
 pub mod queue;
 pub mod rng;
 pub mod trace;
