@@ -81,7 +81,13 @@ impl History {
     /// one completed must answer with a revision at least as high. Returns a description of the
     /// first violation.
     pub fn check_revisions_monotonic(&self) -> Result<(), String> {
-        let mut done: Vec<&Operation> = self.ops.iter().filter(|o| o.is_determinate()).collect();
+        // Revision zero means "unknown" (an indeterminate operation, or a write answered from a
+        // snapshot's outcome table); those take no part.
+        let mut done: Vec<&Operation> = self
+            .ops
+            .iter()
+            .filter(|o| o.is_determinate() && o.revision > 0)
+            .collect();
         done.sort_by_key(|o| o.completed);
         let mut by_invocation: Vec<&Operation> = done.clone();
         by_invocation.sort_by_key(|o| o.invoked);

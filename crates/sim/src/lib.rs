@@ -12,6 +12,7 @@
 //! linearizability checker ([`linearizability`]). What does not: the Raft core itself
 //! (`chorus-raft`), which the simulator drives only through its public API.
 
+pub mod cluster;
 pub mod history;
 pub mod invariants;
 pub mod kv;
@@ -21,3 +22,55 @@ pub mod params;
 pub mod queue;
 pub mod rng;
 pub mod trace;
+
+use std::cell::RefCell;
+use std::panic::{self, AssertUnwindSafe};
+
+pub use cluster::{Outcome, Stats};
+pub use params::{BugName, Overrides, Params};
+
+thread_local! {
+    /// Where the last panic on this thread happened, filled by [`install_panic_hook`].
+    static LAST_PANIC: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Replaces the default panic hook by one that records the message and location quietly, so that
+/// a panic inside the core becomes a reported violation of its seed rather than noise.
+pub fn install_panic_hook() {
+    panic::set_hook(Box::new(|info| {
+        let text = match info.location() {
+            Some(l) => format!("{info} at {}:{}", l.file(), l.line()),
+            None => info.to_string(),
+        };
+        LAST_PANIC.with(|p| *p.borrow_mut() = text);
+    }));
+}
+
+/// Runs one seed with the given parameters. A panic (in the core or in the simulator) is reported
+/// as a violation.
+pub fn run_seed(params: Params, verbose: bool) -> Outcome {
+    let result = panic::catch_unwind(AssertUnwindSafe(|| {
+        cluster::Simulation::new(params, verbose).run()
+    }));
+    match result {
+        Ok(outcome) => outcome,
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "non-string panic".to_string());
+            let location = LAST_PANIC.with(|p| p.borrow().clone());
+            let detail = if location.is_empty() {
+                message
+            } else {
+                location
+            };
+            Outcome {
+                violations: vec![format!("panic: {detail}")],
+                trace_hash: 0,
+                stats: Stats::default(),
+            }
+        }
+    }
+}
