@@ -28,8 +28,27 @@
 //! once: a leader counts its own log toward a commit only after it has been told the entries are
 //! persisted, so sending before its own fsync completes is safe.
 
+pub mod confchange;
+pub mod config;
+pub mod error;
+pub mod interaction;
+pub mod prng;
+pub mod quorum;
+pub mod raft;
+pub mod raft_log;
+pub mod raw_node;
+pub mod read_only;
 pub mod storage;
+pub mod tracker;
 pub mod types;
 
-pub use storage::{LogStorage, RaftState, StorageError};
+pub use confchange::ConfChangeError;
+#[cfg(feature = "inject-bugs")]
+pub use config::InjectedBug;
+pub use config::{Config, ConfigError, ReadOnlyOption};
+pub use error::{Error, ProposeError};
+pub use raft::{ReadState, Role};
+pub use raw_node::{ProgressStatus, RawNode, Ready, SoftState, Status};
+pub use storage::{LogStorage, MemStorage, RaftState, StorageError};
+pub use tracker::ProgressState;
 pub use types::*;

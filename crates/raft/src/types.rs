@@ -172,7 +172,10 @@ pub struct ConfState {
 impl ConfState {
     /// A configuration of the given voters and no learners.
     pub fn with_voters(voters: impl IntoIterator<Item = NodeId>) -> Self {
-        ConfState { voters: voters.into_iter().collect(), ..ConfState::default() }
+        ConfState {
+            voters: voters.into_iter().collect(),
+            ..ConfState::default()
+        }
     }
 
     /// Whether this is a joint configuration.
@@ -216,30 +219,64 @@ pub struct Message {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MessageBody {
     /// Pre-vote request (§9.6 of the Raft thesis).
-    PreVote { last_index: LogIndex, last_term: Term },
-    PreVoteResponse { reject: bool },
+    PreVote {
+        last_index: LogIndex,
+        last_term: Term,
+    },
+    PreVoteResponse {
+        reject: bool,
+    },
     /// RequestVote (§5.2). `leader_transfer` marks a campaign started by `TimeoutNow`, which
     /// voters grant even while they believe a leader is alive (§3.10 of the thesis).
-    Vote { last_index: LogIndex, last_term: Term, leader_transfer: bool },
-    VoteResponse { reject: bool },
+    Vote {
+        last_index: LogIndex,
+        last_term: Term,
+        leader_transfer: bool,
+    },
+    VoteResponse {
+        reject: bool,
+    },
     /// AppendEntries (§5.3).
-    Append { prev_index: LogIndex, prev_term: Term, entries: Vec<Entry>, commit: LogIndex },
+    Append {
+        prev_index: LogIndex,
+        prev_term: Term,
+        entries: Vec<Entry>,
+        commit: LogIndex,
+    },
     /// Answer to `Append`. On success `index` is the follower's last matching index. On a
     /// rejection `index` is the rejected `prev_index`, and `reject_hint`/`hint_term` let the leader
     /// skip a whole conflicting term at once (fast backtracking).
-    AppendResponse { index: LogIndex, reject: bool, reject_hint: LogIndex, hint_term: Term },
+    AppendResponse {
+        index: LogIndex,
+        reject: bool,
+        reject_hint: LogIndex,
+        hint_term: Term,
+    },
     /// Leader heartbeat. `context` is non-empty when it confirms leadership for read requests.
-    Heartbeat { commit: LogIndex, context: Bytes },
-    HeartbeatResponse { context: Bytes },
+    Heartbeat {
+        commit: LogIndex,
+        context: Bytes,
+    },
+    HeartbeatResponse {
+        context: Bytes,
+    },
     /// InstallSnapshot (§7).
-    Snapshot { snapshot: Snapshot },
+    Snapshot {
+        snapshot: Snapshot,
+    },
     /// Tells the transfer target to campaign at once (§3.10 of the thesis).
     TimeoutNow,
     /// A follower asks the leader for a read index on behalf of a local read request.
-    ReadIndex { context: Bytes },
+    ReadIndex {
+        context: Bytes,
+    },
     /// The leader's answer: reads that wait until `index` is applied are linearizable. An index of
     /// zero with `reject` means the leader could not serve it (it has not committed in its term).
-    ReadIndexResponse { index: LogIndex, context: Bytes, reject: bool },
+    ReadIndexResponse {
+        index: LogIndex,
+        context: Bytes,
+        reject: bool,
+    },
 }
 
 impl MessageBody {
