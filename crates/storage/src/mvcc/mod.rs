@@ -1,1 +1,43 @@
-//! The multi-version key-value store with etcd v3 semantics.
+//! The multi-version key-value store with etcd v3 semantics: the state machine of a Raft group.
+//!
+//! What lives here: revisions, versions and tombstones exactly as etcd numbers them; Range, Put,
+//! DeleteRange, Txn (with nested transactions) and Compact; the event history that watch reads;
+//! the keys attached to each lease; consistent snapshots streamed in chunks and restored.
+//! What does not: lease lifetimes, watchers, authentication and the mapping to gRPC, which are
+//! the server's.
+//!
+//! Layout: an in-memory key index ([`index`], etcd's `treeIndex`) maps each key to the ids of
+//! its versions; the versions themselves live in the embedded engine (redb, see
+//! docs/adr/0001-state-machine-engine.md) keyed by `(main, sub)` revision, next to a meta table
+//! with the current and compacted revisions and the applied Raft index. A [`WriteBatch`] commits
+//! records and meta in one engine transaction, so the applied index and the data it covers are
+//! always on disk together. Opening the store rebuilds the index from the engine.
+//!
+//! ```
+//! use chorus_storage::mvcc::{MvccConfig, MvccStore, PutRequest, RangeRequest, Revision};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let mut store = MvccStore::open(dir.path(), MvccConfig::default()).unwrap();
+//! assert_eq!(store.current_revision(), Revision(1));
+//! let put = store.put(&PutRequest::new("greeting", "hello")).unwrap();
+//! assert_eq!(put.revision, Revision(2));
+//! let got = store.range(&RangeRequest::key("greeting")).unwrap();
+//! assert_eq!(got.kvs[0].value.as_ref(), b"hello");
+//! assert_eq!(got.kvs[0].version, 1);
+//! ```
+
+mod codec;
+mod error;
+mod index;
+mod snapshot;
+mod store;
+mod txn;
+mod types;
+mod view;
+mod write;
+
+pub use error::{MvccError, MvccResult};
+pub use snapshot::{SNAPSHOT_MAGIC, Snapshot, SnapshotMeta, SnapshotRestore};
+pub use store::{ENGINE_FILE, MvccConfig, MvccStore};
+pub use types::*;
+pub use write::WriteBatch;

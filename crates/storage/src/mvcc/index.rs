@@ -1,0 +1,393 @@
+//! The in-memory key index: for every key, the ids of its records grouped in generations, as
+//! etcd's `treeIndex` keeps them.
+//!
+//! A generation is the life of a key from a creating put to the delete that ends it (or to now).
+//! A put on a deleted or never-seen key starts a new generation, which is why a re-created key has
+//! version 1 and a new create revision.
+//!
+//! Invariants:
+//! - generations of a key are in revision order, and only the last may be live (no tombstone);
+//! - every generation holds at least one put;
+//! - a key is in the map only while it has at least one generation.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Bound;
+
+use bytes::Bytes;
+
+use super::codec::RecordId;
+use super::types::Revision;
+
+/// One life of a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Generation {
+    /// The create revision of the key in this generation.
+    created: Revision,
+    /// The version of the latest put of this generation.
+    version: i64,
+    /// The puts still retained, in order (compaction removes those it no longer needs).
+    puts: Vec<RecordId>,
+    /// The delete that ended this generation.
+    tombstone: Option<RecordId>,
+}
+
+impl Generation {
+    fn first_main(&self) -> Revision {
+        self.puts
+            .first()
+            .expect("a generation holds at least one put")
+            .main
+    }
+
+    fn is_live(&self) -> bool {
+        self.tombstone.is_none()
+    }
+
+    /// The latest put at or before `at`, if the generation was live at `at`.
+    fn visible_at(&self, at: Revision) -> Option<RecordId> {
+        if self.first_main() > at {
+            return None;
+        }
+        if let Some(tombstone) = self.tombstone {
+            if tombstone.main <= at {
+                return None;
+            }
+        }
+        self.puts.iter().rev().find(|id| id.main <= at).copied()
+    }
+}
+
+/// The keys a range covers, from etcd's `key` and `range_end` conventions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum KeySpan {
+    /// Exactly one key (`range_end` empty).
+    Single(Bytes),
+    /// Every key `>= key` (`range_end` is a single zero byte).
+    From(Bytes),
+    /// `[key, range_end)`; empty when `range_end <= key`.
+    Between(Bytes, Bytes),
+}
+
+impl KeySpan {
+    pub fn new(key: &Bytes, range_end: &Bytes) -> KeySpan {
+        if range_end.is_empty() {
+            KeySpan::Single(key.clone())
+        } else if range_end.as_ref() == [0u8] {
+            KeySpan::From(key.clone())
+        } else {
+            KeySpan::Between(key.clone(), range_end.clone())
+        }
+    }
+
+    pub fn contains(&self, key: &[u8]) -> bool {
+        match self {
+            KeySpan::Single(k) => k.as_ref() == key,
+            KeySpan::From(k) => key >= k.as_ref(),
+            KeySpan::Between(k, end) => key >= k.as_ref() && key < end.as_ref(),
+        }
+    }
+
+    fn bounds(&self) -> Option<(Bound<&[u8]>, Bound<&[u8]>)> {
+        match self {
+            KeySpan::Single(k) => Some((Bound::Included(k.as_ref()), Bound::Included(k.as_ref()))),
+            KeySpan::From(k) => Some((Bound::Included(k.as_ref()), Bound::Unbounded)),
+            // BTreeMap::range panics on an inverted range; an inverted span is empty.
+            KeySpan::Between(k, end) if end <= k => None,
+            KeySpan::Between(k, end) => {
+                Some((Bound::Included(k.as_ref()), Bound::Excluded(end.as_ref())))
+            }
+        }
+    }
+}
+
+/// The key index.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct KeyIndex {
+    keys: BTreeMap<Bytes, Vec<Generation>>,
+}
+
+/// What a put did to the index: the create revision and version the new record gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PutOutcome {
+    pub created: Revision,
+    pub version: i64,
+}
+
+impl KeyIndex {
+    /// The number of keys with any retained history.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// The latest put of a live key.
+    pub fn latest(&self, key: &[u8]) -> Option<RecordId> {
+        let generation = self.keys.get(key)?.last()?;
+        if !generation.is_live() {
+            return None;
+        }
+        generation.puts.last().copied()
+    }
+
+    /// The put visible at revision `at`, if the key existed then.
+    pub fn get(&self, key: &[u8], at: Revision) -> Option<RecordId> {
+        let generations = self.keys.get(key)?;
+        generations.iter().rev().find_map(|g| g.visible_at(at))
+    }
+
+    /// The keys of `span` visible at `at`, in key order: the first `limit` of them (all when
+    /// `limit` is `None`) and the total count.
+    pub fn range(
+        &self,
+        span: &KeySpan,
+        at: Revision,
+        limit: Option<usize>,
+    ) -> (Vec<(Bytes, RecordId)>, usize) {
+        let Some(bounds) = span.bounds() else {
+            return (Vec::new(), 0);
+        };
+        let mut found = Vec::new();
+        let mut total = 0;
+        for (key, generations) in self.keys.range::<[u8], _>(bounds) {
+            let Some(id) = generations.iter().rev().find_map(|g| g.visible_at(at)) else {
+                continue;
+            };
+            total += 1;
+            if limit.is_none_or(|limit| found.len() < limit) {
+                found.push((key.clone(), id));
+            }
+        }
+        (found, total)
+    }
+
+    /// The live keys of `span` and their latest puts, in key order.
+    pub fn live(&self, span: &KeySpan) -> Vec<(Bytes, RecordId)> {
+        let Some(bounds) = span.bounds() else {
+            return Vec::new();
+        };
+        self.keys
+            .range::<[u8], _>(bounds)
+            .filter_map(|(key, generations)| {
+                let generation = generations.last()?;
+                let id = generation.puts.last()?;
+                generation.is_live().then(|| (key.clone(), *id))
+            })
+            .collect()
+    }
+
+    /// Records a put of `key` at `id`. Precondition: `id` is above every id of the key.
+    pub fn put(&mut self, key: &Bytes, id: RecordId) -> PutOutcome {
+        let generations = self.keys.entry(key.clone()).or_default();
+        match generations.last_mut() {
+            Some(generation) if generation.is_live() => {
+                let last = *generation.puts.last().expect("a generation holds a put");
+                assert!(last < id, "put {id:?} of {key:?} is not after {last:?}");
+                generation.puts.push(id);
+                generation.version += 1;
+                PutOutcome {
+                    created: generation.created,
+                    version: generation.version,
+                }
+            }
+            _ => {
+                generations.push(Generation {
+                    created: id.main,
+                    version: 1,
+                    puts: vec![id],
+                    tombstone: None,
+                });
+                PutOutcome {
+                    created: id.main,
+                    version: 1,
+                }
+            }
+        }
+    }
+
+    /// Records the delete of the live `key` at `id`.
+    pub fn tombstone(&mut self, key: &[u8], id: RecordId) {
+        let generation = self
+            .keys
+            .get_mut(key)
+            .and_then(|generations| generations.last_mut())
+            .filter(|generation| generation.is_live())
+            .unwrap_or_else(|| panic!("delete of {key:?} at {id:?}: the key is not live"));
+        let last = *generation.puts.last().expect("a generation holds a put");
+        assert!(last < id, "delete {id:?} of {key:?} is not after {last:?}");
+        generation.tombstone = Some(id);
+    }
+
+    /// Rebuilds the index from a stored record (recovery reads the records in id order). The
+    /// record's own create revision and version are taken as they are. Returns `Ok(false)` for a
+    /// tombstone whose generation is gone (compaction removed its puts but kept the tombstone for
+    /// the history of the compacted revision), and an error for records that contradict the
+    /// generation rules.
+    pub fn restore(
+        &mut self,
+        key: &Bytes,
+        id: RecordId,
+        created: Revision,
+        version: i64,
+        tombstone: bool,
+    ) -> Result<bool, String> {
+        let generations = self.keys.entry(key.clone()).or_default();
+        let live = generations.last_mut().filter(|g| g.is_live());
+        match (live, tombstone) {
+            (Some(generation), false) if generation.created == created => {
+                generation.puts.push(id);
+                generation.version = version;
+            }
+            (Some(generation), false) => {
+                return Err(format!(
+                    "put {id:?} of {key:?} created at {created} while the generation created at \
+                     {} is live",
+                    generation.created
+                ));
+            }
+            (None, false) => {
+                generations.push(Generation {
+                    created,
+                    version,
+                    puts: vec![id],
+                    tombstone: None,
+                });
+            }
+            (Some(generation), true) => generation.tombstone = Some(id),
+            (None, true) => {
+                if generations.is_empty() {
+                    self.keys.remove(key);
+                }
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Forgets what no read at or above `at` needs: generations deleted at or before `at`, and
+    /// in the others every put older than the latest one at or before `at`. Returns the retained
+    /// ids below `at`.
+    pub fn compact(&mut self, at: Revision) -> HashSet<RecordId> {
+        let mut retained = HashSet::new();
+        self.keys.retain(|_, generations| {
+            generations.retain(|g| g.tombstone.is_none_or(|t| t.main > at));
+            if let Some(first) = generations.first_mut() {
+                let visible = first.puts.iter().rposition(|id| id.main <= at);
+                if let Some(position) = visible {
+                    first.puts.drain(..position);
+                    if first.puts[0].main < at {
+                        retained.insert(first.puts[0]);
+                    }
+                }
+            }
+            !generations.is_empty()
+        });
+        retained
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(main: i64) -> RecordId {
+        RecordId::new(Revision(main), 0)
+    }
+
+    fn key(k: &str) -> Bytes {
+        Bytes::copy_from_slice(k.as_bytes())
+    }
+
+    // Goal: reads at every revision see the right generation. Method: put, put, delete and
+    // re-put one key, then read it at each revision and check versions and create revisions.
+    #[test]
+    fn generations_answer_reads_at_each_revision() {
+        let mut index = KeyIndex::default();
+        let k = key("a");
+        assert_eq!(
+            index.put(&k, id(2)),
+            PutOutcome {
+                created: Revision(2),
+                version: 1
+            }
+        );
+        assert_eq!(
+            index.put(&k, id(3)),
+            PutOutcome {
+                created: Revision(2),
+                version: 2
+            }
+        );
+        index.tombstone(&k, id(4));
+        assert_eq!(
+            index.put(&k, id(6)),
+            PutOutcome {
+                created: Revision(6),
+                version: 1
+            }
+        );
+        let table = [
+            (1, None),
+            (2, Some(2)),
+            (3, Some(3)),
+            (4, None),
+            (5, None),
+            (6, Some(6)),
+        ];
+        for (at, want) in table {
+            assert_eq!(index.get(&k, Revision(at)), want.map(id), "at {at}");
+        }
+        assert_eq!(index.latest(&k), Some(id(6)));
+    }
+
+    // Goal: compaction keeps exactly what reads at or above the compacted revision need.
+    // Method: compact at several points and compare reads before and after.
+    #[test]
+    fn compaction_keeps_reads_at_and_above_it() {
+        let mut base = KeyIndex::default();
+        let (a, b) = (key("a"), key("b"));
+        base.put(&a, id(2));
+        base.put(&b, id(3));
+        base.put(&a, id(4));
+        base.tombstone(&b, id(5));
+        base.put(&a, id(6));
+        for at in 1..=7 {
+            let mut index = base.clone();
+            let retained = index.compact(Revision(at));
+            for read in at..=7 {
+                for k in [&a, &b] {
+                    assert_eq!(index.get(k, Revision(read)), base.get(k, Revision(read)));
+                }
+            }
+            assert!(retained.iter().all(|id| id.main.get() < at));
+            if at >= 5 {
+                assert!(index.get(&b, Revision(at)).is_none());
+                assert_eq!(index.len(), 1, "b is gone after its delete is compacted");
+            }
+        }
+    }
+
+    // Goal: etcd's range_end conventions. Method: a table of spans over three keys.
+    #[test]
+    fn spans_follow_range_end_conventions() {
+        let mut index = KeyIndex::default();
+        for (i, k) in ["a", "b", "c"].iter().enumerate() {
+            index.put(&key(k), id(i as i64 + 2));
+        }
+        let table: [(&str, &[u8], &[&str]); 6] = [
+            ("b", b"", &["b"]),
+            ("b", b"\0", &["b", "c"]),
+            ("\0", b"\0", &["a", "b", "c"]),
+            ("a", b"c", &["a", "b"]),
+            ("c", b"a", &[]),
+            ("b", b"b", &[]),
+        ];
+        for (k, end, want) in table {
+            let span = KeySpan::new(&key(k), &Bytes::copy_from_slice(end));
+            let (found, total) = index.range(&span, Revision(10), None);
+            let keys: Vec<&[u8]> = found.iter().map(|(k, _)| k.as_ref()).collect();
+            let want: Vec<&[u8]> = want.iter().map(|k| k.as_bytes()).collect();
+            assert_eq!(keys, want, "{k:?}..{end:?}");
+            assert_eq!(total, want.len());
+            assert_eq!(index.live(&span).len(), want.len());
+        }
+    }
+}

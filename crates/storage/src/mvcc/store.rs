@@ -1,0 +1,434 @@
+//! The store: the engine file, the in-memory index rebuilt from it, and the reads.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use chorus_raft::LogIndex;
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use super::codec::{RECORD_ID_BYTES, Record, RecordId, corrupt};
+use super::error::{MvccError, MvccResult, engine};
+use super::index::KeyIndex;
+use super::txn::check_range_request;
+use super::types::{
+    Event, EventBatch, EventKind, KeyValue, LeaseId, RangeRequest, RangeResponse, Revision,
+};
+use super::view::{RecordKey, RecordTable, RecordValue, View, read_record};
+
+/// Every version of every key, by record id.
+pub(crate) const RECORDS: TableDefinition<RecordKey, RecordValue> = TableDefinition::new("records");
+/// The store's counters, written in the same engine transaction as the records they describe.
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(crate) const META_FORMAT: &str = "format";
+pub(crate) const META_CURRENT: &str = "current_revision";
+pub(crate) const META_COMPACTED: &str = "compact_revision";
+pub(crate) const META_APPLIED: &str = "applied_index";
+const FORMAT: u64 = 1;
+/// The engine file inside the store's directory.
+pub const ENGINE_FILE: &str = "mvcc.redb";
+
+/// The limits and settings of a store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MvccConfig {
+    /// The engine's page cache.
+    pub engine_cache_bytes: usize,
+    /// The largest snapshot chunk (a chunk may exceed it by one record).
+    pub snapshot_chunk_bytes_max: usize,
+    /// The most compares, or operations of one branch, in a transaction (etcd's
+    /// `--max-txn-ops`).
+    pub txn_ops_max: usize,
+    /// Whether a commit waits for the disk (fsync). Only tests and benchmarks of the in-memory
+    /// work turn this off: without it a crash loses acknowledged writes.
+    pub commit_sync: bool,
+}
+
+impl Default for MvccConfig {
+    fn default() -> Self {
+        MvccConfig {
+            engine_cache_bytes: 64 << 20,
+            snapshot_chunk_bytes_max: 1 << 20,
+            txn_ops_max: 128,
+            commit_sync: true,
+        }
+    }
+}
+
+impl MvccConfig {
+    /// Rejects settings that cannot work, naming the values.
+    pub fn validate(&self) -> MvccResult<()> {
+        let fail = |detail: String| Err(MvccError::Config { detail });
+        if self.engine_cache_bytes < 1 << 20 {
+            return fail(format!(
+                "engine_cache_bytes {} < 1 MiB",
+                self.engine_cache_bytes
+            ));
+        }
+        if !(4096..=64 << 20).contains(&self.snapshot_chunk_bytes_max) {
+            return fail(format!(
+                "snapshot_chunk_bytes_max {} outside 4 KiB..=64 MiB",
+                self.snapshot_chunk_bytes_max
+            ));
+        }
+        if self.txn_ops_max == 0 {
+            return fail("txn_ops_max is 0".to_string());
+        }
+        Ok(())
+    }
+}
+
+/// Which live keys carry which lease. Lease lifetimes are the server's; the store only records
+/// attachments so that the server can delete a lease's keys when it expires.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LeaseKeys {
+    by_lease: BTreeMap<LeaseId, BTreeSet<Bytes>>,
+    by_key: HashMap<Bytes, LeaseId>,
+}
+
+impl LeaseKeys {
+    /// Records that `key` now carries `lease` (possibly none).
+    pub fn attach(&mut self, key: &Bytes, lease: LeaseId) {
+        self.detach(key);
+        if lease.is_some() {
+            self.by_lease.entry(lease).or_default().insert(key.clone());
+            self.by_key.insert(key.clone(), lease);
+        }
+    }
+
+    /// Records that `key` carries no lease (it was deleted).
+    pub fn detach(&mut self, key: &[u8]) {
+        let Some(old) = self.by_key.remove(key) else {
+            return;
+        };
+        let keys = self.by_lease.get_mut(&old).expect("both maps agree");
+        keys.remove(key);
+        if keys.is_empty() {
+            self.by_lease.remove(&old);
+        }
+    }
+
+    pub fn keys(&self, lease: LeaseId) -> Vec<Bytes> {
+        self.by_lease
+            .get(&lease)
+            .map(|keys| keys.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The in-memory state: what the engine holds, indexed.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub index: KeyIndex,
+    pub leases: LeaseKeys,
+    pub current: Revision,
+    pub compacted: Revision,
+    pub applied: LogIndex,
+}
+
+/// The MVCC key-value store of one Raft group's state machine.
+///
+/// Reads take `&self`; writes go through a [`WriteBatch`](super::WriteBatch) (`&mut self`) that
+/// commits the records, the revisions and the applied Raft index in one engine transaction.
+pub struct MvccStore {
+    pub(crate) db: Database,
+    pub(crate) config: MvccConfig,
+    pub(crate) core: Core,
+    pub(crate) dir: PathBuf,
+    /// Set when a write failed half-way: the index may be ahead of the engine, so the store
+    /// refuses writes and the node must stop and reopen it.
+    pub(crate) failed: bool,
+}
+
+impl std::fmt::Debug for MvccStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MvccStore")
+            .field("dir", &self.dir)
+            .field("current", &self.core.current)
+            .field("compacted", &self.core.compacted)
+            .field("applied", &self.core.applied)
+            .field("failed", &self.failed)
+            .finish()
+    }
+}
+
+impl MvccStore {
+    /// Opens the store in `dir`, creating an empty one (at revision 1) if there is none, and
+    /// rebuilds the index from the engine.
+    pub fn open(dir: &Path, config: MvccConfig) -> MvccResult<MvccStore> {
+        config.validate()?;
+        fs::create_dir_all(dir).map_err(|source| MvccError::Io {
+            context: format!("create directory {}", dir.display()),
+            source,
+        })?;
+        let db = Database::builder()
+            .set_cache_size(config.engine_cache_bytes)
+            .create(dir.join(ENGINE_FILE))
+            .map_err(engine)?;
+        init_meta(&db)?;
+        let core = recover(&db)?;
+        tracing::info!(
+            dir = %dir.display(),
+            current_revision = %core.current,
+            compact_revision = %core.compacted,
+            applied_index = %core.applied,
+            keys = core.index.len(),
+            "opened the mvcc store"
+        );
+        Ok(MvccStore {
+            db,
+            config,
+            core,
+            dir: dir.to_path_buf(),
+            failed: false,
+        })
+    }
+
+    /// The store's current revision (1 when empty).
+    pub fn current_revision(&self) -> Revision {
+        self.core.current
+    }
+
+    /// The revision of the last compaction (0 if none).
+    pub fn compact_revision(&self) -> Revision {
+        self.core.compacted
+    }
+
+    /// The last Raft index whose entry is reflected in the data.
+    pub fn applied_index(&self) -> LogIndex {
+        self.core.applied
+    }
+
+    /// The directory of the store.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The configuration the store was opened with.
+    pub fn config(&self) -> &MvccConfig {
+        &self.config
+    }
+
+    /// The live keys that carry `lease`, in key order.
+    pub fn keys_with_lease(&self, lease: LeaseId) -> Vec<Bytes> {
+        self.core.leases.keys(lease)
+    }
+
+    fn read_table(&self) -> MvccResult<redb::ReadOnlyTable<RecordKey, RecordValue>> {
+        let txn = self.db.begin_read().map_err(engine)?;
+        txn.open_table(RECORDS).map_err(engine)
+    }
+
+    fn view<'a, T: RecordTable>(&'a self, table: &'a T) -> View<'a, T> {
+        View {
+            index: &self.core.index,
+            table,
+            current: self.core.current,
+            compacted: self.core.compacted,
+        }
+    }
+
+    /// etcd's Range.
+    pub fn range(&self, req: &RangeRequest) -> MvccResult<RangeResponse> {
+        check_range_request(req)?;
+        let table = self.read_table()?;
+        self.view(&table).range(req)
+    }
+
+    /// The events of the revisions from `from` on, oldest first, stopping after the first
+    /// revision that brings the batch to `events_max` events (a revision is never split).
+    /// `with_prev_kv` also reads each key's previous version when it is still retained.
+    ///
+    /// Errors: [`MvccError::Compacted`] when `from` is below the compacted revision (as etcd's
+    /// watch; the compacted revision's own events are all kept).
+    pub fn events(
+        &self,
+        from: Revision,
+        events_max: usize,
+        with_prev_kv: bool,
+    ) -> MvccResult<EventBatch> {
+        assert!(events_max > 0, "an event batch holds at least one event");
+        if from < self.core.compacted {
+            return Err(MvccError::Compacted {
+                compact_revision: self.core.compacted,
+            });
+        }
+        let from = from.max(Revision::FIRST);
+        let table = self.read_table()?;
+        let view = self.view(&table);
+        let start = RecordId::first_of(from).encode();
+        let mut events: Vec<Event> = Vec::new();
+        let mut last_main = None;
+        for entry in table
+            .range::<&[u8; RECORD_ID_BYTES]>(&start..)
+            .map_err(engine)?
+        {
+            let (id, bytes) = entry.map_err(engine)?;
+            let id = RecordId::decode(id.value())?;
+            if events.len() >= events_max && last_main != Some(id.main) {
+                return Ok(EventBatch {
+                    events,
+                    next: id.main,
+                });
+            }
+            last_main = Some(id.main);
+            let record = Record::decode(id, bytes.value())?;
+            let prev_kv = if with_prev_kv {
+                previous(&view, &record.kv)?
+            } else {
+                None
+            };
+            let kind = if record.tombstone {
+                EventKind::Delete
+            } else {
+                EventKind::Put
+            };
+            events.push(Event {
+                kind,
+                kv: record.kv,
+                prev_kv,
+            });
+        }
+        Ok(EventBatch {
+            events,
+            next: from.max(self.core.current.next()),
+        })
+    }
+
+    /// A checksum of the store's data and revisions (not of the applied index, which differs
+    /// between members at the same data): equal on members that applied the same history and
+    /// compactions, and preserved by a snapshot round trip.
+    pub fn hash(&self) -> MvccResult<u32> {
+        let table = self.read_table()?;
+        let mut crc = crc32c::crc32c(&self.core.current.get().to_be_bytes());
+        crc = crc32c::crc32c_append(crc, &self.core.compacted.get().to_be_bytes());
+        for entry in table.iter().map_err(engine)? {
+            let (id, bytes) = entry.map_err(engine)?;
+            crc = crc32c::crc32c_append(crc, id.value());
+            crc = crc32c::crc32c_append(crc, bytes.value());
+        }
+        Ok(crc)
+    }
+
+    /// The number of records the engine holds (every retained version and tombstone).
+    pub fn record_count(&self) -> MvccResult<u64> {
+        self.read_table()?.len().map_err(engine)
+    }
+}
+
+/// The key's version just before `kv` was written, if a read at that revision is still allowed.
+fn previous<T: RecordTable>(view: &View<'_, T>, kv: &KeyValue) -> MvccResult<Option<KeyValue>> {
+    let before = Revision(kv.mod_revision.get() - 1);
+    if before < view.compacted || before.get() < 1 {
+        return Ok(None);
+    }
+    view.index
+        .get(&kv.key, before)
+        .map(|id| view.kv(&kv.key, id))
+        .transpose()
+}
+
+/// Writes the meta of an empty store if the engine has none.
+fn init_meta(db: &Database) -> MvccResult<()> {
+    let txn = db.begin_write().map_err(engine)?;
+    {
+        let mut meta = txn.open_table(META).map_err(engine)?;
+        let format = meta.get(META_FORMAT).map_err(engine)?.map(|v| v.value());
+        match format {
+            Some(FORMAT) => {}
+            Some(other) => return Err(corrupt("meta", format!("unknown format {other}"))),
+            None => {
+                meta.insert(META_FORMAT, FORMAT).map_err(engine)?;
+                meta.insert(META_CURRENT, Revision::FIRST.get() as u64)
+                    .map_err(engine)?;
+                meta.insert(META_COMPACTED, 0).map_err(engine)?;
+                meta.insert(META_APPLIED, 0).map_err(engine)?;
+            }
+        }
+        txn.open_table(RECORDS).map_err(engine)?;
+    }
+    txn.commit().map_err(engine)
+}
+
+/// Reads the meta and every record, and rebuilds the index and the lease attachments.
+fn recover(db: &Database) -> MvccResult<Core> {
+    let txn = db.begin_read().map_err(engine)?;
+    let meta = txn.open_table(META).map_err(engine)?;
+    let read = |name: &'static str| -> MvccResult<u64> {
+        let value = meta.get(name).map_err(engine)?.map(|v| v.value());
+        value.ok_or_else(|| corrupt("meta", format!("{name} is missing")))
+    };
+    let as_revision = |name: &'static str, value: u64| -> MvccResult<Revision> {
+        i64::try_from(value)
+            .map(Revision)
+            .map_err(|_| corrupt("meta", format!("{name} {value} out of range")))
+    };
+    let current = as_revision(META_CURRENT, read(META_CURRENT)?)?;
+    let compacted = as_revision(META_COMPACTED, read(META_COMPACTED)?)?;
+    let applied = LogIndex(read(META_APPLIED)?);
+    if current < Revision::FIRST || compacted > current {
+        return Err(corrupt(
+            "meta",
+            format!("current {current}, compacted {compacted}"),
+        ));
+    }
+    let mut core = Core {
+        index: KeyIndex::default(),
+        leases: LeaseKeys::default(),
+        current,
+        compacted,
+        applied,
+    };
+    let table = txn.open_table(RECORDS).map_err(engine)?;
+    for entry in table.iter().map_err(engine)? {
+        let (id, bytes) = entry.map_err(engine)?;
+        let id = RecordId::decode(id.value())?;
+        if id.main > current {
+            return Err(corrupt(
+                "record",
+                format!("{id:?} is above current revision {current}"),
+            ));
+        }
+        restore_record(&mut core, id, Record::decode(id, bytes.value())?)?;
+    }
+    if compacted.get() > 0 {
+        core.index.compact(compacted);
+    }
+    // Every retained version must still be readable: check the index against the records.
+    debug_assert!(check_index(&core, &table).is_ok());
+    Ok(core)
+}
+
+fn restore_record(core: &mut Core, id: RecordId, record: Record) -> MvccResult<()> {
+    let kv = &record.kv;
+    let applied = core
+        .index
+        .restore(
+            &kv.key,
+            id,
+            kv.create_revision,
+            kv.version,
+            record.tombstone,
+        )
+        .map_err(|detail| corrupt("records", detail))?;
+    if !applied && id.main > core.compacted {
+        return Err(corrupt(
+            "records",
+            format!("tombstone {id:?} of a key that is not live"),
+        ));
+    }
+    if record.tombstone {
+        core.leases.detach(&kv.key);
+    } else {
+        core.leases.attach(&kv.key, kv.lease);
+    }
+    Ok(())
+}
+
+fn check_index(core: &Core, table: &impl RecordTable) -> MvccResult<()> {
+    let all = super::index::KeySpan::From(Bytes::from_static(b"\0"));
+    for (key, id) in core.index.live(&all) {
+        read_record(table, id, &key)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! A read view of the store at one revision: the key index plus a table of records (a read-only
+//! engine table for reads, or the open write table inside a write, which sees the write's own
+//! records). Range and the reads of a transaction run here.
+
+use bytes::Bytes;
+use redb::ReadableTable;
+
+use super::codec::{RECORD_ID_BYTES, Record, RecordId, corrupt};
+use super::error::{MvccError, MvccResult, engine};
+use super::index::{KeyIndex, KeySpan};
+use super::types::{KeyValue, RangeRequest, RangeResponse, Revision, SortOrder, SortTarget};
+
+/// The record table's key and value types.
+pub(crate) type RecordKey = &'static [u8; RECORD_ID_BYTES];
+pub(crate) type RecordValue = &'static [u8];
+
+/// A readable record table: redb's read-only table or its write table.
+pub(crate) trait RecordTable: ReadableTable<RecordKey, RecordValue> {}
+
+impl<T: ReadableTable<RecordKey, RecordValue>> RecordTable for T {}
+
+/// Reads one record by id and checks that it belongs to `key`.
+pub(crate) fn read_record(
+    table: &impl RecordTable,
+    id: RecordId,
+    key: &[u8],
+) -> MvccResult<Record> {
+    let encoded = id.encode();
+    let guard = table
+        .get(&encoded)
+        .map_err(engine)?
+        .ok_or_else(|| corrupt("index", format!("record {id:?} of key {key:?} is missing")))?;
+    let record = Record::decode(id, guard.value())?;
+    if record.kv.key.as_ref() != key {
+        return Err(corrupt(
+            "index",
+            format!("record {id:?} holds {:?}, not {key:?}", record.kv.key),
+        ));
+    }
+    Ok(record)
+}
+
+/// The store as seen at `current`.
+pub(crate) struct View<'a, T> {
+    pub index: &'a KeyIndex,
+    pub table: &'a T,
+    /// The revision the view reads at by default and reports in response headers.
+    pub current: Revision,
+    pub compacted: Revision,
+}
+
+impl<T: RecordTable> View<'_, T> {
+    /// The key-value stored under `id` for `key`.
+    pub fn kv(&self, key: &[u8], id: RecordId) -> MvccResult<KeyValue> {
+        Ok(read_record(self.table, id, key)?.kv)
+    }
+
+    /// The current value of a live key.
+    pub fn latest(&self, key: &[u8]) -> MvccResult<Option<KeyValue>> {
+        self.index
+            .latest(key)
+            .map(|id| self.kv(key, id))
+            .transpose()
+    }
+
+    /// The live key-values of `span`, in key order.
+    pub fn live(&self, span: &KeySpan) -> MvccResult<Vec<KeyValue>> {
+        let found = self.index.live(span);
+        found.iter().map(|(key, id)| self.kv(key, *id)).collect()
+    }
+
+    /// The revision a request reads at, or why it cannot: zero or negative means the current one.
+    pub fn read_revision(&self, requested: Revision) -> MvccResult<Revision> {
+        if requested > self.current {
+            return Err(MvccError::FutureRevision {
+                current_revision: self.current,
+            });
+        }
+        let at = if requested.get() <= 0 {
+            self.current
+        } else {
+            requested
+        };
+        if at < self.compacted {
+            return Err(MvccError::Compacted {
+                compact_revision: self.compacted,
+            });
+        }
+        Ok(at)
+    }
+
+    /// etcd's Range: read, filter by revisions, sort, limit.
+    pub fn range(&self, req: &RangeRequest) -> MvccResult<RangeResponse> {
+        let at = self.read_revision(req.revision)?;
+        let span = KeySpan::new(&req.key, &req.range_end);
+        // Sorting and filtering need every key; otherwise read one more than the limit to learn
+        // whether the limit cut the result.
+        let fetch_all = req.sort_order != SortOrder::None || has_revision_filters(req);
+        let limit = (!fetch_all && req.limit > 0).then(|| req.limit as usize + 1);
+        let (found, count) = self.index.range(&span, at, limit);
+        let count = i64::try_from(count).expect("key counts fit in i64");
+        if req.count_only {
+            return Ok(RangeResponse {
+                revision: self.current,
+                kvs: Vec::new(),
+                more: false,
+                count,
+            });
+        }
+        let mut kvs = found
+            .iter()
+            .map(|(key, id)| self.kv(key, *id))
+            .collect::<MvccResult<Vec<_>>>()?;
+        kvs.retain(|kv| passes_revision_filters(req, kv));
+        sort_kvs(&mut kvs, req.sort_order, req.sort_target);
+        let mut more = false;
+        if req.limit > 0 && kvs.len() > req.limit as usize {
+            kvs.truncate(req.limit as usize);
+            more = true;
+        }
+        if req.keys_only {
+            for kv in &mut kvs {
+                kv.value = Bytes::new();
+            }
+        }
+        Ok(RangeResponse {
+            revision: self.current,
+            kvs,
+            more,
+            count,
+        })
+    }
+}
+
+fn has_revision_filters(req: &RangeRequest) -> bool {
+    req.min_mod_revision.get() != 0
+        || req.max_mod_revision.get() != 0
+        || req.min_create_revision.get() != 0
+        || req.max_create_revision.get() != 0
+}
+
+/// etcd's filters: each one set (non-zero) drops the key-values outside it.
+fn passes_revision_filters(req: &RangeRequest, kv: &KeyValue) -> bool {
+    let set = |r: Revision| r.get() != 0;
+    !(set(req.max_mod_revision) && kv.mod_revision > req.max_mod_revision
+        || set(req.min_mod_revision) && kv.mod_revision < req.min_mod_revision
+        || set(req.max_create_revision) && kv.create_revision > req.max_create_revision
+        || set(req.min_create_revision) && kv.create_revision < req.min_create_revision)
+}
+
+/// etcd's sort rules: a target other than the key with no order sorts ascending; the key target
+/// ascending is the natural order. Ties keep key order (a stable sort; etcd's is unstable, so
+/// its order among ties is unspecified).
+pub(crate) fn sort_kvs(kvs: &mut [KeyValue], order: SortOrder, target: SortTarget) {
+    let order = match (target, order) {
+        (SortTarget::Key, SortOrder::Ascend) => SortOrder::None,
+        (SortTarget::Key, order) => order,
+        (_, SortOrder::None) => SortOrder::Ascend,
+        (_, order) => order,
+    };
+    let compare = |a: &KeyValue, b: &KeyValue| match target {
+        SortTarget::Key => a.key.cmp(&b.key),
+        SortTarget::Version => a.version.cmp(&b.version),
+        SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+        SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+        SortTarget::Value => a.value.cmp(&b.value),
+    };
+    match order {
+        SortOrder::None => {}
+        SortOrder::Ascend => kvs.sort_by(compare),
+        SortOrder::Descend => kvs.sort_by(|a, b| compare(b, a)),
+    }
+}

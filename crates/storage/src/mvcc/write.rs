@@ -1,0 +1,410 @@
+//! Writes: puts, deletes, transactions and compactions, applied in a [`WriteBatch`] that commits
+//! them with the applied Raft index in one engine transaction.
+//!
+//! The index in memory is updated as each operation runs, so later operations of the batch see
+//! earlier ones; the engine sees them when the batch commits. Request errors are found before an
+//! operation changes anything. Any other failure (the engine, a corrupt record, a batch dropped
+//! without commit after it changed something) leaves the index ahead of the engine, so the store
+//! marks itself failed and refuses further writes: the node stops and reopens it (DESIGN.md:
+//! storage failures in the Raft path are fatal).
+
+use chorus_raft::LogIndex;
+use redb::{Durability, Table, WriteTransaction};
+
+use super::codec::{Record, RecordId};
+use super::error::{MvccError, MvccResult, engine};
+use super::index::KeySpan;
+use super::store::{Core, META, META_APPLIED, META_COMPACTED, META_CURRENT, MvccStore, RECORDS};
+use super::txn::{TxnPath, check_delete_request, check_put_request, check_txn_request};
+use super::types::{
+    CompactResponse, DeleteRangeRequest, DeleteRangeResponse, KeyValue, PutRequest, PutResponse,
+    RequestOp, ResponseOp, Revision, TxnRequest, TxnResponse, WriteOp, WriteResponse,
+};
+use super::view::{RecordKey, RecordValue, View};
+
+type RecordTableMut<'t> = Table<'t, RecordKey, RecordValue>;
+
+/// Writes applied together and committed in one engine transaction with the applied index.
+///
+/// Dropping a batch that changed the store without committing it fails the store.
+pub struct WriteBatch<'s> {
+    store: &'s mut MvccStore,
+    txn: Option<WriteTransaction>,
+    dirty: bool,
+}
+
+impl MvccStore {
+    /// Starts a batch of writes.
+    pub fn begin(&mut self) -> MvccResult<WriteBatch<'_>> {
+        if self.failed {
+            return Err(MvccError::Failed);
+        }
+        let mut txn = self.db.begin_write().map_err(engine)?;
+        if !self.config.commit_sync {
+            txn.set_durability(Durability::Eventual);
+        }
+        Ok(WriteBatch {
+            store: self,
+            txn: Some(txn),
+            dirty: false,
+        })
+    }
+
+    /// Applies one write in its own batch, recording `applied` as the applied Raft index.
+    pub fn apply(&mut self, applied: LogIndex, op: &WriteOp) -> MvccResult<WriteResponse> {
+        let mut batch = self.begin()?;
+        let response = batch.apply(op);
+        batch.set_applied_index(applied);
+        batch.commit()?;
+        response
+    }
+
+    /// A put in its own batch (the applied index is unchanged).
+    pub fn put(&mut self, req: &PutRequest) -> MvccResult<PutResponse> {
+        self.apply_one(|batch| batch.put(req))
+    }
+
+    /// A delete in its own batch (the applied index is unchanged).
+    pub fn delete_range(&mut self, req: &DeleteRangeRequest) -> MvccResult<DeleteRangeResponse> {
+        self.apply_one(|batch| batch.delete_range(req))
+    }
+
+    /// A transaction in its own batch (the applied index is unchanged).
+    pub fn txn(&mut self, req: &TxnRequest) -> MvccResult<TxnResponse> {
+        self.apply_one(|batch| batch.txn(req))
+    }
+
+    /// A compaction in its own batch (the applied index is unchanged).
+    pub fn compact(&mut self, revision: Revision) -> MvccResult<CompactResponse> {
+        self.apply_one(|batch| batch.compact(revision))
+    }
+
+    fn apply_one<R>(
+        &mut self,
+        op: impl FnOnce(&mut WriteBatch<'_>) -> MvccResult<R>,
+    ) -> MvccResult<R> {
+        let mut batch = self.begin()?;
+        let response = op(&mut batch)?;
+        batch.commit()?;
+        Ok(response)
+    }
+}
+
+impl WriteBatch<'_> {
+    /// Applies one write.
+    pub fn apply(&mut self, op: &WriteOp) -> MvccResult<WriteResponse> {
+        match op {
+            WriteOp::Put(req) => self.put(req).map(WriteResponse::Put),
+            WriteOp::DeleteRange(req) => self.delete_range(req).map(WriteResponse::DeleteRange),
+            WriteOp::Txn(req) => self.txn(req).map(WriteResponse::Txn),
+            WriteOp::Compact(revision) => self.compact(*revision).map(WriteResponse::Compact),
+        }
+    }
+
+    /// etcd's Put.
+    pub fn put(&mut self, req: &PutRequest) -> MvccResult<PutResponse> {
+        check_put_request(req)?;
+        self.write(|writer| writer.put(req))
+    }
+
+    /// etcd's DeleteRange. Deleting nothing does not make a revision.
+    pub fn delete_range(&mut self, req: &DeleteRangeRequest) -> MvccResult<DeleteRangeResponse> {
+        check_delete_request(req)?;
+        self.write(|writer| writer.delete_range(req))
+    }
+
+    /// etcd's Txn: one revision for all its writes, none if it writes nothing.
+    pub fn txn(&mut self, req: &TxnRequest) -> MvccResult<TxnResponse> {
+        check_txn_request(req, self.store.config.txn_ops_max)?;
+        self.write(|writer| {
+            let path = {
+                let view = writer.view();
+                let path = TxnPath::evaluate(&view, req)?;
+                path.check(&view, req)?;
+                path
+            };
+            let mut response = writer.txn(req, &path)?;
+            response.revision = writer.revision_after();
+            Ok(response)
+        })
+    }
+
+    /// etcd's Compact: forgets the versions no read at or above `revision` needs. The removal
+    /// from the engine is part of this batch, so it is always physical.
+    pub fn compact(&mut self, revision: Revision) -> MvccResult<CompactResponse> {
+        let core = &self.store.core;
+        if revision <= core.compacted {
+            return Err(MvccError::Compacted {
+                compact_revision: core.compacted,
+            });
+        }
+        if revision > core.current {
+            return Err(MvccError::FutureRevision {
+                current_revision: core.current,
+            });
+        }
+        self.with_table(|core, table| {
+            let retained = core.index.compact(revision);
+            let below = RecordId::first_of(revision).encode();
+            table
+                .retain_in::<&[u8; 16], _>(..&below, |id, _| {
+                    // An undecodable id is kept: recovery reports it with context.
+                    RecordId::decode(id).is_ok_and(|id| retained.contains(&id))
+                })
+                .map_err(engine)?;
+            core.compacted = revision;
+            tracing::debug!(compact_revision = %revision, "compacted the mvcc store");
+            Ok(CompactResponse {
+                revision: core.current,
+            })
+        })
+    }
+
+    /// Records the Raft index whose entry this batch applies. Applied indexes never go back.
+    pub fn set_applied_index(&mut self, index: LogIndex) {
+        let core = &mut self.store.core;
+        assert!(
+            index >= core.applied,
+            "applied index goes back: {} -> {index}",
+            core.applied
+        );
+        core.applied = index;
+        self.dirty = true;
+    }
+
+    /// Commits the batch: the records, the revisions and the applied index reach the engine
+    /// together (and the disk, unless the store was configured without `commit_sync`).
+    pub fn commit(mut self) -> MvccResult<()> {
+        let txn = self.txn.take().expect("a batch commits once");
+        let core = &self.store.core;
+        let result = (|| {
+            {
+                let mut meta = txn.open_table(META).map_err(engine)?;
+                meta.insert(META_CURRENT, core.current.get() as u64)
+                    .map_err(engine)?;
+                meta.insert(META_COMPACTED, core.compacted.get() as u64)
+                    .map_err(engine)?;
+                meta.insert(META_APPLIED, core.applied.get())
+                    .map_err(engine)?;
+            }
+            txn.commit().map_err(engine)
+        })();
+        if let Err(error) = &result {
+            tracing::error!(%error, "committing an mvcc batch failed; the store is closed");
+            self.store.failed = true;
+        }
+        result
+    }
+
+    /// Runs `op` on the record table; a failure that is not a request error fails the store.
+    fn with_table<R>(
+        &mut self,
+        op: impl FnOnce(&mut Core, &mut RecordTableMut<'_>) -> MvccResult<R>,
+    ) -> MvccResult<R> {
+        let txn = self.txn.as_ref().expect("an open batch");
+        let result = txn
+            .open_table(RECORDS)
+            .map_err(engine)
+            .and_then(|mut table| op(&mut self.store.core, &mut table));
+        match &result {
+            Ok(_) => self.dirty = true,
+            Err(error) if error.is_request_error() => {}
+            Err(error) => {
+                tracing::error!(%error, "an mvcc write failed; the store is closed");
+                self.store.failed = true;
+            }
+        }
+        result
+    }
+
+    /// Runs `op` as one revision.
+    fn write<R>(&mut self, op: impl FnOnce(&mut Writer<'_, '_>) -> MvccResult<R>) -> MvccResult<R> {
+        self.with_table(|core, table| {
+            let mut writer = Writer::new(core, table);
+            let response = op(&mut writer)?;
+            writer.finish();
+            Ok(response)
+        })
+    }
+}
+
+impl Drop for WriteBatch<'_> {
+    fn drop(&mut self) {
+        if self.txn.is_some() && self.dirty {
+            tracing::error!("an mvcc batch was dropped after it changed the store; closing it");
+            self.store.failed = true;
+        }
+    }
+}
+
+/// The writes of one revision: every change gets the next sub-revision of `main`.
+struct Writer<'a, 't> {
+    core: &'a mut Core,
+    table: &'a mut RecordTableMut<'t>,
+    main: Revision,
+    changes: u64,
+}
+
+impl<'a, 't> Writer<'a, 't> {
+    fn new(core: &'a mut Core, table: &'a mut RecordTableMut<'t>) -> Self {
+        let main = core.current.next();
+        Writer {
+            core,
+            table,
+            main,
+            changes: 0,
+        }
+    }
+
+    /// The store's revision so far: `main` once something was written, else the one before.
+    fn revision_after(&self) -> Revision {
+        if self.changes > 0 {
+            self.main
+        } else {
+            self.core.current
+        }
+    }
+
+    fn view(&self) -> View<'_, RecordTableMut<'t>> {
+        View {
+            index: &self.core.index,
+            table: &*self.table,
+            current: self.revision_after(),
+            compacted: self.core.compacted,
+        }
+    }
+
+    fn next_id(&mut self) -> RecordId {
+        let id = RecordId::new(self.main, self.changes);
+        self.changes += 1;
+        id
+    }
+
+    fn store(&mut self, id: RecordId, record: &Record) -> MvccResult<()> {
+        self.table
+            .insert(&id.encode(), record.encode().as_slice())
+            .map_err(engine)?;
+        Ok(())
+    }
+
+    fn put(&mut self, req: &PutRequest) -> MvccResult<PutResponse> {
+        let needs_prev = req.prev_kv || req.ignore_value || req.ignore_lease;
+        let prev = if needs_prev {
+            self.view().latest(&req.key)?
+        } else {
+            None
+        };
+        let (mut value, mut lease) = (req.value.clone(), req.lease);
+        if req.ignore_value || req.ignore_lease {
+            let Some(prev) = &prev else {
+                return Err(MvccError::KeyNotFound {
+                    key: req.key.clone(),
+                });
+            };
+            if req.ignore_value {
+                value = prev.value.clone();
+            }
+            if req.ignore_lease {
+                lease = prev.lease;
+            }
+        }
+        let id = self.next_id();
+        let outcome = self.core.index.put(&req.key, id);
+        let kv = KeyValue {
+            key: req.key.clone(),
+            create_revision: outcome.created,
+            mod_revision: self.main,
+            version: outcome.version,
+            value,
+            lease,
+        };
+        self.store(
+            id,
+            &Record {
+                kv,
+                tombstone: false,
+            },
+        )?;
+        self.core.leases.attach(&req.key, lease);
+        Ok(PutResponse {
+            revision: self.main,
+            prev_kv: prev.filter(|_| req.prev_kv),
+        })
+    }
+
+    fn delete_range(&mut self, req: &DeleteRangeRequest) -> MvccResult<DeleteRangeResponse> {
+        let live = self
+            .core
+            .index
+            .live(&KeySpan::new(&req.key, &req.range_end));
+        let prev_kvs = if req.prev_kv {
+            let view = self.view();
+            live.iter()
+                .map(|(key, id)| view.kv(key, *id))
+                .collect::<MvccResult<Vec<_>>>()?
+        } else {
+            Vec::new()
+        };
+        for (key, _) in &live {
+            let id = self.next_id();
+            self.core.index.tombstone(key, id);
+            let kv = KeyValue {
+                key: key.clone(),
+                mod_revision: self.main,
+                ..KeyValue::default()
+            };
+            self.store(
+                id,
+                &Record {
+                    kv,
+                    tombstone: true,
+                },
+            )?;
+            self.core.leases.detach(key);
+        }
+        let deleted = i64::try_from(live.len()).expect("key counts fit in i64");
+        Ok(DeleteRangeResponse {
+            revision: self.revision_after(),
+            deleted,
+            prev_kvs,
+        })
+    }
+
+    /// Runs the branch `path` chose, with its nested transactions. A nested response's header
+    /// revision stays zero, as etcd leaves it.
+    fn txn(&mut self, req: &TxnRequest, path: &TxnPath) -> MvccResult<TxnResponse> {
+        let branch = if path.succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
+        let mut nested = path.nested.iter();
+        let mut responses = Vec::with_capacity(branch.len());
+        for op in branch {
+            let response = match op {
+                RequestOp::Range(range) => ResponseOp::Range(self.view().range(range)?),
+                RequestOp::Put(put) => ResponseOp::Put(self.put(put)?),
+                RequestOp::DeleteRange(delete) => {
+                    ResponseOp::DeleteRange(self.delete_range(delete)?)
+                }
+                RequestOp::Txn(txn) => {
+                    let path = nested.next().expect("a path for every nested txn");
+                    ResponseOp::Txn(self.txn(txn, path)?)
+                }
+            };
+            responses.push(response);
+        }
+        Ok(TxnResponse {
+            revision: Revision(0),
+            succeeded: path.succeeded,
+            responses,
+        })
+    }
+
+    /// Makes `main` the current revision if anything was written.
+    fn finish(self) {
+        if self.changes > 0 {
+            self.core.current = self.main;
+        }
+    }
+}
