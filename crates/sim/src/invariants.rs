@@ -4,9 +4,12 @@
 //! - Election safety: at most one leader per term.
 //! - Log matching: two logs holding an entry with the same index and term hold the same entry and
 //!   agree on the term of the entry before it (which, by induction, makes the prefixes identical).
-//! - Leader completeness: an entry applied anywhere (hence committed) is never replaced by a
-//!   different one in any node's log, and a new leader's stable log holds every such entry it has
-//!   room for.
+//! - Leader completeness: an entry committed by the leader of term T is held by every leader of
+//!   a term after T. Checked two ways: a new leader's log must hold every entry committed in an
+//!   earlier term, and no node may store, at a committed index, an entry created in a term after
+//!   the commit (only a leader of that term could have created it, and that leader would have held
+//!   the committed entry there instead). A lagging follower holding a stale entry of an *older*
+//!   term at a committed index is normal (Figure 7 of the Raft paper) and not reported.
 //! - State machine safety: every node applies the same entry at each index, and snapshots taken at
 //!   the same index hold the same state.
 //!
@@ -34,6 +37,9 @@ pub struct RaftChecker {
     entries: BTreeMap<(LogIndex, Term), (u64, Term)>,
     /// The applied sequence, shared by all nodes: position i holds index i + 1.
     applied: Vec<(Term, u64)>,
+    /// For each committed index (position i holds index i + 1), the term of the leader that
+    /// first committed it. Non-decreasing.
+    commit_terms: Vec<Term>,
     snapshots: BTreeMap<LogIndex, u64>,
     violations: Vec<String>,
 }
@@ -60,6 +66,18 @@ impl RaftChecker {
     pub fn committed_term(&self, index: LogIndex) -> Option<Term> {
         let i = index.get().checked_sub(1)?;
         self.applied.get(i as usize).map(|&(t, _)| t)
+    }
+
+    /// A leader of `term` advanced its commit index to `commit`.
+    pub fn on_leader_commit(&mut self, term: Term, commit: LogIndex) {
+        while (self.commit_terms.len() as u64) < commit.get() {
+            self.commit_terms.push(term);
+        }
+    }
+
+    /// How many leading indices were committed in a term before `term`.
+    pub fn committed_before(&self, term: Term) -> u64 {
+        self.commit_terms.partition_point(|&t| t < term) as u64
     }
 
     /// A node became leader of `term`.
@@ -91,11 +109,13 @@ impl RaftChecker {
                     self.entries.insert((e.index, e.term), (hash, prev));
                 }
             }
-            if let Some(&(t, h)) = self.applied.get(e.index.get() as usize - 1) {
-                if t != e.term || h != hash {
+            let position = e.index.get() as usize - 1;
+            let committed_in = self.commit_terms.get(position).copied();
+            if let (Some(&(t, h)), Some(ct)) = (self.applied.get(position), committed_in) {
+                if e.term > ct && (t != e.term || h != hash) {
                     self.violation(format!(
-                        "leader completeness: node {node} stored entry index {} term {} over the \
-                         committed entry of term {t}",
+                        "leader completeness: node {node} stored entry index {} term {} but the \
+                         entry of term {t} there was committed in term {ct}",
                         e.index, e.term
                     ));
                 }
@@ -141,10 +161,27 @@ impl RaftChecker {
         }
     }
 
-    /// A new leader's stable log, given as `(index, term)` pairs, must agree with every committed
-    /// entry it covers.
-    pub fn on_leader_log(&mut self, node: NodeId, term: Term, log: &[(LogIndex, Term)]) {
+    /// A new leader's log, given as its last index and `(index, term)` pairs, must hold every
+    /// entry committed in an earlier term.
+    pub fn on_leader_log(
+        &mut self,
+        node: NodeId,
+        term: Term,
+        last_index: LogIndex,
+        log: &[(LogIndex, Term)],
+    ) {
+        let need = self.committed_before(term);
+        if last_index.get() < need {
+            self.violation(format!(
+                "leader completeness: leader {node} of term {term} has log up to {last_index} but \
+                 {need} entries were committed before its term"
+            ));
+            return;
+        }
         for &(index, t) in log {
+            if index.get() > need {
+                break;
+            }
             if let Some(committed) = self.committed_term(index) {
                 if committed != t {
                     self.violation(format!(
@@ -204,16 +241,21 @@ mod tests {
 
     #[test]
     fn applied_sequences_must_agree_and_committed_entries_stay() {
-        // Goal: state machine safety and the overwrite check can fail. Method: two nodes apply
-        // different entries at index 2; then a node stores a new term over a committed index.
+        // Goal: state machine safety and the overwrite check can fail, and a lagging follower's
+        // stale entry is not mistaken for a violation. Method: two nodes apply different entries
+        // at index 2; a node stores an older-term entry at a committed index (fine), then one of
+        // a term after the commit (a violation); then a gap in the applied sequence.
         let mut c = RaftChecker::default();
+        c.on_leader_commit(Term(2), LogIndex(2));
         c.on_apply(NodeId(1), &entry(1, 1, b"a"));
         c.on_apply(NodeId(2), &entry(1, 1, b"a"));
-        c.on_apply(NodeId(1), &entry(2, 1, b"b"));
+        c.on_apply(NodeId(1), &entry(2, 2, b"b"));
         assert!(c.violations().is_empty());
         assert_eq!(c.applied_len(), 2);
-        c.on_apply(NodeId(2), &entry(2, 2, b"c"));
+        c.on_apply(NodeId(2), &entry(2, 1, b"c"));
         assert_eq!(c.violations().len(), 1);
+        c.on_persist_entries(NodeId(3), Term(1), &[entry(2, 1, b"old")]);
+        assert_eq!(c.violations().len(), 1, "a stale follower entry is legal");
         c.on_persist_entries(NodeId(3), Term(1), &[entry(2, 3, b"d")]);
         assert_eq!(c.violations().len(), 2);
         c.on_apply(NodeId(3), &entry(5, 3, b"e"));
@@ -223,16 +265,21 @@ mod tests {
     #[test]
     fn snapshots_and_new_leaders_are_checked_against_committed_state() {
         // Goal: the snapshot and leader-log checks can fail. Method: differing snapshot hashes at
-        // one index; a leader missing a committed entry.
+        // one index; a later leader with a different entry, then one with a short log. A leader
+        // of the commit's own term is not held to it (it may be the one that commits it later).
         let mut c = RaftChecker::default();
+        c.on_leader_commit(Term(1), LogIndex(1));
         c.on_apply(NodeId(1), &entry(1, 1, b"a"));
         c.on_snapshot(NodeId(1), LogIndex(1), 7);
         c.on_snapshot(NodeId(2), LogIndex(1), 7);
-        c.on_leader_log(NodeId(2), Term(2), &[(LogIndex(1), Term(1))]);
+        c.on_leader_log(NodeId(2), Term(2), LogIndex(1), &[(LogIndex(1), Term(1))]);
+        c.on_leader_log(NodeId(3), Term(1), LogIndex(0), &[]);
         assert!(c.violations().is_empty());
         c.on_snapshot(NodeId(3), LogIndex(1), 8);
         assert_eq!(c.violations().len(), 1);
-        c.on_leader_log(NodeId(3), Term(3), &[(LogIndex(1), Term(2))]);
+        c.on_leader_log(NodeId(3), Term(3), LogIndex(1), &[(LogIndex(1), Term(2))]);
         assert_eq!(c.violations().len(), 2);
+        c.on_leader_log(NodeId(4), Term(4), LogIndex(0), &[]);
+        assert_eq!(c.violations().len(), 3);
     }
 }
