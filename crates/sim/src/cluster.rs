@@ -191,6 +191,16 @@ struct Client {
     idle: bool,
 }
 
+/// A deliberate mistake in the simulator's own server logic (not in the core), used by tests to
+/// prove that the end-to-end checkers reject the histories such a server produces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HarnessFault {
+    /// Answer reads at once from the local state machine, skipping the read index.
+    ReadWithoutReadIndex,
+    /// Acknowledge a write as soon as it is proposed, before it commits.
+    AckWritesOnPropose,
+}
+
 /// The phase a run is in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -252,6 +262,7 @@ pub struct Simulation {
     commit_at_heal: u64,
     clients_stop_at: Time,
     events_max: u64,
+    fault: Option<HarnessFault>,
 }
 
 impl Simulation {
@@ -312,6 +323,7 @@ impl Simulation {
             commit_at_heal: 0,
             clients_stop_at: params.safety_us + params.liveness_us / 2,
             events_max: 5_000_000,
+            fault: None,
             params,
         };
         for id in sim.params.node_ids() {
@@ -326,6 +338,12 @@ impl Simulation {
             .range_inclusive(sim.params.nemesis_min_us, 500_000);
         sim.queue.schedule_in(first, Event::Nemesis);
         sim
+    }
+
+    /// Switches on a harness fault (tests only).
+    pub fn with_fault(mut self, fault: HarnessFault) -> Simulation {
+        self.fault = Some(fault);
+        self
     }
 
     fn log(&self, text: impl FnOnce() -> String) {
@@ -834,10 +852,11 @@ impl Simulation {
             }
             self.node(id).applied = entry.index;
             self.stats.max_commit = self.stats.max_commit.max(entry.index.get());
-            if self.phase == Phase::Liveness && self.stats.heal_to_commit_us.is_none() {
-                if entry.index.get() > self.commit_at_heal {
-                    self.stats.heal_to_commit_us = Some(self.queue.now() - self.healed_at);
-                }
+            if self.phase == Phase::Liveness
+                && self.stats.heal_to_commit_us.is_none()
+                && entry.index.get() > self.commit_at_heal
+            {
+                self.stats.heal_to_commit_us = Some(self.queue.now() - self.healed_at);
             }
         }
         let n = self.node(id);
@@ -898,7 +917,8 @@ impl Simulation {
         let (every, lag) = (self.params.snapshot_every, self.params.compact_lag);
         let n = self.node(id);
         let due = n.applied.get() >= n.last_snapshot.get() + every;
-        if !due && !(conf_changed && n.applied > n.last_snapshot) {
+        let conf_snapshot = conf_changed && n.applied > n.last_snapshot;
+        if !due && !conf_snapshot {
             return;
         }
         let index = n.applied;
@@ -1024,8 +1044,17 @@ impl Simulation {
     }
 
     fn on_client_request(&mut self, client: usize, op: u64, key: Key, kind: OpKind, id: u64) {
+        let fault = self.fault;
         let n = self.node(id);
         let Some(raw) = n.raw.as_mut() else { return };
+        if kind == OpKind::Get && fault == Some(HarnessFault::ReadWithoutReadIndex) {
+            let reply = Reply::Get {
+                value: n.kv.get(key),
+                revision: n.applied.get(),
+            };
+            self.reply(client, op, reply);
+            return;
+        }
         let refused = match kind {
             OpKind::Get => {
                 n.read_requests.insert(op, (client, key));
@@ -1045,6 +1074,19 @@ impl Simulation {
                     _ => Command::Put { key, value },
                 };
                 match raw.propose(cmd.encode()) {
+                    Ok(_) if fault == Some(HarnessFault::AckWritesOnPropose) => {
+                        let revision = n.applied.get().max(1);
+                        let reply = match cmd {
+                            Command::Put { .. } => Reply::Put { revision },
+                            // Guess the outcome from the local state, as a careless server might.
+                            Command::Cas { expected, .. } => Reply::Cas {
+                                done: n.kv.get(key) == expected,
+                                revision,
+                            },
+                        };
+                        self.reply(client, op, reply);
+                        None
+                    }
                     Ok(_) => {
                         n.writes.insert(value, client);
                         None

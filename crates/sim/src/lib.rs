@@ -26,7 +26,7 @@ pub mod trace;
 use std::cell::RefCell;
 use std::panic::{self, AssertUnwindSafe};
 
-pub use cluster::{Outcome, Stats};
+pub use cluster::{HarnessFault, Outcome, Simulation, Stats};
 pub use params::{BugName, Overrides, Params};
 
 thread_local! {
@@ -49,9 +49,16 @@ pub fn install_panic_hook() {
 /// Runs one seed with the given parameters. A panic (in the core or in the simulator) is reported
 /// as a violation.
 pub fn run_seed(params: Params, verbose: bool) -> Outcome {
-    let result = panic::catch_unwind(AssertUnwindSafe(|| {
-        cluster::Simulation::new(params, verbose).run()
-    }));
+    run_guarded(|| Simulation::new(params, verbose).run())
+}
+
+/// Runs one seed with a harness fault switched on (tests prove the checkers with it).
+pub fn run_seed_with_fault(params: Params, fault: HarnessFault) -> Outcome {
+    run_guarded(|| Simulation::new(params, false).with_fault(fault).run())
+}
+
+fn run_guarded(run: impl FnOnce() -> Outcome) -> Outcome {
+    let result = panic::catch_unwind(AssertUnwindSafe(run));
     match result {
         Ok(outcome) => outcome,
         Err(payload) => {

@@ -235,7 +235,7 @@ fn explain(ops: &[&Operation], deepest: &[usize], stuck: usize) -> String {
 /// taken as never having happened; both are dropped before the search to keep it small. The second
 /// is only sound when no compare-and-set on the key failed: a failed compare-and-set may owe its
 /// failure to an unobserved write, so then every write is kept.
-fn prune<'a>(ops: Vec<&'a Operation>) -> Vec<&'a Operation> {
+fn prune(ops: Vec<&Operation>) -> Vec<&Operation> {
     let any_failed_cas = ops.iter().any(|o| o.result == OpResult::CasOk(false));
     let mut observed: HashSet<Value> = HashSet::new();
     for o in &ops {

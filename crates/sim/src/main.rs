@@ -36,7 +36,7 @@ struct Args {
 
 fn main() -> ExitCode {
     match run() {
-        Ok(violations) if violations == 0 => ExitCode::SUCCESS,
+        Ok(0) => ExitCode::SUCCESS,
         Ok(_) => ExitCode::from(1),
         Err(e) => {
             eprintln!("chorus-sim: {e:#}");

@@ -116,7 +116,7 @@ pub struct Params {
 impl Params {
     /// The parameters of `seed`.
     pub fn from_seed(seed: u64, overrides: &Overrides) -> Params {
-        let mut rng = Rng::new(seed ^ 0x5EED_0F_C4_0B05);
+        let mut rng = Rng::new(seed ^ 0x5EED_0FC4_0B05);
         let nodes = overrides
             .nodes
             .unwrap_or(rng.range_inclusive(3, 7) as usize);
