@@ -1,0 +1,496 @@
+//! One test per rule of the Raft paper (Figure 2 and Figure 3, §5), each citing its section.
+//!
+//! Most tests build one node with a chosen log and feed it messages directly; the properties of
+//! Figure 3 are checked over randomized runs of the in-crate test network.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use chorus_raft::interaction::Network;
+use chorus_raft::{Entry, LogIndex, LogStorage, MessageBody, NodeId, Role, Term};
+use common::*;
+
+/// §5.1: a node that sees a higher term adopts it and becomes a follower. Method: a leader of
+/// term 1 receives an append answer carrying term 5.
+#[test]
+fn higher_term_makes_follower() {
+    let mut n = node(1, &[1, 2, 3], &[], (0, None, 0));
+    n.campaign().unwrap();
+    drain(&mut n);
+    n.step(msg(2, 1, 1, MessageBody::PreVoteResponse { reject: false }))
+        .unwrap();
+    drain(&mut n);
+    n.step(msg(2, 1, 1, MessageBody::VoteResponse { reject: false }))
+        .unwrap();
+    drain(&mut n);
+    assert_eq!(n.status().role, Role::Leader);
+    let ack = MessageBody::AppendResponse {
+        index: LogIndex(0),
+        reject: false,
+        reject_hint: LogIndex(0),
+        hint_term: Term(0),
+    };
+    n.step(msg(2, 1, 5, ack)).unwrap();
+    let s = n.status();
+    assert_eq!((s.role, s.term, s.vote), (Role::Follower, Term(5), None));
+}
+
+/// §5.1: a request from a stale term is rejected. Method: a node in term 3 receives a vote
+/// request of term 2; it must not grant, and keeps its term.
+#[test]
+fn stale_term_vote_is_ignored() {
+    let mut n = node(1, &[1, 2, 3], &[], (3, None, 0));
+    n.step(vote(2, 1, 2, 10, 2)).unwrap();
+    let msgs = drain(&mut n);
+    assert_eq!(vote_answer(&msgs, 2), None, "no grant for a stale term");
+    assert_eq!(n.status().term, Term(3));
+}
+
+/// §5.2: each server votes for at most one candidate per term, first come first served.
+/// Method: grant node 2 in term 2, then ask for node 3 in the same term.
+#[test]
+fn one_vote_per_term() {
+    let mut n = node(1, &[1, 2, 3], &[], (1, None, 0));
+    n.step(vote(2, 1, 2, 0, 0)).unwrap();
+    assert_eq!(vote_answer(&drain(&mut n), 2), Some(true));
+    n.step(vote(3, 1, 2, 0, 0)).unwrap();
+    assert_eq!(
+        vote_answer(&drain(&mut n), 3),
+        Some(false),
+        "second candidate of the term"
+    );
+    // Asking again for the same candidate is answered the same way (a retransmission).
+    n.step(vote(2, 1, 2, 0, 0)).unwrap();
+    assert_eq!(vote_answer(&drain(&mut n), 2), Some(true));
+}
+
+/// §5.2 with Figure 2 "persist before responding": a vote answer is released only after the
+/// Ready holding the vote is persisted. Method: inspect where the answer sits in the Ready.
+#[test]
+fn vote_answer_waits_for_persistence() {
+    let mut n = node(1, &[1, 2, 3], &[], (1, None, 0));
+    n.step(vote(2, 1, 2, 0, 0)).unwrap();
+    let ready = n.ready();
+    assert_eq!(ready.hard_state.map(|hs| hs.vote), Some(Some(NodeId(2))));
+    assert!(
+        ready
+            .messages
+            .iter()
+            .all(|m| !matches!(m.body, MessageBody::VoteResponse { .. }))
+    );
+    assert_eq!(vote_answer(&ready.persisted_messages, 2), Some(true));
+}
+
+/// §5.4.1: a voter denies its vote to a candidate whose log is less up-to-date: lower last
+/// term, or same last term and shorter. Method: table against a voter whose log ends (3, t2).
+#[test]
+fn vote_requires_up_to_date_log() {
+    let cases = [
+        ((3, 2), true),
+        ((4, 2), true),
+        ((2, 2), false),
+        ((9, 1), false),
+        ((1, 3), true),
+    ];
+    for (i, ((last_index, last_term), grant)) in cases.iter().enumerate() {
+        let mut n = node(1, &[1, 2, 3], &[1, 2, 2], (2, None, 0));
+        n.step(vote(2, 1, 3, *last_index, *last_term)).unwrap();
+        assert_eq!(vote_answer(&drain(&mut n), 2), Some(*grant), "case {i}");
+    }
+}
+
+/// §5.2: a candidate that receives an append from a leader of its term returns to follower.
+#[test]
+fn candidate_yields_to_leader_of_its_term() {
+    let mut config = config(1);
+    config.pre_vote = false;
+    let mut n = node_with(config, &[1, 2, 3], &[], (0, None, 0));
+    n.campaign().unwrap();
+    drain(&mut n);
+    assert_eq!(n.status().role, Role::Candidate);
+    let append = MessageBody::Append {
+        prev_index: LogIndex(0),
+        prev_term: Term(0),
+        entries: vec![],
+        commit: LogIndex(0),
+    };
+    n.step(msg(2, 1, 1, append)).unwrap();
+    let s = n.status();
+    assert_eq!(
+        (s.role, s.leader, s.term),
+        (Role::Follower, Some(NodeId(2)), Term(1))
+    );
+}
+
+/// §5.2: election timeouts are randomized in [election_ticks, 2 * election_ticks). Method: run
+/// many nodes with different seeds and record the tick at which each first campaigns.
+#[test]
+fn election_timeout_is_randomized() {
+    let mut seen = std::collections::BTreeSet::new();
+    for seed in 0..50 {
+        let mut config = config(1);
+        config.seed = seed;
+        config.pre_vote = false;
+        let mut n = node_with(config, &[1, 2, 3], &[], (0, None, 0));
+        let mut ticks = 0;
+        while n.status().role == Role::Follower {
+            n.tick();
+            ticks += 1;
+            assert!(ticks < 20, "campaigns before twice the election timeout");
+        }
+        assert!(ticks >= 10, "never before the election timeout");
+        seen.insert(ticks);
+    }
+    assert!(seen.len() >= 5, "timeouts spread out: {seen:?}");
+}
+
+/// §5.3: AppendEntries is rejected when the log has no entry at prev_index with prev_term, and
+/// the answer's hint lets the leader skip the conflicting term (fast backtracking).
+#[test]
+fn append_rejected_on_log_mismatch() {
+    let mut n = node(2, &[1, 2, 3], &[1, 1, 2, 2, 2], (3, None, 0));
+    let append = MessageBody::Append {
+        prev_index: LogIndex(5),
+        prev_term: Term(3),
+        entries: vec![],
+        commit: LogIndex(0),
+    };
+    n.step(msg(1, 2, 3, append)).unwrap();
+    let msgs = drain(&mut n);
+    let answer = msgs.iter().find_map(|m| match m.body {
+        MessageBody::AppendResponse {
+            index,
+            reject,
+            reject_hint,
+            hint_term,
+        } => Some((index, reject, reject_hint, hint_term)),
+        _ => None,
+    });
+    // The hint names the last entry of a term at or below prev_term: (5, 2).
+    assert_eq!(answer, Some((LogIndex(5), true, LogIndex(5), Term(2))));
+}
+
+/// §5.3: a conflicting suffix is deleted and replaced; entries already present are kept.
+#[test]
+fn append_replaces_conflicting_suffix() {
+    let mut n = node(2, &[1, 2, 3], &[1, 1, 2, 2], (3, None, 0));
+    let entries = vec![entry(3, 3), entry(4, 3), entry(5, 3)];
+    let append = MessageBody::Append {
+        prev_index: LogIndex(2),
+        prev_term: Term(1),
+        entries,
+        commit: LogIndex(4),
+    };
+    n.step(msg(1, 2, 3, append)).unwrap();
+    drain(&mut n);
+    let terms: Vec<u64> = n
+        .entries(LogIndex(1), LogIndex(6))
+        .unwrap()
+        .iter()
+        .map(|e| e.term.get())
+        .collect();
+    assert_eq!(terms, vec![1, 1, 3, 3, 3]);
+    assert_eq!(
+        n.status().commit,
+        LogIndex(4),
+        "commit = min(leaderCommit, index of last new entry)"
+    );
+}
+
+/// §5.3 and the harness contract: a malformed append (a gap in its entries) is refused with an
+/// error and changes nothing, instead of panicking.
+#[test]
+fn malformed_append_is_an_error() {
+    let mut n = node(2, &[1, 2, 3], &[1], (1, None, 0));
+    let entries = vec![entry(2, 1), entry(4, 1)];
+    let append = MessageBody::Append {
+        prev_index: LogIndex(1),
+        prev_term: Term(1),
+        entries,
+        commit: LogIndex(0),
+    };
+    assert!(n.step(msg(1, 2, 1, append)).is_err());
+    assert_eq!(n.status().last_index, LogIndex(1));
+}
+
+/// §5.4.2 (Figure 8): a leader never commits an entry of an older term by counting replicas;
+/// it commits it only together with an entry of its own term. Method: a leader of term 3 with
+/// a term-2 entry that a follower also holds; the follower acknowledging only index 2 must not
+/// commit it; acknowledging the leader's term-3 entry commits both.
+#[test]
+fn commit_only_current_term_by_counting() {
+    let mut n = leader_of_term_3_with_old_entry(config(1));
+    n.step(msg(2, 1, 3, ack(2))).unwrap();
+    drain(&mut n);
+    assert_eq!(
+        n.status().commit,
+        LogIndex(1),
+        "the term-2 entry is not committed by counting"
+    );
+    n.step(msg(2, 1, 3, ack(3))).unwrap();
+    drain(&mut n);
+    assert_eq!(n.status().commit, LogIndex(3));
+}
+
+pub fn ack(index: u64) -> MessageBody {
+    MessageBody::AppendResponse {
+        index: LogIndex(index),
+        reject: false,
+        reject_hint: LogIndex(0),
+        hint_term: Term(0),
+    }
+}
+
+/// Node 1 becomes leader of term 3 with log [t1, t2] committed at 1, and appends its term-3
+/// entry at index 3.
+pub fn leader_of_term_3_with_old_entry(
+    mut config: chorus_raft::Config,
+) -> chorus_raft::RawNode<chorus_raft::MemStorage> {
+    config.pre_vote = false;
+    let mut n = node_with(config, &[1, 2, 3], &[1, 2], (2, None, 1));
+    n.campaign().unwrap();
+    drain(&mut n);
+    n.step(msg(2, 1, 3, MessageBody::VoteResponse { reject: false }))
+        .unwrap();
+    drain(&mut n);
+    let s = n.status();
+    assert_eq!(
+        (s.role, s.term, s.last_index, s.commit),
+        (Role::Leader, Term(3), LogIndex(3), LogIndex(1))
+    );
+    n
+}
+
+/// §5.3 with asynchronous persistence: the leader counts its own entries toward a commit only
+/// once they are persisted. Method: a single-node leader proposes; the commit waits for
+/// `on_persisted` of the Ready holding the entry.
+#[test]
+fn leader_counts_itself_only_after_persisting() {
+    let mut n = node(1, &[1], &[], (0, None, 0));
+    n.campaign().unwrap();
+    drain(&mut n);
+    let (_, index) = n.propose(Bytes::from_static(b"x")).unwrap();
+    let ready = n.ready();
+    assert_eq!(ready.entries.last().map(|e| e.index), Some(index));
+    assert!(n.status().commit < index, "not committed before persisting");
+    persist(&mut n, &ready);
+    assert_eq!(n.status().commit, index);
+    let next = n.ready();
+    assert_eq!(next.committed_entries.last().map(|e| e.index), Some(index));
+}
+
+/// Figure 2 "apply committed entries": a follower hands out committed entries only once they are
+/// persisted locally. Method: deliver an append with commit, take the Ready without persisting;
+/// it must not contain the entries as committed.
+#[test]
+fn follower_applies_only_persisted_entries() {
+    let mut n = node(2, &[1, 2, 3], &[], (1, None, 0));
+    let entries = vec![entry(1, 1), entry(2, 1)];
+    let append = MessageBody::Append {
+        prev_index: LogIndex(0),
+        prev_term: Term(0),
+        entries,
+        commit: LogIndex(2),
+    };
+    n.step(msg(1, 2, 1, append)).unwrap();
+    let ready = n.ready();
+    assert_eq!(ready.entries.len(), 2);
+    assert!(
+        ready.committed_entries.is_empty(),
+        "nothing applied before persisting"
+    );
+    assert!(
+        ready
+            .persisted_messages
+            .iter()
+            .any(|m| matches!(m.body, MessageBody::AppendResponse { .. }))
+    );
+    persist(&mut n, &ready);
+    let ready = n.ready();
+    assert_eq!(ready.committed_entries.len(), 2);
+}
+
+/// A randomized run of five nodes with partitions, proposals and crashes, checking the
+/// properties of Figure 3 after every tick: election safety, log matching, leader completeness
+/// and state machine safety. Method: 20 seeds of 300 steps each.
+#[test]
+fn figure_3_properties_under_partitions() {
+    for seed in 0..20 {
+        let mut run = Run::new(seed);
+        for _ in 0..300 {
+            run.step();
+            run.check();
+        }
+        run.heal_and_check_progress();
+    }
+}
+
+struct Run {
+    net: Network,
+    rng: Rng,
+    leaders: BTreeMap<Term, NodeId>,
+    /// Every committed entry, with the term of the node that first reported it committed.
+    committed: BTreeMap<LogIndex, (Entry, Term)>,
+    seed: u64,
+}
+
+impl Run {
+    fn new(seed: u64) -> Run {
+        let mut net = Network::new(&[1, 2, 3, 4, 5], |c| c.seed = seed * 31 + c.id.get());
+        net.trace_messages = false;
+        Run {
+            net,
+            rng: Rng(seed),
+            leaders: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            seed,
+        }
+    }
+
+    fn step(&mut self) {
+        match self.rng.below(20) {
+            0 => {
+                let a = 1 + self.rng.below(5);
+                let b = 1 + self.rng.below(5);
+                let side: Vec<u64> = (1..=5).filter(|i| *i == a || *i == b).collect();
+                let rest: Vec<u64> = (1..=5).filter(|i| !side.contains(i)).collect();
+                self.net.partition(&[side, rest]);
+            }
+            1 | 2 => self.net.heal(),
+            3 => {
+                let id = 1 + self.rng.below(5);
+                if self.net.node(id).crashed {
+                    self.net.restart(id);
+                } else {
+                    self.net.crash(id);
+                }
+            }
+            4..=9 => {
+                for id in 1..=5 {
+                    if !self.net.node(id).crashed && self.net.raw(id).status().role == Role::Leader
+                    {
+                        let data =
+                            Bytes::from(format!("s{}-{}", self.seed, self.rng.below(1_000_000)));
+                        let _ = self.net.raw(id).propose(data);
+                    }
+                }
+                self.net.stabilize();
+            }
+            _ => self.net.tick_all(1),
+        }
+    }
+
+    /// Liveness after the faults stop: heal, restart everyone, and a proposal commits everywhere.
+    fn heal_and_check_progress(&mut self) {
+        self.net.heal();
+        for id in 1..=5 {
+            if self.net.node(id).crashed {
+                self.net.restart(id);
+            }
+        }
+        self.net.tick_all(60);
+        let leader = (1..=5).find(|id| self.net.raw(*id).status().role == Role::Leader);
+        let leader =
+            leader.unwrap_or_else(|| panic!("seed {}: no leader after healing", self.seed));
+        let (_, index) = self
+            .net
+            .raw(leader)
+            .propose(Bytes::from_static(b"final"))
+            .unwrap();
+        self.net.trace_messages = true;
+        let mark = self.net.output.len();
+        self.net.stabilize();
+        // Followers that caught up after the commit learn it from the next heartbeat.
+        self.net.tick_all(2);
+        if std::env::var("DEBUG_RUN").is_ok() {
+            eprintln!("{}", self.net.output[mark..].join("\n"));
+        }
+        for id in 1..=5 {
+            let applied = self.net.raw(id).status().applied;
+            assert!(
+                applied >= index,
+                "seed {}: node {id} applies after healing: {:#?}",
+                self.seed,
+                self.net.status_lines()
+            );
+        }
+        self.check();
+    }
+
+    fn check(&mut self) {
+        let mut logs = BTreeMap::new();
+        for id in 1..=5u64 {
+            let raw = &self.net.nodes[&NodeId(id)].raw;
+            let s = raw.status();
+            // Election safety: at most one leader per term.
+            if s.role == Role::Leader {
+                let prev = *self.leaders.entry(s.term).or_insert(s.id);
+                assert_eq!(
+                    prev, s.id,
+                    "seed {}: two leaders in term {}",
+                    self.seed, s.term
+                );
+            }
+            let first = raw.storage().first_index().unwrap();
+            let log = raw.entries(first, s.last_index.next()).unwrap();
+            // State machine safety: an index committed anywhere holds the same entry everywhere.
+            for e in log.iter().filter(|e| e.index <= s.commit) {
+                let (known, _) = self
+                    .committed
+                    .entry(e.index)
+                    .or_insert_with(|| (e.clone(), s.term));
+                assert_eq!(
+                    known, e,
+                    "seed {}: index {} committed twice differently",
+                    self.seed, e.index
+                );
+            }
+            logs.insert(id, (s.role, s.term, log));
+        }
+        for (id, (role, term, log)) in &logs {
+            // Leader completeness: a leader of a later term holds every committed entry. (A
+            // deposed leader that has not heard of the newer term yet may lack it.)
+            if *role == Role::Leader {
+                for (index, (e, commit_term)) in &self.committed {
+                    if term <= commit_term {
+                        continue;
+                    }
+                    let have = log.get(index.get() as usize - 1);
+                    assert_eq!(
+                        have,
+                        Some(e),
+                        "seed {}: leader {id} misses committed {index}",
+                        self.seed
+                    );
+                }
+            }
+        }
+        // Log matching: same index and term imply identical prefixes.
+        for (a, (_, _, la)) in &logs {
+            for (b, (_, _, lb)) in &logs {
+                if a >= b {
+                    continue;
+                }
+                let common = la
+                    .iter()
+                    .zip(lb.iter())
+                    .rposition(|(x, y)| x.term == y.term);
+                if let Some(pos) = common {
+                    assert_eq!(
+                        la[..=pos],
+                        lb[..=pos],
+                        "seed {}: logs {a} and {b} diverge before {pos}",
+                        self.seed
+                    );
+                }
+            }
+        }
+        assert!(
+            self.net.applied_prefixes_agree(),
+            "seed {}: applied sequences diverge",
+            self.seed
+        );
+    }
+}
