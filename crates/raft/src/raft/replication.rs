@@ -305,8 +305,10 @@ impl<S: LogStorage> Raft<S> {
                 pr.acked_round_tick = pr.acked_round_tick.max(tick);
             }
         }
+        // An empty append when nothing new can be sent: if earlier appends were lost, its
+        // rejection sends the member back to probing, so a lossy link cannot stall it.
         if behind {
-            self.maybe_send_append(from, false);
+            self.maybe_send_append(from, true);
         }
         self.release_confirmed_reads();
     }
