@@ -238,6 +238,7 @@ impl<S: LogStorage> Raft<S> {
         let Some(pr) = self.tracker.progress.get_mut(&from) else {
             return;
         };
+        let was_paused = pr.is_paused();
         if !pr.maybe_update(index) {
             return;
         }
@@ -252,9 +253,13 @@ impl<S: LogStorage> Raft<S> {
         }
         if self.maybe_commit() {
             self.bcast_append();
-        } else {
-            while self.maybe_send_append(from, false) {}
+        } else if was_paused {
+            // The member was skipped by earlier broadcasts while paused: send at least an empty
+            // append so that it learns the current commit index.
+            self.maybe_send_append(from, true);
         }
+        // Send as much as flow control now allows, without empty appends.
+        while self.maybe_send_append(from, false) {}
         self.maybe_finish_transfer(from);
     }
 
