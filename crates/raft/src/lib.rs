@@ -27,6 +27,50 @@
 //! `persisted_messages`, and apply its committed entries in order. Its `messages` may be sent at
 //! once: a leader counts its own log toward a commit only after it has been told the entries are
 //! persisted, so sending before its own fsync completes is safe.
+//!
+//! # Example: a single-node group
+//!
+//! ```
+//! use bytes::Bytes;
+//! use chorus_raft::{Config, ConfState, EntryPayload, GroupId, MemStorage, NodeId, RawNode};
+//!
+//! let config = Config::new(NodeId(1), GroupId(7));
+//! let storage = MemStorage::new_with_conf_state(ConfState::with_voters([NodeId(1)]));
+//! let mut node = RawNode::new(&config, storage).unwrap();
+//! node.campaign().unwrap();
+//! let (_, index) = node.propose(Bytes::from_static(b"hello")).unwrap();
+//!
+//! let mut applied = Vec::new();
+//! while node.has_ready() {
+//!     let ready = node.ready();
+//!     // One node: nothing to send. Persist, acknowledge, apply.
+//!     node.storage_mut().append(&ready.entries).unwrap();
+//!     if let Some(hs) = ready.hard_state {
+//!         node.storage_mut().set_hard_state(hs);
+//!     }
+//!     node.on_persisted(ready.number);
+//!     for entry in &ready.committed_entries {
+//!         if let EntryPayload::Normal(data) = &entry.payload {
+//!             if !data.is_empty() {
+//!                 applied.push(data.clone());
+//!             }
+//!         }
+//!         node.on_applied(entry.index);
+//!     }
+//! }
+//! assert_eq!(applied, vec![Bytes::from_static(b"hello")]);
+//! assert_eq!(node.status().commit, index);
+//! ```
+//!
+//! # Modules
+//!
+//! - [`raw_node`]: the public face, [`RawNode`] and [`Ready`];
+//! - `raft`: the state machine, split into election, replication, reads and membership;
+//! - [`raft_log`]: the log (stable storage plus the unstable suffix);
+//! - [`tracker`] and [`quorum`]: progress of each member and the quorum arithmetic;
+//! - [`confchange`]: membership change arithmetic; [`read_only`]: read rounds and leases;
+//! - [`storage`]: the [`LogStorage`] trait and [`MemStorage`];
+//! - [`interaction`]: the in-memory test network behind the golden scenarios.
 
 pub mod confchange;
 pub mod config;
