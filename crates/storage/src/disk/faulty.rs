@@ -170,6 +170,13 @@ impl FaultyDisk {
             .map_or(0, |f| f.data.len().saturating_sub(f.durable.len()) as u64)
     }
 
+    /// Unsynced bytes of the file written last: the most a torn write can keep at a crash now.
+    pub fn last_write_unsynced_bytes(&self) -> u64 {
+        let state = self.lock();
+        let file = state.last_written.and_then(|inode| state.inodes.get(&inode));
+        file.map_or(0, |f| f.data.len().saturating_sub(f.durable.len()) as u64)
+    }
+
     /// Every file path, sorted.
     pub fn paths(&self) -> Vec<PathBuf> {
         self.lock().names.keys().cloned().collect()

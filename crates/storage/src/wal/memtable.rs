@@ -2,7 +2,7 @@
 //! every append. Both the write path and recovery apply records through [`GroupLog::apply`], so
 //! the state after a restart is, by construction, the state before it.
 
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
 
 use chorus_raft::{ConfState, Entry, HardState, LogIndex, SnapshotMeta, StorageError, Term};
 
@@ -17,15 +17,20 @@ pub(crate) enum Mode {
 
 /// The state of one group: kept entries, hard state, configuration, latest snapshot.
 ///
-/// Invariants:
-/// - `entries[i].index == first_index + i` and `entries.len() == entry_segments.len()`;
-/// - `entry_segments` never decreases (later entries are written later);
-/// - `compact_term` is the term of `first_index - 1`.
+/// Invariants (outside replay):
+/// - the keys of `entries` are exactly `first_index..=last_index`, and each entry's own index is
+///   its key;
+/// - the segments of the entries never decrease with the index (later entries are written later);
+/// - `compact_term` is the term of `first_index - 1`;
+/// - `first_index` never decreases, except when the group is removed.
+///
+/// During replay the map may have holes: a record in the oldest retained segment may hold entries
+/// that a later record, also retained, replaces. [`GroupLog::finish_replay`] checks that the holes
+/// are gone once every record is applied.
 #[derive(Clone, Debug)]
 pub struct GroupLog {
-    entries: VecDeque<Entry>,
-    /// The segment holding each kept entry.
-    entry_segments: VecDeque<u64>,
+    /// Each kept entry, with the segment that holds it.
+    entries: BTreeMap<u64, (Entry, u64)>,
     first_index: LogIndex,
     compact_term: Term,
     hard_state: HardState,
@@ -38,8 +43,7 @@ pub struct GroupLog {
 impl Default for GroupLog {
     fn default() -> Self {
         GroupLog {
-            entries: VecDeque::new(),
-            entry_segments: VecDeque::new(),
+            entries: BTreeMap::new(),
             first_index: LogIndex(1),
             compact_term: Term(0),
             hard_state: HardState::default(),
@@ -58,7 +62,7 @@ impl GroupLog {
 
     /// The index of the last entry, or `first_index - 1` when none is kept.
     pub fn last_index(&self) -> LogIndex {
-        LogIndex(self.first_index.0 + self.entries.len() as u64 - 1)
+        self.entries.keys().next_back().map_or(self.first_index.prev(), |&i| LogIndex(i))
     }
 
     /// The hard state.
@@ -84,8 +88,8 @@ impl GroupLog {
         if index < self.first_index {
             return Err(StorageError::Compacted);
         }
-        let entry = self.entries.get((index.0 - self.first_index.0) as usize);
-        entry.map(|e| e.term).ok_or(StorageError::Unavailable)
+        let entry = self.entries.get(&index.0);
+        entry.map(|(e, _)| e.term).ok_or(StorageError::Unavailable)
     }
 
     /// Entries in `[low, high)`, at most `bytes_max` in total but at least one.
@@ -101,11 +105,9 @@ impl GroupLog {
         if high.0 > self.last_index().0 + 1 || low > high {
             return Err(StorageError::Unavailable);
         }
-        let start = (low.0 - self.first_index.0) as usize;
-        let end = (high.0 - self.first_index.0) as usize;
-        let mut out = Vec::with_capacity(end - start);
+        let mut out = Vec::with_capacity((high.0 - low.0).min(1024) as usize);
         let mut bytes = 0u64;
-        for entry in self.entries.range(start..end) {
+        for (entry, _) in self.entries.range(low.0..high.0).map(|(_, v)| v) {
             bytes += entry.size_bytes();
             if !out.is_empty() && bytes > bytes_max {
                 break;
@@ -117,7 +119,7 @@ impl GroupLog {
 
     /// The segment of the oldest kept entry.
     pub(crate) fn first_entry_segment(&self) -> Option<u64> {
-        self.entry_segments.front().copied()
+        self.entries.values().next().map(|&(_, segment)| segment)
     }
 
     /// The oldest segment holding a record this group's non-entry state still depends on.
@@ -183,8 +185,7 @@ impl GroupLog {
             }
         }
         let next = self.last_index().next();
-        let gap_allowed = mode == Mode::Replay && self.entries.is_empty();
-        if first.index > next && !gap_allowed {
+        if first.index > next && mode == Mode::Live {
             return Err(format!(
                 "entries start at {} but the log ends at {}",
                 first.index,
@@ -208,7 +209,6 @@ impl GroupLog {
             }
             Record::Snapshot { meta, .. } => {
                 self.entries.clear();
-                self.entry_segments.clear();
                 self.first_index = meta.index.next();
                 self.compact_term = meta.term;
                 self.conf_state = meta.conf_state.clone();
@@ -252,29 +252,33 @@ impl GroupLog {
 
     fn apply_entries(&mut self, entries: &[Entry], segment: u64) {
         let Some(first) = entries.first() else { return };
-        if self.entries.is_empty() && first.index > self.first_index {
-            // Only in replay: the group's older records were in segments already deleted. The
-            // `GroupState` record written before that deletion follows and sets the true prefix.
-            self.first_index = first.index;
-        }
-        let keep = first.index.0.saturating_sub(self.first_index.0) as usize;
-        self.entries.truncate(keep);
-        self.entry_segments.truncate(keep);
+        // Entries replace everything from their first index on (§5.3).
+        self.entries.split_off(&first.index.0);
         for entry in entries.iter().filter(|e| e.index >= self.first_index) {
-            debug_assert_eq!(entry.index, self.last_index().next());
-            self.entries.push_back(entry.clone());
-            self.entry_segments.push_back(segment);
+            self.entries.insert(entry.index.0, (entry.clone(), segment));
         }
     }
 
+    /// Discards entries up to `index`. The compaction point only moves forward, so in replay the
+    /// largest one seen is the true one even when older records were deleted.
     fn compact(&mut self, index: LogIndex, term: Term) {
         if index.0 + 1 < self.first_index.0 {
             return;
         }
-        let drop = ((index.0 + 1 - self.first_index.0) as usize).min(self.entries.len());
-        self.entries.drain(..drop);
-        self.entry_segments.drain(..drop);
+        self.entries = self.entries.split_off(&index.next().0);
         self.first_index = index.next();
         self.compact_term = term;
+    }
+
+    /// Checks, after replay, that the entries are again contiguous from `first_index`.
+    pub(crate) fn finish_replay(&self) -> Result<(), String> {
+        let mut expected = self.first_index.0;
+        for &index in self.entries.keys() {
+            if index != expected {
+                return Err(format!("entry {expected} is missing (the next kept is {index})"));
+            }
+            expected += 1;
+        }
+        Ok(())
     }
 }

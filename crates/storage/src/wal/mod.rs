@@ -48,7 +48,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use chorus_raft::GroupId;
+use chorus_raft::{Entry, GroupId, LogIndex};
 
 use crate::disk::Disk;
 use codec::{FRAME_HEADER_BYTES, Record};
@@ -324,6 +324,19 @@ impl Wal {
             self.groups.remove(&group);
             return Ok(self.appended_position());
         }
+        if let Record::Entries { entries, .. } = record {
+            let first_index = self.groups.get(&group).map_or(LogIndex(1), GroupLog::first_index);
+            if entries.first().is_some_and(|e| e.index < first_index) {
+                // Entries already compacted are dropped before they are written, so a record
+                // never holds entries below the compaction point of its time.
+                let kept: Vec<Entry> =
+                    entries.iter().filter(|e| e.index >= first_index).cloned().collect();
+                return self.append(&Record::Entries { group, entries: kept });
+            }
+            if entries.is_empty() {
+                return Ok(self.appended_position());
+            }
+        }
         let empty = GroupLog::default();
         let log = self.groups.get(&group).unwrap_or(&empty);
         log.check(record, Mode::Live)
@@ -495,6 +508,13 @@ impl Wal {
         for &seq in seqs {
             end = self.replay_segment(seq, seq == last)?;
             self.segments.insert(seq);
+        }
+        for (group, log) in &self.groups {
+            log.finish_replay().map_err(|reason| WalError::Corrupt {
+                file: self.segment_path(seqs[0]),
+                offset: 0,
+                reason: format!("group {group}: {reason}"),
+            })?;
         }
         let path = self.segment_path(last);
         if end.torn {
