@@ -66,6 +66,12 @@ fn workload_recycle() -> Vec<Op> {
     ]
 }
 
+/// Every record is handed to the disk as soon as it is appended: more crash points, and several
+/// unsynced writes for a crash to tear.
+fn unbuffered_config() -> WalConfig {
+    WalConfig { pending_bytes_max: 1, ..small_config() }
+}
+
 /// A log of several sealed segments and no purge.
 fn workload_long() -> Vec<Op> {
     let mut ops = workload_two_groups();
@@ -138,6 +144,7 @@ fn crash_and_check(config: &WalConfig, ops: &[Op], crash_at: u64, option: CrashO
 #[test]
 fn every_crash_point_of_two_group_workload() {
     crash_everywhere("two groups", &small_config(), &workload_two_groups());
+    crash_everywhere("two groups, unbuffered", &unbuffered_config(), &workload_two_groups());
     crash_everywhere("long", &small_config(), &workload_long());
 }
 
@@ -152,6 +159,7 @@ fn every_crash_point_of_recycling_workload() {
     assert!(wal.segment_paths()[0] != wal.segment_path(1), "segment 1 was purged");
     assert!(wal.segment_paths().len() >= 2, "segments rotated");
     crash_everywhere("recycle", &config, &workload_recycle());
+    crash_everywhere("recycle, unbuffered", &unbuffered_config(), &workload_recycle());
 }
 
 #[test]
