@@ -91,6 +91,11 @@ enum Event {
         op: u64,
     },
     Nemesis,
+    /// Crash or isolate `node` if it is still leader of `term`.
+    LeaderFault {
+        node: u64,
+        term: Term,
+    },
 }
 
 impl Event {
@@ -106,6 +111,7 @@ impl Event {
             Event::ClientReply { .. } => 8,
             Event::ClientTimeout { .. } => 9,
             Event::Nemesis => 10,
+            Event::LeaderFault { .. } => 11,
         }
     }
 }
@@ -263,6 +269,8 @@ pub struct Simulation {
     clients_stop_at: Time,
     events_max: u64,
     fault: Option<HarnessFault>,
+    /// A membership change was applied in the liveness phase; reconcile after this event.
+    reconcile_pending: bool,
 }
 
 impl Simulation {
@@ -324,6 +332,7 @@ impl Simulation {
             clients_stop_at: params.safety_us + params.liveness_us / 2,
             events_max: 5_000_000,
             fault: None,
+            reconcile_pending: false,
             params,
         };
         for id in sim.params.node_ids() {
@@ -395,6 +404,9 @@ impl Simulation {
             }
             self.trace.begin_event(at, event.code());
             self.dispatch(event);
+            if std::mem::take(&mut self.reconcile_pending) {
+                self.reconcile_membership();
+            }
             if self.checker.violations().len() >= 8 {
                 return;
             }
@@ -443,6 +455,7 @@ impl Simulation {
             }
             Event::ClientTimeout { client, op } => self.on_client_timeout(client, op),
             Event::Nemesis => self.on_nemesis(),
+            Event::LeaderFault { node, term } => self.on_leader_fault(node, term),
         }
     }
 
@@ -465,8 +478,8 @@ impl Simulation {
             .seed
             .wrapping_mul(0x9E37_79B9)
             .wrapping_add(id * 1_000 + incarnation);
-        c.inflight_msgs_max = 64;
-        c.append_bytes_max = 4096;
+        c.inflight_msgs_max = p.inflight_msgs_max;
+        c.append_bytes_max = p.append_bytes_max;
         set_injected_bug(&mut c, p.bug);
         c
     }
@@ -706,8 +719,12 @@ impl Simulation {
             }
         }
         if let Some(hs) = hard_state {
-            if self.node(id).role == Role::Leader {
-                self.checker.on_leader_commit(hs.term, hs.commit);
+            let n = &self.nodes[id as usize - 1];
+            if n.role == Role::Leader {
+                let raw = n.raw.as_ref().expect("running node");
+                let entry_term = |i: LogIndex| raw.term(i).ok();
+                self.checker
+                    .on_leader_commit(NodeId(id), hs.term, hs.commit, entry_term);
             }
         }
         for rs in read_states {
@@ -900,8 +917,10 @@ impl Simulation {
                 self.log(|| format!("node {id} applies {cc:?} -> {cs:?}"));
                 self.node(id).conf_state = cs;
                 self.stats.conf_changes_applied += 1;
+                // Not at once: the operator may shut down this very node, which is in the middle
+                // of applying.
                 if self.phase == Phase::Liveness {
-                    self.reconcile_membership();
+                    self.reconcile_pending = true;
                 }
             }
             Err(e) => self.violation(format!("node {id}: committed {cc:?} does not apply: {e}")),
@@ -959,6 +978,22 @@ impl Simulation {
             );
         }
         self.checker.on_leader(NodeId(id), term);
+        let p = &self.params;
+        if self.phase == Phase::Safety
+            && (p.crashes || p.partitions)
+            && self.rng_nemesis.chance(p.leader_fault_p)
+        {
+            // Half of the time within a couple of message delays (the first entries of the term
+            // have not reached anyone yet), otherwise within a few heartbeats.
+            let within = if self.rng_nemesis.chance(0.5) {
+                2 * p.net.delay_max_us
+            } else {
+                4 * u64::from(p.heartbeat_ticks) * p.tick_us
+            };
+            let delay = self.rng_nemesis.range_inclusive(0, within);
+            self.queue
+                .schedule_in(delay, Event::LeaderFault { node: id, term });
+        }
         // Leader completeness: the new leader's log (stable and unstable) holds every entry
         // committed in an earlier term.
         let need = self.checker.committed_before(term);
@@ -1309,9 +1344,56 @@ impl Simulation {
         self.queue.schedule_in(next, Event::Nemesis);
     }
 
+    fn on_leader_fault(&mut self, id: u64, term: Term) {
+        if self.phase != Phase::Safety {
+            return;
+        }
+        let n = &self.nodes[id as usize - 1];
+        let Some(raw) = n.raw.as_ref() else { return };
+        let status = raw.status();
+        if status.role != Role::Leader || status.term != term {
+            return;
+        }
+        let crash =
+            self.params.crashes && (!self.params.partitions || self.rng_nemesis.chance(0.5));
+        if crash {
+            self.log(|| format!("nemesis: crash leader {id} of term {term}"));
+            self.crash(id);
+            let downtime = self.rng_nemesis.range_inclusive(10_000, 1_000_000);
+            self.queue
+                .schedule_in(downtime, Event::Restart { node: id });
+        } else {
+            let rest: Vec<u64> = self.params.node_ids().filter(|&n| n != id).collect();
+            let partition = Partition::Split {
+                left: vec![id],
+                right: rest,
+            };
+            self.log(|| format!("nemesis: isolate leader {id} of term {term}: {partition}"));
+            self.net.set_partition(partition);
+            self.stats.partitions += 1;
+        }
+    }
+
     fn nemesis_partition(&mut self) {
         let ids: Vec<u64> = self.params.node_ids().collect();
-        let partition = Partition::random(&mut self.rng_nemesis, &ids);
+        let leader = self.leader().map(|(id, _)| id);
+        let partition = match leader {
+            // Isolate the leader with a minority: the majority elects a new one while clients
+            // may still talk to the old one.
+            Some(l) if self.rng_nemesis.chance(0.3) => {
+                let mut others: Vec<u64> = ids.iter().copied().filter(|&n| n != l).collect();
+                self.rng_nemesis.shuffle(&mut others);
+                let minority = (ids.len() - 1) / 2;
+                let take = self.rng_nemesis.range_inclusive(0, minority as u64 - 1) as usize;
+                let mut left = vec![l];
+                left.extend(others.drain(..take));
+                Partition::Split {
+                    left,
+                    right: others,
+                }
+            }
+            _ => Partition::random(&mut self.rng_nemesis, &ids),
+        };
         self.log(|| format!("nemesis: partition {partition}"));
         self.net.set_partition(partition);
         self.stats.partitions += 1;

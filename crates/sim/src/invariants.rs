@@ -38,8 +38,9 @@ pub struct RaftChecker {
     /// The applied sequence, shared by all nodes: position i holds index i + 1.
     applied: Vec<(Term, u64)>,
     /// For each committed index (position i holds index i + 1), the term of the leader that
-    /// first committed it. Non-decreasing.
-    commit_terms: Vec<Term>,
+    /// first committed it (non-decreasing) and the term of the entry it committed there, when
+    /// that leader's log could still tell.
+    commit_terms: Vec<(Term, Option<Term>)>,
     snapshots: BTreeMap<LogIndex, u64>,
     violations: Vec<String>,
 }
@@ -62,22 +63,62 @@ impl RaftChecker {
         self.applied.len() as u64
     }
 
-    /// The committed term at `index`, if known.
+    /// The term of the committed entry at `index`, if known.
     pub fn committed_term(&self, index: LogIndex) -> Option<Term> {
-        let i = index.get().checked_sub(1)?;
-        self.applied.get(i as usize).map(|&(t, _)| t)
+        let i = index.get().checked_sub(1)? as usize;
+        let from_commit = self.commit_terms.get(i).and_then(|&(_, t)| t);
+        from_commit.or_else(|| self.applied.get(i).map(|&(t, _)| t))
     }
 
-    /// A leader of `term` advanced its commit index to `commit`.
-    pub fn on_leader_commit(&mut self, term: Term, commit: LogIndex) {
+    /// A leader of `term` advanced its commit index to `commit`; `entry_term` tells the term of
+    /// the entry at an index of its log (`None` if compacted). Every leader that advances its
+    /// commit over an index must agree on the entry there.
+    pub fn on_leader_commit(
+        &mut self,
+        node: NodeId,
+        term: Term,
+        commit: LogIndex,
+        entry_term: impl Fn(LogIndex) -> Option<Term>,
+    ) {
+        let first_new = self.commit_terms.len() as u64 + 1;
+        // Indices already committed must hold the same entry. Checking the last few is enough
+        // to catch a disagreement where it starts, and keeps this cheap.
+        let recheck_from = first_new.saturating_sub(4).max(1);
+        for i in recheck_from..first_new.min(commit.get() + 1) {
+            let (ct, known) = self.commit_terms[i as usize - 1];
+            if let (Some(known), Some(mine)) = (known, entry_term(LogIndex(i))) {
+                if known != mine {
+                    self.violation(format!(
+                        "state machine safety: leader {node} of term {term} commits index {i} \
+                         holding an entry of term {mine}, but the entry of term {known} was \
+                         committed there in term {ct}"
+                    ));
+                }
+            }
+        }
+        // §5.4.2: a leader commits by counting replicas only an entry of its own term; older
+        // entries are committed indirectly, by the entry of its term after them. So whenever a
+        // leader moves the commit index past every earlier commit, the entry it lands on is of
+        // the leader's term.
+        if commit.get() >= first_new {
+            if let Some(landed) = entry_term(commit) {
+                if landed != term {
+                    self.violation(format!(
+                        "commit rule: leader {node} of term {term} committed up to index {commit}, \
+                         an entry of the older term {landed} (§5.4.2)"
+                    ));
+                }
+            }
+        }
         while (self.commit_terms.len() as u64) < commit.get() {
-            self.commit_terms.push(term);
+            let index = LogIndex(self.commit_terms.len() as u64 + 1);
+            self.commit_terms.push((term, entry_term(index)));
         }
     }
 
     /// How many leading indices were committed in a term before `term`.
     pub fn committed_before(&self, term: Term) -> u64 {
-        self.commit_terms.partition_point(|&t| t < term) as u64
+        self.commit_terms.partition_point(|&(t, _)| t < term) as u64
     }
 
     /// A node became leader of `term`.
@@ -110,12 +151,18 @@ impl RaftChecker {
                 }
             }
             let position = e.index.get() as usize - 1;
-            let committed_in = self.commit_terms.get(position).copied();
-            if let (Some(&(t, h)), Some(ct)) = (self.applied.get(position), committed_in) {
-                if e.term > ct && (t != e.term || h != hash) {
+            if let Some(&(ct, _)) = self.commit_terms.get(position) {
+                let committed = self.committed_term(e.index);
+                let applied = self.applied.get(position).copied();
+                let differs = match (applied, committed) {
+                    (Some((t, h)), _) => t != e.term || h != hash,
+                    (None, Some(t)) => t != e.term,
+                    (None, None) => false,
+                };
+                if e.term > ct && differs {
                     self.violation(format!(
-                        "leader completeness: node {node} stored entry index {} term {} but the \
-                         entry of term {t} there was committed in term {ct}",
+                        "leader completeness: node {node} stored entry index {} term {} but \
+                         another entry was committed there in term {ct}",
                         e.index, e.term
                     ));
                 }
@@ -246,7 +293,7 @@ mod tests {
         // at index 2; a node stores an older-term entry at a committed index (fine), then one of
         // a term after the commit (a violation); then a gap in the applied sequence.
         let mut c = RaftChecker::default();
-        c.on_leader_commit(Term(2), LogIndex(2));
+        c.on_leader_commit(NodeId(1), Term(2), LogIndex(2), |_| None);
         c.on_apply(NodeId(1), &entry(1, 1, b"a"));
         c.on_apply(NodeId(2), &entry(1, 1, b"a"));
         c.on_apply(NodeId(1), &entry(2, 2, b"b"));
@@ -268,7 +315,7 @@ mod tests {
         // one index; a later leader with a different entry, then one with a short log. A leader
         // of the commit's own term is not held to it (it may be the one that commits it later).
         let mut c = RaftChecker::default();
-        c.on_leader_commit(Term(1), LogIndex(1));
+        c.on_leader_commit(NodeId(1), Term(1), LogIndex(1), |_| Some(Term(1)));
         c.on_apply(NodeId(1), &entry(1, 1, b"a"));
         c.on_snapshot(NodeId(1), LogIndex(1), 7);
         c.on_snapshot(NodeId(2), LogIndex(1), 7);
@@ -281,5 +328,41 @@ mod tests {
         assert_eq!(c.violations().len(), 2);
         c.on_leader_log(NodeId(4), Term(4), LogIndex(0), &[]);
         assert_eq!(c.violations().len(), 3);
+    }
+
+    #[test]
+    fn two_leaders_committing_different_entries_at_one_index_are_caught() {
+        // Goal: a commit of a lost entry is caught before anyone applies it. Method: leader 1
+        // commits index 1 holding term 1; leader 2 later commits index 1 holding term 2.
+        let mut c = RaftChecker::default();
+        c.on_leader_commit(NodeId(1), Term(1), LogIndex(1), |_| Some(Term(1)));
+        c.on_leader_commit(NodeId(1), Term(1), LogIndex(1), |_| Some(Term(1)));
+        assert!(c.violations().is_empty());
+        assert_eq!(c.committed_term(LogIndex(1)), Some(Term(1)));
+        c.on_leader_commit(NodeId(2), Term(2), LogIndex(2), |_| Some(Term(2)));
+        assert_eq!(c.violations().len(), 1);
+        // And a leader of a later term whose log lacks it is caught at its election.
+        c.on_leader_log(NodeId(3), Term(5), LogIndex(2), &[(LogIndex(1), Term(2))]);
+        assert_eq!(c.violations().len(), 2);
+    }
+
+    #[test]
+    fn a_leader_committing_an_older_term_entry_by_counting_is_caught() {
+        // Goal: the §5.4.2 rule is checked directly. Method: a leader of term 3 lands its commit
+        // index on an entry of term 2 (a violation); landing on its own term is fine, and so is
+        // a commit that covers older entries on the way to its own.
+        let mut c = RaftChecker::default();
+        c.on_leader_commit(NodeId(1), Term(3), LogIndex(2), |i| Some(Term(i.get() + 1)));
+        assert!(c.violations().is_empty());
+        let older = |i: LogIndex| {
+            Some(if i.get() == 3 {
+                Term(2)
+            } else {
+                Term(i.get() + 1)
+            })
+        };
+        c.on_leader_commit(NodeId(1), Term(4), LogIndex(3), older);
+        assert_eq!(c.violations().len(), 1);
+        assert!(c.violations()[0].starts_with("commit rule"));
     }
 }

@@ -107,6 +107,13 @@ pub struct Params {
     pub nemesis_max_us: Time,
     pub membership_changes: bool,
     pub leader_transfers: bool,
+    /// Probability that a new leader is crashed or isolated within a few heartbeats of its
+    /// election (the short reigns of Figure 8 of the Raft paper).
+    pub leader_fault_p: f64,
+    /// The core's per-message entry budget and append window (small values split a catch-up
+    /// into many messages, which opens the windows that commit rules must guard).
+    pub append_bytes_max: u64,
+    pub inflight_msgs_max: usize,
     pub safety_us: Time,
     /// How long the healed cluster gets to make progress and catch up.
     pub liveness_us: Time,
@@ -191,6 +198,9 @@ impl Params {
             nemesis_max_us: rng.range_inclusive(100_000, 600_000),
             membership_changes,
             leader_transfers: rng.chance(0.4),
+            leader_fault_p: *rng.choose(&[0.0, 0.3, 0.8]),
+            append_bytes_max: *rng.choose(&[64, 512, 4096]),
+            inflight_msgs_max: *rng.choose(&[1, 4, 64]),
             safety_us: rng.range_inclusive(2_000_000, 5_000_000),
             liveness_us: 6_000_000,
             bug: overrides.bug,
@@ -211,7 +221,8 @@ impl fmt::Display for Params {
              lease_drift={} drift_ppm_max={} clock_jumps={} drop={} dup={} delay={}..{}us \
              slow={}/{}us partitions={} crashes={} torn={} fsync={}..{}us pipeline={} \
              snapshot_every={} compact_lag={} clients={} keys={} op_timeout={}us \
-             membership={} transfers={} safety={}us liveness={}us bug={}",
+             membership={} transfers={} leader_fault={} append_bytes_max={} inflight_max={} \
+             safety={}us liveness={}us bug={}",
             self.nodes,
             self.initial_voters,
             self.read_mode,
@@ -240,6 +251,9 @@ impl fmt::Display for Params {
             self.op_timeout_us,
             self.membership_changes,
             self.leader_transfers,
+            self.leader_fault_p,
+            self.append_bytes_max,
+            self.inflight_msgs_max,
             self.safety_us,
             self.liveness_us,
             self.bug.map_or("none", BugName::name),
