@@ -24,7 +24,8 @@ pub enum InjectedBug {
     DoubleVote,
     /// The leader commits an entry of an older term by counting replicas (breaks §5.4.2).
     CommitOldTerm,
-    /// A lease read is served without checking that the lease still holds.
+    /// A lease read is served without checking that the lease still holds: the leader never
+    /// checks quorum contact, neither for its lease nor for the check-quorum step-down.
     StaleLeaseRead,
     /// A restarted node ignores the vote in its persisted hard state.
     ForgetVoteOnRestart,

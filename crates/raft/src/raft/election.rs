@@ -36,7 +36,10 @@ impl<S: LogStorage> Raft<S> {
         self.election_elapsed += 1;
         if self.election_elapsed >= self.config.election_ticks {
             self.election_elapsed = 0;
-            if self.config.check_quorum && !self.tracker.quorum_active(self.id) {
+            if self.config.check_quorum
+                && !self.tracker.quorum_active(self.id)
+                && !self.trusts_stale_lease()
+            {
                 // §6.2 of the thesis: a leader that cannot reach a quorum steps down, so that
                 // clients retry elsewhere instead of waiting on it forever.
                 info!(node = %self.id, term = %self.term, "check-quorum failed, stepping down");
@@ -52,6 +55,16 @@ impl<S: LogStorage> Raft<S> {
             self.heartbeat_elapsed = 0;
             self.bcast_heartbeat();
         }
+    }
+
+    /// With the injected StaleLeaseRead bug, the leader never checks quorum contact: neither for
+    /// its lease nor for stepping down.
+    fn trusts_stale_lease(&self) -> bool {
+        #[cfg(feature = "inject-bugs")]
+        if self.config.bug(crate::config::InjectedBug::StaleLeaseRead) {
+            return true;
+        }
+        false
     }
 
     /// Whether this node believes a leader is alive and so refuses to help depose it: with
