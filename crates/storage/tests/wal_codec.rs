@@ -29,7 +29,11 @@ fn conf_change() -> impl Strategy<Value = ConfChange> {
         node().prop_map(ConfChangeSingle::RemoveNode),
     ];
     (transition, vec(single, 0..4), vec(any::<u8>(), 0..16)).prop_map(|(transition, changes, c)| {
-        ConfChange { transition, changes, context: Bytes::from(c) }
+        ConfChange {
+            transition,
+            changes,
+            context: Bytes::from(c),
+        }
     })
 }
 
@@ -92,16 +96,24 @@ fn record() -> impl Strategy<Value = Record> {
             index: LogIndex(i),
             term: Term(t),
         }),
-        (group.clone(), hard_state(), conf_state(), meta(), any::<u64>(), any::<u64>()).prop_map(
-            |(group, hard_state, conf_state, snapshot, i, t)| Record::GroupState {
-                group,
-                hard_state,
-                conf_state,
-                snapshot,
-                compact_index: LogIndex(i),
-                compact_term: Term(t),
-            }
-        ),
+        (
+            group.clone(),
+            hard_state(),
+            conf_state(),
+            meta(),
+            any::<u64>(),
+            any::<u64>()
+        )
+            .prop_map(|(group, hard_state, conf_state, snapshot, i, t)| {
+                Record::GroupState {
+                    group,
+                    hard_state,
+                    conf_state,
+                    snapshot,
+                    compact_index: LogIndex(i),
+                    compact_term: Term(t),
+                }
+            }),
         group.prop_map(|group| Record::RemoveGroup { group }),
     ]
 }
@@ -169,11 +181,16 @@ proptest! {
 fn impossible_lengths_are_rejected() {
     // A zero length and a length above the limit are errors before anything is read or allocated.
     let zero = Bytes::from(vec![0u8; 16]);
-    assert_eq!(codec::read_frame(&zero, 0, 64), Err(FrameError::BadLength { body_len: 0 }));
+    assert_eq!(
+        codec::read_frame(&zero, 0, 64),
+        Err(FrameError::BadLength { body_len: 0 })
+    );
     let mut huge = vec![0u8; FRAME_HEADER_BYTES];
     huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
     let huge = Bytes::from(huge);
-    let expected = FrameError::BadLength { body_len: u64::from(u32::MAX) };
+    let expected = FrameError::BadLength {
+        body_len: u64::from(u32::MAX),
+    };
     assert_eq!(codec::read_frame(&huge, 0, 64), Err(expected));
 }
 

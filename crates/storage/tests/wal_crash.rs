@@ -47,7 +47,11 @@ fn workload_two_groups() -> Vec<Op> {
 /// Enough data to rotate segments, a snapshot install, compaction of everything, and a purge that
 /// deletes old segments and restates group state.
 fn workload_recycle() -> Vec<Op> {
-    let meta = SnapshotMeta { index: LogIndex(10), term: Term(3), conf_state: voters(&[1, 2]) };
+    let meta = SnapshotMeta {
+        index: LogIndex(10),
+        term: Term(3),
+        conf_state: voters(&[1, 2]),
+    };
     vec![
         Op::Append(G1, entries(1, 4, 1, "first")),
         Op::HardState(G1, hard_state(1, 1, 2)),
@@ -69,7 +73,10 @@ fn workload_recycle() -> Vec<Op> {
 /// Every record is handed to the disk as soon as it is appended: more crash points, and several
 /// unsynced writes for a crash to tear.
 fn unbuffered_config() -> WalConfig {
-    WalConfig { pending_bytes_max: 1, ..small_config() }
+    WalConfig {
+        pending_bytes_max: 1,
+        ..small_config()
+    }
 }
 
 /// A log of several sealed segments and no purge.
@@ -87,7 +94,10 @@ fn workload_long() -> Vec<Op> {
 fn crash_everywhere(name: &str, config: &WalConfig, ops: &[Op]) -> u64 {
     let dry = FaultyDisk::new();
     let outcome = run(&dry, config, ops);
-    assert!(outcome.error.is_none(), "{name}: the workload fails without a crash");
+    assert!(
+        outcome.error.is_none(),
+        "{name}: the workload fails without a crash"
+    );
     let ops_total = dry.ops_done();
     let mut crashes = 0;
     for crash_at in 0..=ops_total {
@@ -98,12 +108,21 @@ fn crash_everywhere(name: &str, config: &WalConfig, ops: &[Op]) -> u64 {
         let unsynced = probe.last_write_unsynced_bytes();
         let mut options = vec![CrashOptions::LOSE_UNSYNCED];
         for torn_bytes in 1..=unsynced {
-            options.push(CrashOptions { torn_bytes, torn_fill: TornFill::Data });
+            options.push(CrashOptions {
+                torn_bytes,
+                torn_fill: TornFill::Data,
+            });
         }
         for torn_bytes in [1, 4, 8, 9, 16, 64].into_iter().filter(|&b| b <= unsynced) {
-            options.push(CrashOptions { torn_bytes, torn_fill: TornFill::Zeros });
+            options.push(CrashOptions {
+                torn_bytes,
+                torn_fill: TornFill::Zeros,
+            });
             let seed = crash_at * 1000 + torn_bytes;
-            options.push(CrashOptions { torn_bytes, torn_fill: TornFill::Garbage { seed } });
+            options.push(CrashOptions {
+                torn_bytes,
+                torn_fill: TornFill::Garbage { seed },
+            });
         }
         for option in options {
             let context = format!("{name}: crash after {crash_at} ops with {option:?}");
@@ -112,11 +131,20 @@ fn crash_everywhere(name: &str, config: &WalConfig, ops: &[Op]) -> u64 {
         }
     }
     assert!(crashes > ops_total, "{name}: every crash point was tried");
-    println!("{name}: {} crash points, {crashes} crashes checked", ops_total + 1);
+    println!(
+        "{name}: {} crash points, {crashes} crashes checked",
+        ops_total + 1
+    );
     crashes
 }
 
-fn crash_and_check(config: &WalConfig, ops: &[Op], crash_at: u64, option: CrashOptions, context: &str) {
+fn crash_and_check(
+    config: &WalConfig,
+    ops: &[Op],
+    crash_at: u64,
+    option: CrashOptions,
+    context: &str,
+) {
     let disk = FaultyDisk::new();
     disk.crash_after_ops(crash_at);
     let outcome = run(&disk, config, ops);
@@ -133,18 +161,27 @@ fn crash_and_check(config: &WalConfig, ops: &[Op], crash_at: u64, option: CrashO
     model_apply(&mut expected, &extra);
     {
         let mut wal = Wal::open(Arc::new(disk.clone()), config.clone()).expect("second open");
-        wal.append(&record_of(&expected, &extra).expect("state op")).expect("append");
+        wal.append(&record_of(&expected, &extra).expect("state op"))
+            .expect("append");
         wal.sync().expect("sync");
     }
     disk.crash(CrashOptions::LOSE_UNSYNCED);
     let wal = Wal::open(Arc::new(disk.clone()), config.clone()).expect("third open");
-    assert_eq!(wal_image(&wal), expected, "{context}: writes after recovery");
+    assert_eq!(
+        wal_image(&wal),
+        expected,
+        "{context}: writes after recovery"
+    );
 }
 
 #[test]
 fn every_crash_point_of_two_group_workload() {
     crash_everywhere("two groups", &small_config(), &workload_two_groups());
-    crash_everywhere("two groups, unbuffered", &unbuffered_config(), &workload_two_groups());
+    crash_everywhere(
+        "two groups, unbuffered",
+        &unbuffered_config(),
+        &workload_two_groups(),
+    );
     crash_everywhere("long", &small_config(), &workload_long());
 }
 
@@ -156,10 +193,17 @@ fn every_crash_point_of_recycling_workload() {
     let outcome = run(&disk, &config, &workload_recycle());
     assert!(outcome.error.is_none());
     let wal = Wal::open(Arc::new(disk.clone()), config.clone()).expect("open");
-    assert!(wal.segment_paths()[0] != wal.segment_path(1), "segment 1 was purged");
+    assert!(
+        wal.segment_paths()[0] != wal.segment_path(1),
+        "segment 1 was purged"
+    );
     assert!(wal.segment_paths().len() >= 2, "segments rotated");
     crash_everywhere("recycle", &config, &workload_recycle());
-    crash_everywhere("recycle, unbuffered", &unbuffered_config(), &workload_recycle());
+    crash_everywhere(
+        "recycle, unbuffered",
+        &unbuffered_config(),
+        &workload_recycle(),
+    );
 }
 
 #[test]
@@ -174,16 +218,25 @@ fn randomized_workloads_survive_random_crashes() {
         let outcome = run(&dry, &config, &ops);
         assert!(outcome.error.is_none(), "seed {seed}: {:?}", outcome.error);
         let reopened = Wal::open(Arc::new(dry.clone()), config.clone()).expect("reopen");
-        assert_eq!(wal_image(&reopened), outcome.images[outcome.attempted], "seed {seed}");
+        assert_eq!(
+            wal_image(&reopened),
+            outcome.images[outcome.attempted],
+            "seed {seed}"
+        );
         let ops_total = dry.ops_done();
         for _ in 0..8 {
             let crash_at = rng.below(ops_total + 1);
             let torn_fill = match rng.below(3) {
                 0 => TornFill::Data,
                 1 => TornFill::Zeros,
-                _ => TornFill::Garbage { seed: rng.next_u64() },
+                _ => TornFill::Garbage {
+                    seed: rng.next_u64(),
+                },
             };
-            let option = CrashOptions { torn_bytes: rng.below(300), torn_fill };
+            let option = CrashOptions {
+                torn_bytes: rng.below(300),
+                torn_fill,
+            };
             let context = format!("seed {seed}: crash after {crash_at} ops with {option:?}");
             crash_and_check(&config, &ops, crash_at, option, &context);
         }
@@ -213,7 +266,11 @@ fn bit_flips_before_the_tail_refuse_to_start_naming_file_and_offset() {
     let outcome = run(&disk, &config, &workload_long());
     assert!(outcome.error.is_none());
     let paths = disk.paths();
-    assert!(paths.len() >= 3, "needs sealed segments, has {}", paths.len());
+    assert!(
+        paths.len() >= 3,
+        "needs sealed segments, has {}",
+        paths.len()
+    );
     let last_path = paths.last().expect("segments").clone();
     let mut flips = 0;
     for path in &paths {
@@ -223,7 +280,8 @@ fn bit_flips_before_the_tail_refuse_to_start_naming_file_and_offset() {
         for offset in 0..bytes.len() {
             let copy = FaultyDisk::new();
             run(&copy, &config, &workload_long());
-            copy.flip_bit(path, offset as u64, (offset % 8) as u8).expect("flip");
+            copy.flip_bit(path, offset as u64, (offset % 8) as u8)
+                .expect("flip");
             let result = Wal::open(Arc::new(copy.clone()), config.clone());
             let record_start = *starts.iter().rev().find(|&&s| s <= offset).expect("frame") as u64;
             if *path == last_path && offset >= last_frame {
@@ -238,10 +296,19 @@ fn bit_flips_before_the_tail_refuse_to_start_naming_file_and_offset() {
                 assert_prefix(&outcome, &wal_image(&wal), "tail flip");
             } else {
                 match result {
-                    Err(WalError::Corrupt { file, offset: at, reason }) => {
+                    Err(WalError::Corrupt {
+                        file,
+                        offset: at,
+                        reason,
+                    }) => {
                         assert_eq!(&file, path, "flip at {offset}: {reason}");
                         assert_eq!(at, record_start, "flip at {offset}: {reason}");
-                        let message = WalError::Corrupt { file, offset: at, reason }.to_string();
+                        let message = WalError::Corrupt {
+                            file,
+                            offset: at,
+                            reason,
+                        }
+                        .to_string();
                         assert!(message.contains(&path.display().to_string()), "{message}");
                         assert!(message.contains(&format!("offset {at}")), "{message}");
                     }
@@ -261,7 +328,11 @@ fn a_missing_segment_refuses_to_start() {
     let disk = FaultyDisk::new();
     run(&disk, &config, &workload_long());
     let paths = disk.paths();
-    assert!(paths.len() >= 3, "needs three segments, has {}", paths.len());
+    assert!(
+        paths.len() >= 3,
+        "needs three segments, has {}",
+        paths.len()
+    );
     disk.remove(&paths[1]).expect("remove");
     disk.sync_dir(&config.dir).expect("sync dir");
     match Wal::open(Arc::new(disk.clone()), config.clone()) {
@@ -295,21 +366,40 @@ fn a_failed_fsync_is_fatal_and_never_retried() {
     let config = small_config();
     let disk = FaultyDisk::new();
     let mut wal = Wal::open(Arc::new(disk.clone()), config.clone()).expect("open");
-    wal.append(&Record::Entries { group: G1, entries: entries(1, 2, 1, "x") }).expect("append");
+    wal.append(&Record::Entries {
+        group: G1,
+        entries: entries(1, 2, 1, "x"),
+    })
+    .expect("append");
     wal.sync().expect("sync");
-    wal.append(&Record::Entries { group: G1, entries: entries(3, 1, 1, "x") }).expect("append");
+    wal.append(&Record::Entries {
+        group: G1,
+        entries: entries(3, 1, 1, "x"),
+    })
+    .expect("append");
     disk.fail_next_sync();
     let ops_before = disk.ops_done();
     assert!(matches!(wal.sync(), Err(WalError::SyncFailed { .. })));
     assert!(wal.is_poisoned());
     assert!(matches!(wal.sync(), Err(WalError::Poisoned { .. })));
-    let again = Record::HardState { group: G1, hard_state: hard_state(1, 1, 1) };
+    let again = Record::HardState {
+        group: G1,
+        hard_state: hard_state(1, 1, 1),
+    };
     assert!(matches!(wal.append(&again), Err(WalError::Poisoned { .. })));
     assert!(matches!(wal.group(G1), Err(WalError::Poisoned { .. })));
-    assert_eq!(disk.ops_done(), ops_before + 2, "only the append and the one fsync reached the disk");
+    assert_eq!(
+        disk.ops_done(),
+        ops_before + 2,
+        "only the append and the one fsync reached the disk"
+    );
     drop(wal);
     disk.crash(CrashOptions::LOSE_UNSYNCED);
     let wal = Wal::open(Arc::new(disk.clone()), config).expect("reopen");
     let log = wal.group(G1).expect("ok").expect("group");
-    assert_eq!(log.last_index(), LogIndex(2), "the entry whose fsync failed is not durable");
+    assert_eq!(
+        log.last_index(),
+        LogIndex(2),
+        "the entry whose fsync failed is not durable"
+    );
 }

@@ -52,9 +52,15 @@ fn entries_and_state_survive_a_reopen_on_a_real_disk() {
     assert_eq!(state.conf_state, voters(&[1, 2, 3]));
     assert_eq!(g1.first_index(), Ok(LogIndex(1)));
     assert_eq!(g1.last_index(), Ok(LogIndex(5)));
-    assert_eq!(g1.entries(LogIndex(1), LogIndex(6), u64::MAX), Ok(entries(1, 5, 1, "one")));
+    assert_eq!(
+        g1.entries(LogIndex(1), LogIndex(6), u64::MAX),
+        Ok(entries(1, 5, 1, "one"))
+    );
     let g2 = RaftLogStore::new(wal, G2);
-    assert_eq!(g2.entries(LogIndex(1), LogIndex(3), u64::MAX), Ok(entries(1, 2, 4, "two")));
+    assert_eq!(
+        g2.entries(LogIndex(1), LogIndex(3), u64::MAX),
+        Ok(entries(1, 2, 4, "two"))
+    );
 }
 
 #[test]
@@ -68,18 +74,30 @@ fn log_storage_read_contract() {
     log.append(&entries(1, 6, 2, "x")).expect("append");
     assert_eq!(log.term(LogIndex(6)), Ok(Term(2)));
     assert_eq!(log.term(LogIndex(7)), Err(StorageError::Unavailable));
-    assert_eq!(log.entries(LogIndex(2), LogIndex(8), u64::MAX), Err(StorageError::Unavailable));
+    assert_eq!(
+        log.entries(LogIndex(2), LogIndex(8), u64::MAX),
+        Err(StorageError::Unavailable)
+    );
     // A byte limit stops early, but at least one entry is returned.
     let one = log.entries(LogIndex(2), LogIndex(6), 1).expect("entries");
     assert_eq!(one, vec![entry(2, 2, "x-2")]);
     let size = entry(2, 2, "x-2").size_bytes();
-    let two = log.entries(LogIndex(2), LogIndex(6), 2 * size).expect("entries");
+    let two = log
+        .entries(LogIndex(2), LogIndex(6), 2 * size)
+        .expect("entries");
     assert_eq!(two.len(), 2);
     log.compact(LogIndex(3)).expect("compact");
     assert_eq!(log.first_index(), Ok(LogIndex(4)));
-    assert_eq!(log.term(LogIndex(3)), Ok(Term(2)), "term of the compacted index is kept");
+    assert_eq!(
+        log.term(LogIndex(3)),
+        Ok(Term(2)),
+        "term of the compacted index is kept"
+    );
     assert_eq!(log.term(LogIndex(2)), Err(StorageError::Compacted));
-    assert_eq!(log.entries(LogIndex(3), LogIndex(5), u64::MAX), Err(StorageError::Compacted));
+    assert_eq!(
+        log.entries(LogIndex(3), LogIndex(5), u64::MAX),
+        Err(StorageError::Compacted)
+    );
 }
 
 #[test]
@@ -89,7 +107,11 @@ fn a_conflicting_suffix_is_replaced_and_gaps_are_rejected() {
     let log = RaftLogStore::new(wal.clone(), G1);
     log.append(&entries(1, 5, 1, "old")).expect("append");
     log.append(&entries(3, 1, 2, "new")).expect("append");
-    assert_eq!(log.last_index(), Ok(LogIndex(3)), "entries 4 and 5 are gone");
+    assert_eq!(
+        log.last_index(),
+        Ok(LogIndex(3)),
+        "entries 4 and 5 are gone"
+    );
     assert_eq!(log.term(LogIndex(3)), Ok(Term(2)));
     match log.append(&entries(6, 1, 2, "gap")) {
         Err(WalError::Rejected { group, reason }) => {
@@ -102,8 +124,15 @@ fn a_conflicting_suffix_is_replaced_and_gaps_are_rejected() {
     drop(log);
     drop(wal);
     let log = RaftLogStore::new(open(dir.path(), 1 << 20), G1);
-    let expected = vec![entry(1, 1, "old-1"), entry(2, 1, "old-2"), entry(3, 2, "new-3")];
-    assert_eq!(log.entries(LogIndex(1), LogIndex(4), u64::MAX), Ok(expected));
+    let expected = vec![
+        entry(1, 1, "old-1"),
+        entry(2, 1, "old-2"),
+        entry(3, 2, "new-3"),
+    ];
+    assert_eq!(
+        log.entries(LogIndex(1), LogIndex(4), u64::MAX),
+        Ok(expected)
+    );
 }
 
 #[test]
@@ -112,25 +141,45 @@ fn snapshots_reset_the_log_and_are_served_with_their_data() {
     let wal = open(dir.path(), 1 << 20);
     let log = RaftLogStore::new(wal.clone(), G1);
     log.append(&entries(1, 3, 1, "x")).expect("append");
-    let meta = SnapshotMeta { index: LogIndex(10), term: Term(3), conf_state: voters(&[1, 2]) };
-    let snapshot = Snapshot { meta: meta.clone(), data: Bytes::from_static(b"image") };
+    let meta = SnapshotMeta {
+        index: LogIndex(10),
+        term: Term(3),
+        conf_state: voters(&[1, 2]),
+    };
+    let snapshot = Snapshot {
+        meta: meta.clone(),
+        data: Bytes::from_static(b"image"),
+    };
     log.apply_snapshot(snapshot.clone()).expect("apply");
     assert_eq!(log.first_index(), Ok(LogIndex(11)));
     assert_eq!(log.last_index(), Ok(LogIndex(10)));
     assert_eq!(log.term(LogIndex(10)), Ok(Term(3)));
-    assert_eq!(log.initial_state().expect("state").conf_state, voters(&[1, 2]));
+    assert_eq!(
+        log.initial_state().expect("state").conf_state,
+        voters(&[1, 2])
+    );
     assert_eq!(log.snapshot(LogIndex(10)), Ok(snapshot.clone()));
-    assert_eq!(log.snapshot(LogIndex(11)), Err(StorageError::SnapshotTemporarilyUnavailable));
+    assert_eq!(
+        log.snapshot(LogIndex(11)),
+        Err(StorageError::SnapshotTemporarilyUnavailable)
+    );
     log.sync().expect("sync");
     drop(log);
     drop(wal);
     // After a restart the WAL knows the metadata; the application hands the data back.
     let wal = open(dir.path(), 1 << 20);
     let log = RaftLogStore::new(wal.clone(), G1);
-    assert_eq!(log.snapshot(LogIndex(5)), Err(StorageError::SnapshotTemporarilyUnavailable));
+    assert_eq!(
+        log.snapshot(LogIndex(5)),
+        Err(StorageError::SnapshotTemporarilyUnavailable)
+    );
     let position = wal.lock().unwrap().appended_position();
     log.set_snapshot(snapshot.clone()).expect("set");
-    assert_eq!(wal.lock().unwrap().appended_position(), position, "nothing new is written");
+    assert_eq!(
+        wal.lock().unwrap().appended_position(),
+        position,
+        "nothing new is written"
+    );
     assert_eq!(log.snapshot(LogIndex(5)), Ok(snapshot));
 }
 
@@ -145,16 +194,27 @@ fn purge_deletes_compacted_segments_and_keeps_state() {
     g2.set_hard_state(hard_state(7, 1, 0)).expect("hard state");
     g2.set_conf_state(voters(&[4, 5, 6])).expect("conf");
     for i in 0..100 {
-        g1.append(&entries(1 + 10 * i, 10, 1, &"p".repeat(40))).expect("append");
+        g1.append(&entries(1 + 10 * i, 10, 1, &"p".repeat(40)))
+            .expect("append");
         g1.sync().expect("sync");
     }
     let segments_before = wal.lock().unwrap().segment_paths().len();
     assert!(segments_before > 5, "only {segments_before} segments");
-    assert_eq!(wal.lock().unwrap().purge().expect("purge"), 0, "every entry is still needed");
+    assert_eq!(
+        wal.lock().unwrap().purge().expect("purge"),
+        0,
+        "every entry is still needed"
+    );
     g1.compact(LogIndex(990)).expect("compact");
     let purged = wal.lock().unwrap().purge().expect("purge");
-    assert!(purged >= segments_before - 2, "purged {purged} of {segments_before}");
-    let remaining = RealDisk::new().list(&dir.path().join("wal")).expect("list").len();
+    assert!(
+        purged >= segments_before - 2,
+        "purged {purged} of {segments_before}"
+    );
+    let remaining = RealDisk::new()
+        .list(&dir.path().join("wal"))
+        .expect("list")
+        .len();
     assert_eq!(remaining, segments_before - purged);
     drop((g1, g2, wal));
     let wal = open(dir.path(), 8192);
@@ -162,8 +222,14 @@ fn purge_deletes_compacted_segments_and_keeps_state() {
     let g2 = RaftLogStore::new(wal, G2);
     assert_eq!(g1.first_index(), Ok(LogIndex(991)));
     assert_eq!(g1.last_index(), Ok(LogIndex(1000)));
-    assert_eq!(g2.initial_state().expect("state").hard_state, hard_state(7, 1, 0));
-    assert_eq!(g2.initial_state().expect("state").conf_state, voters(&[4, 5, 6]));
+    assert_eq!(
+        g2.initial_state().expect("state").hard_state,
+        hard_state(7, 1, 0)
+    );
+    assert_eq!(
+        g2.initial_state().expect("state").conf_state,
+        voters(&[4, 5, 6])
+    );
 }
 
 #[test]
@@ -172,25 +238,42 @@ fn large_batches_are_split_and_oversized_entries_refused() {
     let wal = open(dir.path(), 1 << 20);
     let log = RaftLogStore::new(wal.clone(), G1);
     // 64 entries of 200 bytes do not fit one 4096-byte record.
-    log.append(&entries(1, 64, 1, &"b".repeat(200))).expect("split append");
+    log.append(&entries(1, 64, 1, &"b".repeat(200)))
+        .expect("split append");
     assert_eq!(log.last_index(), Ok(LogIndex(64)));
     let huge = vec![entry(65, 1, &"h".repeat(5000))];
-    assert!(matches!(log.append(&huge), Err(WalError::RecordTooLarge { max: 4096, .. })));
-    assert!(!wal.lock().unwrap().is_poisoned(), "a refused record does not stop the WAL");
+    assert!(matches!(
+        log.append(&huge),
+        Err(WalError::RecordTooLarge { max: 4096, .. })
+    ));
+    assert!(
+        !wal.lock().unwrap().is_poisoned(),
+        "a refused record does not stop the WAL"
+    );
     log.sync().expect("sync");
     drop((log, wal));
     let log = RaftLogStore::new(open(dir.path(), 1 << 20), G1);
-    assert_eq!(log.entries(LogIndex(1), LogIndex(65), u64::MAX).map(|e| e.len()), Ok(64));
+    assert_eq!(
+        log.entries(LogIndex(1), LogIndex(65), u64::MAX)
+            .map(|e| e.len()),
+        Ok(64)
+    );
 }
 
 #[test]
 fn config_validation_names_the_values() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let bad = WalConfig { segment_bytes_max: 100, ..WalConfig::new(dir.path()) };
+    let bad = WalConfig {
+        segment_bytes_max: 100,
+        ..WalConfig::new(dir.path())
+    };
     let err = Wal::open(Arc::new(RealDisk::new()), bad).expect_err("invalid");
     let message = err.to_string();
     assert!(message.contains("segment_bytes_max = 100"), "{message}");
-    let bad = WalConfig { pending_bytes_max: 0, ..WalConfig::new(dir.path()) };
+    let bad = WalConfig {
+        pending_bytes_max: 0,
+        ..WalConfig::new(dir.path())
+    };
     assert!(matches!(bad.validate(), Err(WalError::Config(_))));
     assert!(WalConfig::new(dir.path()).validate().is_ok());
 }
@@ -209,9 +292,18 @@ fn a_removed_group_is_gone_after_reopen() {
     {
         let wal = open(dir.path(), 1 << 20);
         let mut wal = wal.lock().unwrap();
-        wal.append(&Record::Entries { group: G1, entries: entries(1, 2, 1, "x") }).expect("a");
-        wal.append(&Record::Entries { group: G2, entries: entries(1, 2, 1, "y") }).expect("a");
-        wal.append(&Record::RemoveGroup { group: G1 }).expect("remove");
+        wal.append(&Record::Entries {
+            group: G1,
+            entries: entries(1, 2, 1, "x"),
+        })
+        .expect("a");
+        wal.append(&Record::Entries {
+            group: G2,
+            entries: entries(1, 2, 1, "y"),
+        })
+        .expect("a");
+        wal.append(&Record::RemoveGroup { group: G1 })
+            .expect("remove");
         wal.sync().expect("sync");
     }
     let wal = open(dir.path(), 1 << 20);

@@ -173,7 +173,9 @@ impl FaultyDisk {
     /// Unsynced bytes of the file written last: the most a torn write can keep at a crash now.
     pub fn last_write_unsynced_bytes(&self) -> u64 {
         let state = self.lock();
-        let file = state.last_written.and_then(|inode| state.inodes.get(&inode));
+        let file = state
+            .last_written
+            .and_then(|inode| state.inodes.get(&inode));
         file.map_or(0, |f| f.data.len().saturating_sub(f.durable.len()) as u64)
     }
 

@@ -62,7 +62,10 @@ impl GroupLog {
 
     /// The index of the last entry, or `first_index - 1` when none is kept.
     pub fn last_index(&self) -> LogIndex {
-        self.entries.keys().next_back().map_or(self.first_index.prev(), |&i| LogIndex(i))
+        self.entries
+            .keys()
+            .next_back()
+            .map_or(self.first_index.prev(), |&i| LogIndex(i))
     }
 
     /// The hard state.
@@ -272,12 +275,12 @@ impl GroupLog {
 
     /// Checks, after replay, that the entries are again contiguous from `first_index`.
     pub(crate) fn finish_replay(&self) -> Result<(), String> {
-        let mut expected = self.first_index.0;
-        for &index in self.entries.keys() {
+        for (expected, &index) in (self.first_index.0..).zip(self.entries.keys()) {
             if index != expected {
-                return Err(format!("entry {expected} is missing (the next kept is {index})"));
+                return Err(format!(
+                    "entry {expected} is missing (the next kept is {index})"
+                ));
             }
-            expected += 1;
         }
         Ok(())
     }

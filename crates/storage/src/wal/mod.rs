@@ -325,13 +325,22 @@ impl Wal {
             return Ok(self.appended_position());
         }
         if let Record::Entries { entries, .. } = record {
-            let first_index = self.groups.get(&group).map_or(LogIndex(1), GroupLog::first_index);
+            let first_index = self
+                .groups
+                .get(&group)
+                .map_or(LogIndex(1), GroupLog::first_index);
             if entries.first().is_some_and(|e| e.index < first_index) {
                 // Entries already compacted are dropped before they are written, so a record
                 // never holds entries below the compaction point of its time.
-                let kept: Vec<Entry> =
-                    entries.iter().filter(|e| e.index >= first_index).cloned().collect();
-                return self.append(&Record::Entries { group, entries: kept });
+                let kept: Vec<Entry> = entries
+                    .iter()
+                    .filter(|e| e.index >= first_index)
+                    .cloned()
+                    .collect();
+                return self.append(&Record::Entries {
+                    group,
+                    entries: kept,
+                });
             }
             if entries.is_empty() {
                 return Ok(self.appended_position());

@@ -54,7 +54,11 @@ impl Default for GroupImage {
 
 impl GroupImage {
     pub fn last_index(&self) -> u64 {
-        self.entries.keys().next_back().copied().unwrap_or(self.first_index - 1)
+        self.entries
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(self.first_index - 1)
     }
 
     pub fn term(&self, index: u64) -> u64 {
@@ -109,15 +113,34 @@ pub fn model_apply(image: &mut Image, op: &Op) {
 /// The record the WAL is given for a state-changing op.
 pub fn record_of(image: &Image, op: &Op) -> Option<Record> {
     Some(match op {
-        Op::Append(group, entries) => Record::Entries { group: *group, entries: entries.clone() },
-        Op::HardState(group, hs) => Record::HardState { group: *group, hard_state: *hs },
-        Op::ConfState(group, cs) => Record::ConfState { group: *group, conf_state: cs.clone() },
+        Op::Append(group, entries) => Record::Entries {
+            group: *group,
+            entries: entries.clone(),
+        },
+        Op::HardState(group, hs) => Record::HardState {
+            group: *group,
+            hard_state: *hs,
+        },
+        Op::ConfState(group, cs) => Record::ConfState {
+            group: *group,
+            conf_state: cs.clone(),
+        },
         Op::Compact(group, index) => {
             let term = image.get(group).map_or(0, |g| g.term(index.0));
-            Record::Compact { group: *group, index: *index, term: Term(term) }
+            Record::Compact {
+                group: *group,
+                index: *index,
+                term: Term(term),
+            }
         }
-        Op::InstallSnapshot(group, meta) => Record::Snapshot { group: *group, meta: meta.clone() },
-        Op::MarkSnapshot(group, meta) => Record::SnapshotMark { group: *group, meta: meta.clone() },
+        Op::InstallSnapshot(group, meta) => Record::Snapshot {
+            group: *group,
+            meta: meta.clone(),
+        },
+        Op::MarkSnapshot(group, meta) => Record::SnapshotMark {
+            group: *group,
+            meta: meta.clone(),
+        },
         Op::Remove(group) => Record::RemoveGroup { group: *group },
         Op::Sync | Op::Purge => return None,
     })
@@ -130,10 +153,15 @@ pub fn wal_image(wal: &Wal) -> Image {
         let log = wal.group(id).expect("not poisoned").expect("listed");
         let first = log.first_index();
         let last = log.last_index();
-        let entries = log.entries(first, last.next(), u64::MAX).expect("kept entries");
+        let entries = log
+            .entries(first, last.next(), u64::MAX)
+            .expect("kept entries");
         let group = GroupImage {
             first_index: first.0,
-            compact_term: log.term(first.prev()).expect("term of the compacted index").0,
+            compact_term: log
+                .term(first.prev())
+                .expect("term of the compacted index")
+                .0,
             entries: entries.into_iter().map(|e| (e.index.0, e)).collect(),
             hard_state: log.hard_state(),
             conf_state: log.conf_state().clone(),
@@ -159,7 +187,12 @@ pub struct Outcome {
 
 /// Runs `ops` on a WAL over `disk`, stopping at the first error.
 pub fn run(disk: &FaultyDisk, config: &WalConfig, ops: &[Op]) -> Outcome {
-    let mut outcome = Outcome { images: vec![Image::new()], acked: 0, attempted: 0, error: None };
+    let mut outcome = Outcome {
+        images: vec![Image::new()],
+        acked: 0,
+        attempted: 0,
+        error: None,
+    };
     let mut wal = match Wal::open(Arc::new(disk.clone()), config.clone()) {
         Ok(wal) => wal,
         Err(err) => {
@@ -226,11 +259,17 @@ pub fn entry(index: u64, term: u64, payload: &str) -> Entry {
 }
 
 pub fn entries(first: u64, count: u64, term: u64, tag: &str) -> Vec<Entry> {
-    (first..first + count).map(|i| entry(i, term, &format!("{tag}-{i}"))).collect()
+    (first..first + count)
+        .map(|i| entry(i, term, &format!("{tag}-{i}")))
+        .collect()
 }
 
 pub fn hard_state(term: u64, vote: u64, commit: u64) -> HardState {
-    HardState { term: Term(term), vote: Some(NodeId(vote)), commit: LogIndex(commit) }
+    HardState {
+        term: Term(term),
+        vote: Some(NodeId(vote)),
+        commit: LogIndex(commit),
+    }
 }
 
 pub fn voters(ids: &[u64]) -> ConfState {
@@ -284,16 +323,32 @@ pub fn random_workload(rng: &mut Rng, len: usize, groups: u64) -> Vec<Op> {
             }
             35..=49 => Op::HardState(g, hard_state(term, 1 + rng.below(3), rng.below(last + 1))),
             50..=54 => Op::ConfState(g, voters(&[1, 2, 1 + rng.below(5)])),
-            55..=64 if last >= group.first_index => {
-                Op::Compact(g, LogIndex(group.first_index + rng.below(last + 1 - group.first_index)))
-            }
+            55..=64 if last >= group.first_index => Op::Compact(
+                g,
+                LogIndex(group.first_index + rng.below(last + 1 - group.first_index)),
+            ),
             65..=67 => {
                 let index = LogIndex(group.first_index + rng.below(8));
-                Op::InstallSnapshot(g, SnapshotMeta { index, term: Term(term), conf_state: voters(&[1, 2, 3]) })
+                Op::InstallSnapshot(
+                    g,
+                    SnapshotMeta {
+                        index,
+                        term: Term(term),
+                        conf_state: voters(&[1, 2, 3]),
+                    },
+                )
             }
             68..=70 if last >= group.snapshot.index.0 => {
-                let index = LogIndex(group.snapshot.index.0 + rng.below(last + 1 - group.snapshot.index.0));
-                Op::MarkSnapshot(g, SnapshotMeta { index, term: Term(term), conf_state: group.conf_state.clone() })
+                let index =
+                    LogIndex(group.snapshot.index.0 + rng.below(last + 1 - group.snapshot.index.0));
+                Op::MarkSnapshot(
+                    g,
+                    SnapshotMeta {
+                        index,
+                        term: Term(term),
+                        conf_state: group.conf_state.clone(),
+                    },
+                )
             }
             71 => Op::Remove(g),
             72..=89 => Op::Sync,
