@@ -5,11 +5,9 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
 use bytes::Bytes;
-use chorus_raft::interaction::Network;
-use chorus_raft::{Entry, LogIndex, LogStorage, MessageBody, NodeId, Role, Term};
+use chorus_raft::{LogIndex, MessageBody, NodeId, Role, Term};
+use common::run::Run;
 use common::*;
 
 /// §5.1: a node that sees a higher term adopts it and becomes a follower. Method: a leader of
@@ -318,179 +316,12 @@ fn follower_applies_only_persisted_entries() {
 #[test]
 fn figure_3_properties_under_partitions() {
     for seed in 0..20 {
-        let mut run = Run::new(seed);
+        let mut run = Run::new(seed, |_| {});
         for _ in 0..300 {
             run.step();
-            run.check();
+            run.check().unwrap_or_else(|e| panic!("{e}"));
         }
-        run.heal_and_check_progress();
-    }
-}
-
-struct Run {
-    net: Network,
-    rng: Rng,
-    leaders: BTreeMap<Term, NodeId>,
-    /// Every committed entry, with the term of the node that first reported it committed.
-    committed: BTreeMap<LogIndex, (Entry, Term)>,
-    seed: u64,
-}
-
-impl Run {
-    fn new(seed: u64) -> Run {
-        let mut net = Network::new(&[1, 2, 3, 4, 5], |c| c.seed = seed * 31 + c.id.get());
-        net.trace_messages = false;
-        Run {
-            net,
-            rng: Rng(seed),
-            leaders: BTreeMap::new(),
-            committed: BTreeMap::new(),
-            seed,
-        }
-    }
-
-    fn step(&mut self) {
-        match self.rng.below(20) {
-            0 => {
-                let a = 1 + self.rng.below(5);
-                let b = 1 + self.rng.below(5);
-                let side: Vec<u64> = (1..=5).filter(|i| *i == a || *i == b).collect();
-                let rest: Vec<u64> = (1..=5).filter(|i| !side.contains(i)).collect();
-                self.net.partition(&[side, rest]);
-            }
-            1 | 2 => self.net.heal(),
-            3 => {
-                let id = 1 + self.rng.below(5);
-                if self.net.node(id).crashed {
-                    self.net.restart(id);
-                } else {
-                    self.net.crash(id);
-                }
-            }
-            4..=9 => {
-                for id in 1..=5 {
-                    if !self.net.node(id).crashed && self.net.raw(id).status().role == Role::Leader
-                    {
-                        let data =
-                            Bytes::from(format!("s{}-{}", self.seed, self.rng.below(1_000_000)));
-                        let _ = self.net.raw(id).propose(data);
-                    }
-                }
-                self.net.stabilize();
-            }
-            _ => self.net.tick_all(1),
-        }
-    }
-
-    /// Liveness after the faults stop: heal, restart everyone, and a proposal commits everywhere.
-    fn heal_and_check_progress(&mut self) {
-        self.net.heal();
-        for id in 1..=5 {
-            if self.net.node(id).crashed {
-                self.net.restart(id);
-            }
-        }
-        self.net.tick_all(60);
-        let leader = (1..=5).find(|id| self.net.raw(*id).status().role == Role::Leader);
-        let leader =
-            leader.unwrap_or_else(|| panic!("seed {}: no leader after healing", self.seed));
-        let (_, index) = self
-            .net
-            .raw(leader)
-            .propose(Bytes::from_static(b"final"))
-            .unwrap();
-        self.net.trace_messages = true;
-        let mark = self.net.output.len();
-        self.net.stabilize();
-        // Followers that caught up after the commit learn it from the next heartbeat.
-        self.net.tick_all(2);
-        if std::env::var("DEBUG_RUN").is_ok() {
-            eprintln!("{}", self.net.output[mark..].join("\n"));
-        }
-        for id in 1..=5 {
-            let applied = self.net.raw(id).status().applied;
-            assert!(
-                applied >= index,
-                "seed {}: node {id} applies after healing: {:#?}",
-                self.seed,
-                self.net.status_lines()
-            );
-        }
-        self.check();
-    }
-
-    fn check(&mut self) {
-        let mut logs = BTreeMap::new();
-        for id in 1..=5u64 {
-            let raw = &self.net.nodes[&NodeId(id)].raw;
-            let s = raw.status();
-            // Election safety: at most one leader per term.
-            if s.role == Role::Leader {
-                let prev = *self.leaders.entry(s.term).or_insert(s.id);
-                assert_eq!(
-                    prev, s.id,
-                    "seed {}: two leaders in term {}",
-                    self.seed, s.term
-                );
-            }
-            let first = raw.storage().first_index().unwrap();
-            let log = raw.entries(first, s.last_index.next()).unwrap();
-            // State machine safety: an index committed anywhere holds the same entry everywhere.
-            for e in log.iter().filter(|e| e.index <= s.commit) {
-                let (known, _) = self
-                    .committed
-                    .entry(e.index)
-                    .or_insert_with(|| (e.clone(), s.term));
-                assert_eq!(
-                    known, e,
-                    "seed {}: index {} committed twice differently",
-                    self.seed, e.index
-                );
-            }
-            logs.insert(id, (s.role, s.term, log));
-        }
-        for (id, (role, term, log)) in &logs {
-            // Leader completeness: a leader of a later term holds every committed entry. (A
-            // deposed leader that has not heard of the newer term yet may lack it.)
-            if *role == Role::Leader {
-                for (index, (e, commit_term)) in &self.committed {
-                    if term <= commit_term {
-                        continue;
-                    }
-                    let have = log.get(index.get() as usize - 1);
-                    assert_eq!(
-                        have,
-                        Some(e),
-                        "seed {}: leader {id} misses committed {index}",
-                        self.seed
-                    );
-                }
-            }
-        }
-        // Log matching: same index and term imply identical prefixes.
-        for (a, (_, _, la)) in &logs {
-            for (b, (_, _, lb)) in &logs {
-                if a >= b {
-                    continue;
-                }
-                let common = la
-                    .iter()
-                    .zip(lb.iter())
-                    .rposition(|(x, y)| x.term == y.term);
-                if let Some(pos) = common {
-                    assert_eq!(
-                        la[..=pos],
-                        lb[..=pos],
-                        "seed {}: logs {a} and {b} diverge before {pos}",
-                        self.seed
-                    );
-                }
-            }
-        }
-        assert!(
-            self.net.applied_prefixes_agree(),
-            "seed {}: applied sequences diverge",
-            self.seed
-        );
+        run.heal_and_check_progress()
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 }

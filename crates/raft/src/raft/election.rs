@@ -209,7 +209,11 @@ impl<S: LogStorage> Raft<S> {
         }
         if grant {
             self.election_elapsed = 0;
-            self.vote = Some(m.from);
+            // Always true under the rules; the injected DoubleVote bug grants a second vote
+            // without forgetting the first (a candidate keeps its vote for itself).
+            if self.vote.is_none() {
+                self.vote = Some(m.from);
+            }
         }
         self.send(m.from, MessageBody::VoteResponse { reject: !grant });
     }

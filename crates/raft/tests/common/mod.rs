@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: nodes built from a chosen log, and messages.
 #![allow(dead_code)]
 
+pub mod run;
+
 use bytes::Bytes;
 use chorus_raft::interaction::test_config;
 use chorus_raft::{
