@@ -668,4 +668,46 @@ mod tests {
             Err(StorageError::Unavailable)
         );
     }
+
+    /// Goal: the unstable buffer appends, truncates and replaces, and pulls `in_progress` back
+    /// so that replaced entries are handed out again. Method: table of (offset, entries,
+    /// in_progress, append) -> (offset, indexes, in_progress).
+    #[test]
+    fn unstable_truncate_and_append() {
+        type Case = (
+            u64,
+            &'static [u64],
+            u64,
+            &'static [u64],
+            u64,
+            &'static [u64],
+            u64,
+        );
+        let cases: &[Case] = &[
+            // Append right after.
+            (5, &[5, 6], 6, &[7, 8], 5, &[5, 6, 7, 8], 6),
+            // Replace a suffix that was handed out: in_progress falls back.
+            (5, &[5, 6, 7], 7, &[6], 5, &[5, 6], 5),
+            // Replace everything, from before the offset.
+            (5, &[5, 6], 6, &[4, 5], 4, &[4, 5], 3),
+            // Replace everything from the offset.
+            (5, &[5, 6], 4, &[5], 5, &[5], 4),
+        ];
+        for (i, (offset, have, in_progress, add, want_offset, want, want_in_progress)) in
+            cases.iter().enumerate()
+        {
+            let mut u = Unstable {
+                entries: have.iter().map(|i| entry(*i, 1)).collect(),
+                offset: LogIndex(*offset),
+                in_progress: LogIndex(*in_progress),
+                ..Unstable::default()
+            };
+            let add: Vec<Entry> = add.iter().map(|i| entry(*i, 2)).collect();
+            u.truncate_and_append(&add);
+            let got: Vec<u64> = u.entries.iter().map(|e| e.index.get()).collect();
+            assert_eq!(u.offset, LogIndex(*want_offset), "case {i}");
+            assert_eq!(got, want.to_vec(), "case {i}");
+            assert_eq!(u.in_progress, LogIndex(*want_in_progress), "case {i}");
+        }
+    }
 }

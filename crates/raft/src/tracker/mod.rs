@@ -193,3 +193,115 @@ impl ProgressTracker {
         self.config.voters.contains(id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::confchange;
+
+    fn tracker(voters: &[u64], outgoing: &[u64], learners: &[u64]) -> ProgressTracker {
+        let ids = |l: &[u64]| l.iter().map(|i| NodeId(*i)).collect::<BTreeSet<_>>();
+        let cs = ConfState {
+            voters: ids(voters),
+            voters_outgoing: ids(outgoing),
+            learners: ids(learners),
+            ..ConfState::default()
+        };
+        let mut t = ProgressTracker::new(4);
+        let (config, progress) =
+            confchange::restore(&t, TrackerConfig::from_conf_state(&cs), LogIndex(1)).unwrap();
+        t.apply(config, progress);
+        t
+    }
+
+    fn set_match(t: &mut ProgressTracker, pairs: &[(u64, u64)]) {
+        for (id, m) in pairs {
+            t.progress
+                .get_mut(&NodeId(*id))
+                .unwrap()
+                .maybe_update(LogIndex(*m));
+        }
+    }
+
+    /// Goal: the tracker's commit index follows the voters' matches, ignores learners, and in a
+    /// joint configuration needs both halves. Method: table.
+    #[test]
+    fn committed_table() {
+        type Case = (
+            &'static [u64],
+            &'static [u64],
+            &'static [u64],
+            &'static [(u64, u64)],
+            u64,
+        );
+        let cases: &[Case] = &[
+            (&[1, 2, 3], &[], &[], &[(1, 5), (2, 4), (3, 1)], 4),
+            (&[1, 2, 3], &[], &[4, 5], &[(1, 5), (4, 9), (5, 9)], 0),
+            (&[1, 2, 3], &[1, 4, 5], &[], &[(1, 9), (2, 9), (3, 9)], 0),
+            (&[1, 2, 3], &[1, 4, 5], &[], &[(1, 9), (2, 9), (4, 7)], 7),
+        ];
+        for (i, (voters, outgoing, learners, matches, want)) in cases.iter().enumerate() {
+            let mut t = tracker(voters, outgoing, learners);
+            set_match(&mut t, matches);
+            assert_eq!(t.committed(), LogIndex(*want), "case {i}");
+        }
+    }
+
+    /// Goal: check-quorum counts the leader plus recently active voters, and clears the flags.
+    #[test]
+    fn quorum_active_clears_flags() {
+        let mut t = tracker(&[1, 2, 3, 4, 5], &[], &[6]);
+        for pr in t.progress.values_mut() {
+            pr.recent_active = false;
+        }
+        t.progress.get_mut(&NodeId(6)).unwrap().recent_active = true;
+        t.progress.get_mut(&NodeId(2)).unwrap().recent_active = true;
+        assert!(
+            !t.quorum_active(NodeId(1)),
+            "leader + 2 of 5, the learner does not count"
+        );
+        for id in [2, 3] {
+            t.progress.get_mut(&NodeId(id)).unwrap().recent_active = true;
+        }
+        assert!(t.quorum_active(NodeId(1)), "leader + 2 + 3");
+        assert!(
+            t.progress
+                .iter()
+                .filter(|(id, _)| **id != NodeId(1))
+                .all(|(_, p)| !p.recent_active)
+        );
+    }
+
+    /// Goal: the lease start is the newest round start a quorum acknowledged, counting the
+    /// leader at `now`; members that never acknowledged count as zero ("never").
+    #[test]
+    fn quorum_acked_tick() {
+        let mut t = tracker(&[1, 2, 3], &[], &[]);
+        assert_eq!(t.quorum_acked_tick(NodeId(1), 50), 0);
+        t.progress.get_mut(&NodeId(2)).unwrap().acked_round_tick = 40;
+        assert_eq!(t.quorum_acked_tick(NodeId(1), 50), 40);
+        t.progress.get_mut(&NodeId(3)).unwrap().acked_round_tick = 45;
+        assert_eq!(t.quorum_acked_tick(NodeId(1), 50), 45);
+        t.progress.get_mut(&NodeId(2)).unwrap().acked_round = 7;
+        assert_eq!(t.quorum_acked_round(NodeId(1), 9), 7);
+    }
+
+    /// Goal: votes count once per voter and the first answer wins.
+    #[test]
+    fn votes() {
+        let mut t = tracker(&[1, 2, 3], &[], &[4]);
+        t.record_vote(NodeId(1), true);
+        t.record_vote(NodeId(4), true);
+        assert_eq!(
+            t.vote_result(),
+            VoteResult::Pending,
+            "a learner's vote does not count"
+        );
+        t.record_vote(NodeId(2), false);
+        t.record_vote(NodeId(2), true);
+        assert_eq!(t.vote_counts(), (2, 1));
+        assert_eq!(t.vote_result(), VoteResult::Pending);
+        t.record_vote(NodeId(3), true);
+        assert_eq!(t.vote_result(), VoteResult::Won);
+    }
+}
