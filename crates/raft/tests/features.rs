@@ -650,3 +650,123 @@ fn read_index_without_leader() {
         Err(ProposeError::NotLeader { leader_hint: None })
     );
 }
+
+/// Goal: one Ready hands out at most `committed_bytes_max` bytes of committed entries (at least
+/// one entry), and the following Readies hand out the rest in order. Method: a single-node
+/// leader commits ten 124-byte entries at once with a 300-byte limit.
+#[test]
+fn committed_bytes_max_bounds_each_ready() {
+    let mut c = config(1);
+    c.committed_bytes_max = 300;
+    let mut n = node_with(c, &[1], &[], (0, None, 0));
+    n.campaign().unwrap();
+    drain(&mut n);
+    for _ in 0..10 {
+        n.propose(Bytes::from(vec![0u8; 100])).unwrap();
+    }
+    let mut batches = Vec::new();
+    let mut next = LogIndex(2);
+    while n.has_ready() {
+        let ready = n.ready();
+        persist(&mut n, &ready);
+        if ready.committed_entries.is_empty() {
+            continue;
+        }
+        for e in &ready.committed_entries {
+            assert_eq!(e.index, next, "in order, no gaps");
+            next = next.next();
+        }
+        batches.push(ready.committed_entries.len());
+        n.on_applied(ready.committed_entries.last().unwrap().index);
+    }
+    assert_eq!(next, LogIndex(12), "everything applied");
+    assert!(
+        batches.iter().all(|b| *b <= 2),
+        "at most two entries per Ready: {batches:?}"
+    );
+}
+
+/// Goal: `report_unreachable` stops optimistic streaming to that member (back to Probe).
+#[test]
+fn report_unreachable_probes() {
+    let mut net = elected(&[1, 2, 3], |_| {});
+    let state = |net: &mut Network| net.raw(1).status().progress[&NodeId(2)].state;
+    assert_eq!(state(&mut net), ProgressState::Replicate);
+    net.raw(1).report_unreachable(NodeId(2));
+    assert_eq!(state(&mut net), ProgressState::Probe);
+}
+
+/// Goal: once a leader has sent TimeoutNow its lease is void (the target may win without
+/// waiting for leases to expire), so reads need a heartbeat round again. Method: a fresh lease
+/// answers at once; after a transfer whose TimeoutNow is lost, a read sends heartbeats.
+#[test]
+fn transfer_voids_the_lease() {
+    let mut net = elected(&[1, 2, 3], |c| c.read_only = ReadOnlyOption::LeaseBased);
+    net.tick_all(1);
+    net.raw(1)
+        .read_index(Bytes::from_static(b"before"))
+        .unwrap();
+    assert_eq!(
+        net.raw(1).ready().read_states.len(),
+        1,
+        "answered from the lease"
+    );
+    net.cut.insert((NodeId(1), NodeId(2)));
+    net.raw(1).transfer_leader(NodeId(2));
+    net.stabilize();
+    assert!(
+        net.output
+            .iter()
+            .any(|l| l.starts_with("1->2 TimeoutNow") && l.ends_with("DROPPED"))
+    );
+    net.raw(1).read_index(Bytes::from_static(b"after")).unwrap();
+    let ready = net.raw(1).ready();
+    assert!(
+        ready.read_states.is_empty(),
+        "no lease read after TimeoutNow"
+    );
+    assert!(
+        ready
+            .messages
+            .iter()
+            .any(|m| matches!(m.body, MessageBody::Heartbeat { .. }))
+    );
+}
+
+/// Goal: a restarted node resumes from its persisted hard state and the applied index in its
+/// config: it neither re-applies nor loses committed entries. Method: crash a follower after
+/// it applied, commit more while it is down, restart it.
+#[test]
+fn restart_resumes_from_applied() {
+    let mut net = elected(&[1, 2, 3], |_| {});
+    net.raw(1).propose(Bytes::from_static(b"a")).unwrap();
+    net.stabilize();
+    net.tick_all(1);
+    net.crash(3);
+    net.raw(1).propose(Bytes::from_static(b"b")).unwrap();
+    net.stabilize();
+    net.restart(3);
+    let s = net.raw(3).status();
+    assert_eq!((s.commit, s.applied), (LogIndex(2), LogIndex(2)));
+    net.tick_all(3);
+    let data: Vec<Bytes> = net.node(3).applied.iter().map(|(_, d)| d.clone()).collect();
+    assert_eq!(
+        data,
+        vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]
+    );
+}
+
+/// Goal: an applied index past the persisted commit is refused at startup, with an error.
+#[test]
+fn applied_past_commit_is_refused() {
+    let mut c = config(1);
+    c.applied = LogIndex(5);
+    let result = chorus_raft::RawNode::new(&c, storage(&[1, 2, 3], &[1, 1], (1, None, 2)));
+    assert!(matches!(
+        result,
+        Err(Error::AppliedPastCommit {
+            applied: 5,
+            committed: 2
+        })
+    ));
+}
