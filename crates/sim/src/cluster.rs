@@ -96,6 +96,12 @@ enum Event {
         node: u64,
         term: Term,
     },
+    /// Crash `node` (if still in `incarnation`) soon after it granted a vote, and restart it
+    /// soon: the vote must survive on its disk.
+    VoterCrash {
+        node: u64,
+        incarnation: u64,
+    },
 }
 
 impl Event {
@@ -112,6 +118,7 @@ impl Event {
             Event::ClientTimeout { .. } => 9,
             Event::Nemesis => 10,
             Event::LeaderFault { .. } => 11,
+            Event::VoterCrash { .. } => 12,
         }
     }
 }
@@ -456,6 +463,16 @@ impl Simulation {
             Event::ClientTimeout { client, op } => self.on_client_timeout(client, op),
             Event::Nemesis => self.on_nemesis(),
             Event::LeaderFault { node, term } => self.on_leader_fault(node, term),
+            Event::VoterCrash { node, incarnation } => {
+                if self.phase == Phase::Safety && self.node(node).incarnation == incarnation {
+                    self.log(|| format!("nemesis: crash node {node} after its vote"));
+                    self.crash(node);
+                    let downtime = self
+                        .rng_nemesis
+                        .range_inclusive(1_000, 2 * self.params.tick_us);
+                    self.queue.schedule_in(downtime, Event::Restart { node });
+                }
+            }
         }
     }
 
@@ -647,6 +664,21 @@ impl Simulation {
             return;
         }
         self.stats.messages_sent += 1;
+        if let MessageBody::VoteResponse { reject: false } = msg.body {
+            let p = &self.params;
+            if self.phase == Phase::Safety && p.crashes && self.rng_nemesis.chance(p.voter_fault_p)
+            {
+                let incarnation = self.nodes[from as usize - 1].incarnation;
+                let delay = self.rng_nemesis.range_inclusive(0, p.net.delay_max_us);
+                self.queue.schedule_in(
+                    delay,
+                    Event::VoterCrash {
+                        node: from,
+                        incarnation,
+                    },
+                );
+            }
+        }
         let is_snapshot = matches!(msg.body, MessageBody::Snapshot { .. });
         let incarnation = self.node(from).incarnation;
         match self.net.route(&mut self.rng_net, from, to) {

@@ -32,6 +32,10 @@ struct Args {
     /// Print one line per seed (its trace hash and counters), failing or not.
     #[arg(long)]
     each: bool,
+    /// With --inject-bug, do not stop at the first seed that catches it (to measure how often
+    /// and by which checker it is caught).
+    #[arg(long)]
+    keep_going: bool,
 }
 
 fn main() -> ExitCode {
@@ -107,8 +111,12 @@ fn run() -> anyhow::Result<u64> {
         violations += 1;
         print_failure(seed, &params, &outcome.violations, &args);
         if let Some(bug) = bug {
-            println!("injected bug {bug} caught by seed {seed} after {seeds_run} seeds");
-            break;
+            if violations == 1 {
+                println!("injected bug {bug} caught by seed {seed} after {seeds_run} seeds");
+            }
+            if !args.keep_going {
+                break;
+            }
         }
     }
     if let Some(bug) = bug {

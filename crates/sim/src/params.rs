@@ -110,6 +110,8 @@ pub struct Params {
     /// Probability that a new leader is crashed or isolated within a few heartbeats of its
     /// election (the short reigns of Figure 8 of the Raft paper).
     pub leader_fault_p: f64,
+    /// Probability that a node that grants a vote crashes right after and restarts quickly.
+    pub voter_fault_p: f64,
     /// The core's per-message entry budget and append window (small values split a catch-up
     /// into many messages, which opens the windows that commit rules must guard).
     pub append_bytes_max: u64,
@@ -199,6 +201,7 @@ impl Params {
             membership_changes,
             leader_transfers: rng.chance(0.4),
             leader_fault_p: *rng.choose(&[0.0, 0.3, 0.8]),
+            voter_fault_p: *rng.choose(&[0.0, 0.3, 0.7]),
             append_bytes_max: *rng.choose(&[64, 512, 4096]),
             inflight_msgs_max: *rng.choose(&[1, 4, 64]),
             safety_us: rng.range_inclusive(2_000_000, 5_000_000),
@@ -221,7 +224,7 @@ impl fmt::Display for Params {
              lease_drift={} drift_ppm_max={} clock_jumps={} drop={} dup={} delay={}..{}us \
              slow={}/{}us partitions={} crashes={} torn={} fsync={}..{}us pipeline={} \
              snapshot_every={} compact_lag={} clients={} keys={} op_timeout={}us \
-             membership={} transfers={} leader_fault={} append_bytes_max={} inflight_max={} \
+             membership={} transfers={} leader_fault={} voter_fault={} append_bytes_max={} inflight_max={} \
              safety={}us liveness={}us bug={}",
             self.nodes,
             self.initial_voters,
@@ -252,6 +255,7 @@ impl fmt::Display for Params {
             self.membership_changes,
             self.leader_transfers,
             self.leader_fault_p,
+            self.voter_fault_p,
             self.append_bytes_max,
             self.inflight_msgs_max,
             self.safety_us,
