@@ -1,12 +1,12 @@
 //! One group's view of the shared WAL: the read side is [`chorus_raft::LogStorage`], the write
 //! side persists what a `Ready` hands over.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use chorus_raft::{
-    ConfState, Entry, GroupId, HardState, LogIndex, LogStorage, RaftState, Snapshot, SnapshotMeta,
-    StorageError, Term,
+    ConfState, Entry, GroupId, HardState, LogIndex, LogStorage, RaftState, Ready, Snapshot,
+    SnapshotMeta, StorageError, Term,
 };
 
 use super::codec::Record;
@@ -21,11 +21,13 @@ use super::{GroupLog, SharedWal, Wal, WalError, WalPosition};
 /// [`apply_snapshot`](Self::apply_snapshot) or [`set_snapshot`](Self::set_snapshot); after a
 /// restart the application hands it back with `set_snapshot` (it owns the durable copy). Until
 /// then [`LogStorage::snapshot`] answers `SnapshotTemporarilyUnavailable`.
-#[derive(Debug)]
+///
+/// Clones share everything: give one to the `RawNode`, keep one to persist its Readies.
+#[derive(Clone, Debug)]
 pub struct RaftLogStore {
     group: GroupId,
     wal: SharedWal,
-    snapshot_data: Mutex<Option<(LogIndex, Bytes)>>,
+    snapshot_data: Arc<Mutex<Option<(LogIndex, Bytes)>>>,
 }
 
 fn storage_error(err: WalError) -> StorageError {
@@ -38,7 +40,7 @@ impl RaftLogStore {
         RaftLogStore {
             group,
             wal,
-            snapshot_data: Mutex::new(None),
+            snapshot_data: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -142,6 +144,20 @@ impl RaftLogStore {
             index,
             term,
         })
+    }
+
+    /// Appends what `ready` asks to persist, in the order its contract gives: snapshot, entries,
+    /// hard state. Does not sync: persist the Readies of every group, [`sync`](Self::sync) once,
+    /// then call `on_persisted` on each node.
+    pub fn persist_ready(&self, ready: &Ready) -> Result<WalPosition, WalError> {
+        if let Some(snapshot) = &ready.snapshot {
+            self.apply_snapshot(snapshot.clone())?;
+        }
+        self.append(&ready.entries)?;
+        if let Some(hard_state) = ready.hard_state {
+            self.set_hard_state(hard_state)?;
+        }
+        Ok(self.lock().appended_position())
     }
 
     /// Makes everything appended to the shared WAL durable.
