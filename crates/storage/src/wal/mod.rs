@@ -222,6 +222,20 @@ impl Wal {
             poisoned: None,
         };
         if seqs.is_empty() {
+            // A fresh log: make the directory's own name durable before anything is acknowledged.
+            if let Some(parent) = wal
+                .config
+                .dir
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+            {
+                if let Err(source) = wal.disk.sync_dir(parent) {
+                    return Err(WalError::SyncFailed {
+                        file: parent.to_path_buf(),
+                        source,
+                    });
+                }
+            }
             wal.start_segment(1)?;
             wal.sync()?;
         } else {
