@@ -22,6 +22,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use chorus_raft::NodeId;
+
 /// Default of `--heartbeat-interval`, in milliseconds (etcd's).
 pub const HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 100;
 /// Default of `--election-timeout`, in milliseconds (etcd's).
@@ -252,6 +254,8 @@ pub enum ConfigError {
     },
     #[error("URL {url} appears twice in --{option}")]
     DuplicateUrl { option: &'static str, url: String },
+    #[error("two members of --initial-cluster={initial_cluster} derive the same member id")]
+    MemberIdCollision { initial_cluster: String },
     #[error(
         "--initial-cluster gives member {name:?} the peer URLs {cluster_urls} but \
          --initial-advertise-peer-urls is {advertise_urls}; they must be the same"
@@ -761,6 +765,15 @@ impl ServerConfig {
         let mut advertise_urls = self.initial_advertise_peer_urls.clone();
         cluster_urls.sort();
         advertise_urls.sort();
+        let ids = self.initial_member_ids();
+        let mut distinct: Vec<NodeId> = ids.values().copied().collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if distinct.len() != ids.len() {
+            return Err(ConfigError::MemberIdCollision {
+                initial_cluster: format_cluster(&self.initial_cluster),
+            });
+        }
         if cluster_urls != advertise_urls {
             return Err(ConfigError::AdvertisePeerUrlsMismatch {
                 name: self.name.clone(),
@@ -769,6 +782,45 @@ impl ServerConfig {
             });
         }
         Ok(())
+    }
+
+    /// The member ids of the initial cluster, by name. Each is derived from the member's sorted
+    /// peer URLs and the cluster token, as etcd derives them (with its own hash), so that every
+    /// member computes the same ids without talking and two clusters started from the same
+    /// member list with different tokens do not share ids. Never 0.
+    pub fn initial_member_ids(&self) -> BTreeMap<String, NodeId> {
+        self.initial_cluster
+            .iter()
+            .map(|(name, urls)| {
+                let mut texts: Vec<String> = urls.iter().map(ToString::to_string).collect();
+                texts.sort();
+                let parts = texts.iter().map(String::as_bytes);
+                let id = stable_id(parts.chain([self.initial_cluster_token.as_bytes()]));
+                (name.clone(), NodeId(id))
+            })
+            .collect()
+    }
+
+    /// This member's id (see [`Self::initial_member_ids`]).
+    pub fn member_id(&self) -> NodeId {
+        // `validate` guarantees the name is in the initial cluster.
+        self.initial_member_ids()
+            .get(&self.name)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// The cluster id: derived from the sorted member ids and the token, equal on every member.
+    pub fn cluster_id(&self) -> u64 {
+        let mut ids: Vec<u64> = self
+            .initial_member_ids()
+            .values()
+            .map(|id| id.get())
+            .collect();
+        ids.sort_unstable();
+        let bytes: Vec<[u8; 8]> = ids.iter().map(|id| id.to_be_bytes()).collect();
+        let parts = bytes.iter().map(|b| b.as_slice());
+        stable_id(parts.chain([self.initial_cluster_token.as_bytes()]))
     }
 
     /// The election timeout in heartbeat intervals: the Raft core's `election_ticks`, with one
@@ -813,6 +865,22 @@ fn auto_compaction(l: &Layered) -> Result<AutoCompaction, ConfigError> {
             })
         }
     }
+}
+
+/// FNV-1a (64-bit) over the parts, each followed by a 0 byte so that part boundaries count.
+/// Stable across versions and platforms: ids derived from it are stored in data directories.
+/// Zero, which is no member, becomes 1.
+fn stable_id<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash = OFFSET_BASIS;
+    for part in parts {
+        for byte in part.iter().chain(&[0u8]) {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(PRIME);
+        }
+    }
+    hash.max(1)
 }
 
 fn join_urls(urls: &[MemberUrl]) -> String {

@@ -9,6 +9,23 @@
 //!   over the `chorus.peer.v1` gRPC service.
 //!
 //! The Raft driver, the apply loop and the etcd gRPC services come later and build on these.
+//!
+//! ```
+//! use std::collections::HashMap;
+//!
+//! use chorus_server::{ServerArgs, ServerConfig, ServerError};
+//!
+//! // No flags, no environment, no file: etcd's single-member defaults.
+//! let config = ServerConfig::resolve(&ServerArgs::default(), &HashMap::new(), None).unwrap();
+//! assert_eq!(config.name, "default");
+//! assert_eq!(config.data_dir, std::path::Path::new("default.chorus"));
+//! assert_eq!(config.listen_client_urls[0].to_string(), "http://127.0.0.1:2379");
+//!
+//! // Domain errors reach clients with etcd's code and message.
+//! let status = tonic::Status::from(ServerError::Compacted { compact_revision: 5 });
+//! assert_eq!(status.code(), tonic::Code::OutOfRange);
+//! assert_eq!(status.message(), "etcdserver: mvcc: required revision has been compacted");
+//! ```
 
 pub mod config;
 pub mod error;

@@ -714,3 +714,54 @@ fn every_option_is_a_flag_with_its_etcd_name() {
         assert_eq!(parsed.unwrap().args.given().len(), 1, "{flag}");
     }
 }
+
+// Goal: member and cluster ids are the same on every member, differ between members and
+// between clusters with another token, and are never 0. Method: resolve the configuration of
+// each member of a three-member cluster and compare the ids they compute.
+#[test]
+fn member_and_cluster_ids_agree_across_members() {
+    let cluster = "a=http://10.0.0.1:2380,b=http://10.0.0.2:2380,c=http://10.0.0.3:2380";
+    let member = |name: &str, ip: &str, token: &str| {
+        let peer = format!("http://{ip}:2380");
+        resolve(
+            &[
+                "--name",
+                name,
+                "--initial-advertise-peer-urls",
+                &peer,
+                "--initial-cluster",
+                cluster,
+                "--initial-cluster-token",
+                token,
+            ],
+            &[],
+            None,
+        )
+        .expect("valid")
+    };
+    let configs = [
+        member("a", "10.0.0.1", "t"),
+        member("b", "10.0.0.2", "t"),
+        member("c", "10.0.0.3", "t"),
+    ];
+    let ids = configs[0].initial_member_ids();
+    assert_eq!(ids.len(), 3);
+    for config in &configs {
+        assert_eq!(config.initial_member_ids(), ids);
+        assert_eq!(config.cluster_id(), configs[0].cluster_id());
+        assert_eq!(config.member_id(), ids[&config.name]);
+        assert_ne!(config.member_id().get(), 0);
+    }
+    let distinct: std::collections::BTreeSet<_> = ids.values().collect();
+    assert_eq!(distinct.len(), 3, "members have distinct ids");
+    let other = member("a", "10.0.0.1", "u");
+    assert_ne!(
+        other.cluster_id(),
+        configs[0].cluster_id(),
+        "the token separates clusters"
+    );
+    assert_ne!(other.member_id(), configs[0].member_id());
+    // Pinned values: the ids are stored on disk, so the derivation must never change.
+    // FNV-1a 64 of "a\0", computed independently of this code.
+    assert_eq!(stable_id([b"a".as_slice()]), 0x089b_e207_b544_f1e4);
+}

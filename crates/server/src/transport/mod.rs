@@ -67,6 +67,14 @@ pub struct TransportConfig {
     pub connect_timeout: Duration,
     /// Time allowed for a handshake answer.
     pub handshake_timeout: Duration,
+    /// Interval of HTTP/2 pings on an idle or busy connection, so that a member that vanished
+    /// without closing its connection (a cut cable, a paused process) is noticed.
+    pub keepalive_interval: Duration,
+    /// Time without an answer to a ping after which the connection is considered dead.
+    pub keepalive_timeout: Duration,
+    /// After shutdown is requested, time allowed for open streams to end before the server
+    /// stops anyway.
+    pub shutdown_grace: Duration,
 }
 
 /// Room left in a frame for everything but the snapshot data of a chunk, or for the framing
@@ -90,6 +98,9 @@ impl Default for TransportConfig {
             reconnect_backoff_max: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(3),
             handshake_timeout: Duration::from_secs(5),
+            keepalive_interval: Duration::from_secs(2),
+            keepalive_timeout: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(2),
         }
     }
 }
@@ -142,6 +153,9 @@ impl TransportConfig {
             ("reconnect_backoff_max", self.reconnect_backoff_max),
             ("connect_timeout", self.connect_timeout),
             ("handshake_timeout", self.handshake_timeout),
+            ("keepalive_interval", self.keepalive_interval),
+            ("keepalive_timeout", self.keepalive_timeout),
+            ("shutdown_grace", self.shutdown_grace),
         ];
         if let Some((name, _)) = counts.iter().find(|(_, v)| *v == 0) {
             return Err(TransportConfigError::Zero { name });
@@ -422,6 +436,10 @@ mod tests {
             (|c| c.inbound_queue_msgs_max = 0, "inbound_queue_msgs_max"),
             (|c| c.report_queue_max = 0, "report_queue_max"),
             (|c| c.connect_timeout = Duration::ZERO, "connect_timeout"),
+            (
+                |c| c.keepalive_timeout = Duration::ZERO,
+                "keepalive_timeout",
+            ),
             (
                 |c| c.reconnect_backoff_min = Duration::ZERO,
                 "reconnect_backoff_min",

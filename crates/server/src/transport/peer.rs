@@ -86,6 +86,9 @@ pub(crate) async fn connect(
     let endpoint = Endpoint::from_shared(target.url.clone())
         .map_err(|e| ConnectError::Unreachable(format!("bad URL {}: {e}", target.url)))?
         .connect_timeout(config.connect_timeout)
+        .http2_keep_alive_interval(config.keepalive_interval)
+        .keep_alive_timeout(config.keepalive_timeout)
+        .keep_alive_while_idle(true)
         .tcp_nodelay(true);
     let channel = endpoint
         .connect()

@@ -8,11 +8,12 @@
 //! flow control slows the senders down until their own queues drop messages.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use chorus_proto::peer as pb;
 use chorus_proto::peer::peer_server::{Peer, PeerServer};
 use chorus_raft::{Message, MessageBody};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -82,6 +83,9 @@ pub struct PeerService {
     local: LocalIdentity,
     config: TransportConfig,
     inbound: mpsc::Sender<Message>,
+    /// Set once to end every open stream: a `Send` stream lives as long as the connection, so
+    /// without this a graceful shutdown would wait for the peers to hang up.
+    stopping: Arc<watch::Sender<bool>>,
 }
 
 impl PeerService {
@@ -92,14 +96,32 @@ impl PeerService {
     ) -> Result<(Self, mpsc::Receiver<Message>), TransportConfigError> {
         config.validate()?;
         let (inbound, inbound_rx) = mpsc::channel(config.inbound_queue_msgs_max);
+        let stopping = Arc::new(watch::Sender::new(false));
         Ok((
             PeerService {
                 local,
                 config,
                 inbound,
+                stopping,
             },
             inbound_rx,
         ))
+    }
+
+    /// Ends every open and future stream of this service with UNAVAILABLE; peers reconnect to
+    /// whoever serves next. Called by [`serve`] when shutdown begins.
+    pub fn stop_streams(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// The next frame of a stream, or UNAVAILABLE once the service is stopping.
+    async fn next_frame<T>(&self, stream: &mut Streaming<T>) -> Result<Option<T>, Status> {
+        let mut stopping = self.stopping.subscribe();
+        tokio::select! {
+            biased;
+            _ = stopping.wait_for(|stop| *stop) => Err(InboundError::ShuttingDown.into()),
+            frame = stream.message() => frame,
+        }
     }
 
     /// The tonic server of this service, with the frame limits of the config.
@@ -181,7 +203,7 @@ impl PeerService {
     ) -> Result<u64, Status> {
         let mut sender: Option<pb::PeerIdentity> = None;
         let mut batches = 0u64;
-        while let Some(batch) = stream.message().await? {
+        while let Some(batch) = self.next_frame(&mut stream).await? {
             let from = match sender {
                 Some(from) => from,
                 None => *sender.insert(self.check_identity(batch.from)?),
@@ -211,7 +233,7 @@ impl PeerService {
         let mut assembler = SnapshotAssembler::new(self.config.snapshot_bytes_max);
         let mut sender: Option<pb::PeerIdentity> = None;
         let mut complete = None;
-        while let Some(chunk) = stream.message().await? {
+        while let Some(chunk) = self.next_frame(&mut stream).await? {
             if sender.is_none() {
                 sender = Some(self.check_identity(chunk.from)?);
             }
@@ -280,14 +302,39 @@ impl Peer for PeerService {
     }
 }
 
-/// Serves the peer service on `listener` until `shutdown` completes.
+/// Serves the peer service on `listener` until `shutdown` completes. Then open streams are
+/// ended (see [`PeerService::stop_streams`]) and the server is given `shutdown_grace` to finish
+/// in-flight requests before it stops regardless.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     service: PeerService,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
+    let config = service.config.clone();
+    let handle = service.clone();
+    let (drain, drained) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .add_service(service.into_server())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = drained.await;
+        });
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return result,
+        () = shutdown => {}
+    }
+    handle.stop_streams();
+    let _ = drain.send(());
+    match tokio::time::timeout(config.shutdown_grace, server).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!(
+                grace = ?config.shutdown_grace,
+                "peer server did not drain in time; stopping it"
+            );
+            Ok(())
+        }
+    }
 }
