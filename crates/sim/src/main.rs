@@ -89,13 +89,16 @@ fn run() -> anyhow::Result<u64> {
         if args.each || args.verbose {
             let s = &outcome.stats;
             println!(
-                "seed={seed} hash={:016x} events={} elections={} crashes={} ops_ok={} \
-                 ops_indeterminate={} max_commit={} snapshots_installed={} conf_changes={} \
-                 heal_to_commit_us={:?} violations={}",
+                "seed={seed} hash={:016x} events={} elections={} crashes={} torn_writes={} \
+                 partitions={} transfers={} ops_ok={} ops_indeterminate={} max_commit={} \
+                 snapshots_installed={} conf_changes={} heal_to_commit_us={:?} violations={}",
                 outcome.trace_hash,
                 s.events,
                 s.elections,
                 s.crashes,
+                s.torn_writes,
+                s.partitions,
+                s.transfers,
                 s.ops_ok,
                 s.ops_indeterminate,
                 s.max_commit,

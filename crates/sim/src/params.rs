@@ -147,11 +147,12 @@ impl Params {
         let tick_us = 10_000;
         // With leases, a leader's lease of (election - drift) ticks on its clock must end before
         // a follower's election timeout of `election` ticks on its own clock: the ratio of the
-        // slowest to the fastest clock must stay below election / (election - drift). We use at
-        // most half of that margin, and keep message delays well inside a tick.
+        // slowest to the fastest clock must stay below election / (election - drift). A drift of
+        // at most drift / (2 * election) per node keeps it there (for drift of 2 or 3 ticks out of
+        // 10: ratio * lease <= 9.8 ticks), and message delays stay well inside a tick.
         let drift_ppm_max = if lease {
             let margin = f64::from(lease_drift_ticks) / f64::from(election_ticks);
-            rng.range_inclusive(0, (margin / 4.0 * 1e6) as u64)
+            rng.range_inclusive(0, (margin / 2.0 * 1e6) as u64)
         } else {
             rng.range_inclusive(0, 150_000)
         };
