@@ -76,8 +76,9 @@ pub trait LogStorage {
 /// It keeps the latest snapshot, the entries after the compaction point, the hard state and the
 /// configuration. `Clone` it to model a crash: keep the copy that holds only what was persisted.
 ///
-/// Invariant: `entries` are contiguous and start at `compacted.0 + 1`; `compacted` is at or below
-/// the snapshot index... except that a fresh storage has neither (both zero).
+/// Invariants: `entries` are contiguous and start at `compacted.0 + 1`; `compacted.0` is at or
+/// below the snapshot index (both are zero in a fresh storage), so every compacted entry is
+/// covered by the snapshot a leader would send instead.
 #[derive(Clone, Debug, Default)]
 pub struct MemStorage {
     hard_state: HardState,

@@ -770,3 +770,20 @@ fn applied_past_commit_is_refused() {
         })
     ));
 }
+
+/// Goal: only the current leader can make a follower campaign with TimeoutNow; the same
+/// message from another member is ignored. Method: step TimeoutNow from 3, then from 1.
+#[test]
+fn timeout_now_only_from_the_leader() {
+    let mut net = elected(&[1, 2, 3], |_| {});
+    net.raw(2)
+        .step(msg(3, 2, 1, MessageBody::TimeoutNow))
+        .unwrap();
+    assert_eq!(role(&mut net, 2), Role::Follower);
+    net.raw(2)
+        .step(msg(1, 2, 1, MessageBody::TimeoutNow))
+        .unwrap();
+    assert_eq!(role(&mut net, 2), Role::Candidate);
+    net.stabilize();
+    assert_eq!(role(&mut net, 2), Role::Leader);
+}

@@ -329,7 +329,7 @@ impl<S: LogStorage> Raft<S> {
                 self.restart_guard = false;
                 self.handle_leader_message(m)
             }
-            MessageBody::TimeoutNow => {
+            MessageBody::TimeoutNow if self.leader == Some(m.from) => {
                 info!(node = %self.id, from = %m.from, term = %self.term, "received TimeoutNow, campaigning");
                 self.hup(true);
                 Ok(())
