@@ -70,6 +70,8 @@ pub enum SnapshotStreamError {
     Gap { offset: u64, expected: u64 },
     #[error("snapshot chunks hold {received} bytes, more than the announced {data_bytes}")]
     Overflow { received: u64, data_bytes: u64 },
+    #[error("snapshot stream ended before its first chunk")]
+    Empty,
     #[error("snapshot chunk after the last one")]
     AfterLast,
     #[error("snapshot stream ended after {received} of {data_bytes} bytes")]
@@ -77,6 +79,9 @@ pub enum SnapshotStreamError {
     #[error("snapshot checksum mismatch: computed {computed:#010x}, sender sent {sent:#010x}")]
     ChecksumMismatch { computed: u32, sent: u32 },
 }
+
+/// The most a receiver reserves before the data arrives.
+const RESERVE_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
 /// Rebuilds one snapshot message from the chunks of one stream.
 #[derive(Debug)]
@@ -147,7 +152,10 @@ impl SnapshotAssembler {
                 sent: chunk.data_crc32c,
             });
         }
-        let (_, mut message, _) = self.header.take().expect("header accepted above");
+        // The header was accepted on the first chunk; a stream cannot reach here without it.
+        let Some((_, mut message, _)) = self.header.take() else {
+            return Err(SnapshotStreamError::Empty);
+        };
         if let MessageBody::Snapshot { snapshot } = &mut message.body {
             snapshot.data = std::mem::take(&mut self.data).freeze();
         }
@@ -158,6 +166,9 @@ impl SnapshotAssembler {
     pub fn finish(&self) -> Result<(), SnapshotStreamError> {
         if self.done {
             return Ok(());
+        }
+        if self.header.is_none() {
+            return Err(SnapshotStreamError::Empty);
         }
         let data_bytes = self.header.as_ref().map_or(0, |(_, _, n)| *n);
         Err(SnapshotStreamError::Truncated {
@@ -186,8 +197,10 @@ impl SnapshotAssembler {
                 data_bytes_max: self.data_bytes_max,
             });
         }
-        // The announced size is within the limit, so reserving it cannot be abused.
-        self.data.reserve(chunk.data_bytes as usize);
+        // Reserve no more than a bound up front, whatever the sender announced: memory grows
+        // with the data that actually arrives.
+        self.data
+            .reserve(chunk.data_bytes.min(RESERVE_BYTES_MAX) as usize);
         self.header = Some((from, message, chunk.data_bytes));
         Ok(())
     }
@@ -243,6 +256,11 @@ mod tests {
     // and the empty snapshot. Method: a table of sizes with a chunk size of 10.
     #[test]
     fn split_and_reassemble_round_trips() {
+        assert_eq!(
+            assemble(Vec::new()),
+            Err(SnapshotStreamError::Empty),
+            "no chunks at all"
+        );
         for len in [0, 1, 9, 10, 11, 20, 95] {
             let message = snapshot_message(len);
             let chunks = snapshot_chunks(identity(), &message, 10);
