@@ -278,4 +278,42 @@ mod tests {
             );
         }
     }
+
+    proptest::proptest! {
+        /// Goal: the sorting implementation of `committed_index` agrees with the definition: the
+        /// largest value that at least a quorum of voters has reached. Method: property test
+        /// against a naive reference model over random voter sets and acknowledgements.
+        #[test]
+        fn committed_index_matches_definition(acks in proptest::collection::btree_map(1u64..8, 0u64..20, 1..8)) {
+            let voters: BTreeSet<NodeId> = acks.keys().map(|k| NodeId(*k)).collect();
+            let config = MajorityConfig::new(voters.clone());
+            let got = config.committed_index(|id| acks.get(&id.get()).copied());
+            let quorum = voters.len() / 2 + 1;
+            let naive = (0..20u64)
+                .filter(|v| acks.values().filter(|a| *a >= v).count() >= quorum)
+                .max()
+                .unwrap_or(0);
+            proptest::prop_assert_eq!(got, naive);
+        }
+
+        /// Goal: a vote is won exactly when a quorum granted, lost exactly when a quorum can no
+        /// longer be reached. Method: property test against the counting definition.
+        #[test]
+        fn vote_result_matches_definition(votes in proptest::collection::btree_map(1u64..8, proptest::option::of(proptest::bool::ANY), 1..8)) {
+            let voters: BTreeSet<NodeId> = votes.keys().map(|k| NodeId(*k)).collect();
+            let config = MajorityConfig::new(voters.clone());
+            let got = config.vote_result(|id| votes.get(&id.get()).copied().flatten());
+            let quorum = voters.len() / 2 + 1;
+            let granted = votes.values().filter(|v| **v == Some(true)).count();
+            let possible = votes.values().filter(|v| **v != Some(false)).count();
+            let want = if granted >= quorum {
+                VoteResult::Won
+            } else if possible >= quorum {
+                VoteResult::Pending
+            } else {
+                VoteResult::Lost
+            };
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
 }

@@ -252,7 +252,9 @@ pub enum MessageBody {
         reject_hint: LogIndex,
         hint_term: Term,
     },
-    /// Leader heartbeat. `context` is non-empty when it confirms leadership for read requests.
+    /// Leader heartbeat. `context` carries the leader's heartbeat round (eight bytes, big
+    /// endian), which the follower echoes; rounds confirm reads and measure the lease (see
+    /// `read_only`). Followers treat it as opaque.
     Heartbeat {
         commit: LogIndex,
         context: Bytes,
