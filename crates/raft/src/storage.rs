@@ -96,6 +96,11 @@ impl MemStorage {
     }
 
     /// An empty storage that starts with the given configuration (how a new cluster boots).
+    ///
+    /// The bootstrap configuration is not in the log, so a node that joins an existing group
+    /// must start with the configuration in force before the change that adds it (it then
+    /// applies that change from the log like everyone else), unless the leader's log is
+    /// compacted past index 1, in which case it receives a snapshot carrying the configuration.
     pub fn new_with_conf_state(conf_state: ConfState) -> Self {
         let mut storage = MemStorage::default();
         storage.snapshot.meta.conf_state = conf_state.clone();

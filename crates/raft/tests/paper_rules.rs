@@ -325,3 +325,41 @@ fn figure_3_properties_under_partitions() {
             .unwrap_or_else(|e| panic!("{e}"));
     }
 }
+
+/// §5.2 with Figure 2 "persist before responding": a candidate's vote for itself must be durable
+/// before anyone can grant it a vote, or a crash could let it vote again in the same term. Its
+/// Vote requests therefore wait in `persisted_messages`; pre-votes, which promise nothing, go
+/// out at once.
+#[test]
+fn vote_requests_wait_for_the_self_vote_to_persist() {
+    let mut c = config(1);
+    c.pre_vote = false;
+    let mut n = node_with(c, &[1, 2, 3], &[], (0, None, 0));
+    n.campaign().unwrap();
+    let ready = n.ready();
+    assert_eq!(
+        ready.hard_state.map(|hs| (hs.term, hs.vote)),
+        Some((Term(1), Some(NodeId(1))))
+    );
+    assert!(ready.messages.is_empty());
+    assert_eq!(
+        ready
+            .persisted_messages
+            .iter()
+            .filter(|m| matches!(m.body, MessageBody::Vote { .. }))
+            .count(),
+        2
+    );
+
+    let mut n = node(1, &[1, 2, 3], &[], (0, None, 0));
+    n.campaign().unwrap();
+    let ready = n.ready();
+    assert_eq!(
+        ready
+            .messages
+            .iter()
+            .filter(|m| matches!(m.body, MessageBody::PreVote { .. }))
+            .count(),
+        2
+    );
+}
