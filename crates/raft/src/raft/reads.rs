@@ -80,7 +80,7 @@ impl<S: LogStorage> Raft<S> {
         }
         let start = self.tracker.quorum_acked_tick(self.id, self.ticks_total);
         let lease = u64::from(self.config.election_ticks - self.config.lease_drift_ticks);
-        start > 0 && self.ticks_total < start + lease
+        start > 0 && self.ticks_total < start.saturating_add(lease)
     }
 
     fn respond_read(&mut self, from: NodeId, index: LogIndex, context: Bytes) {
