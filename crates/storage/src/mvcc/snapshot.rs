@@ -200,8 +200,9 @@ impl Iterator for Snapshot {
 pub struct SnapshotRestore {
     dir: PathBuf,
     config: MvccConfig,
-    db: Database,
+    /// Declared before `db`: the transaction must end before the database closes.
     txn: WriteTransaction,
+    db: Database,
     pending: Vec<u8>,
     meta: Option<SnapshotMeta>,
     last: Option<RecordId>,

@@ -1,0 +1,577 @@
+//! Property test: the MVCC store against a naive reference model.
+//!
+//! Goal: on random sequences of puts, deletes, transactions, ranges (at historical, compacted
+//! and future revisions) and compactions, the store gives exactly the responses and errors of a
+//! model that keeps every version of every key in a `BTreeMap<key, Vec<version>>` and answers
+//! each request by brute force. After the sequence, every revision still readable, the event
+//! history, and the same after a restart, must match the model too.
+//!
+//! Method: proptest generates operations over a small key space (so that keys collide, ranges
+//! overlap and transactions hit duplicate keys); each is applied to both, and the results are
+//! compared with `assert_eq!`. Any failure shrinks to a minimal sequence.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use chorus_raft::LogIndex;
+use chorus_storage::mvcc::*;
+use proptest::prelude::*;
+
+const KEYS: [&str; 6] = ["a", "ab", "b", "c", "d", "e"];
+
+fn key(i: u8) -> Bytes {
+    Bytes::from_static(KEYS[i as usize % KEYS.len()].as_bytes())
+}
+
+/// A range end: none (single key), "\0" (all keys from), or one of the keys.
+fn range_end(i: u8) -> Bytes {
+    match i % 8 {
+        0 | 1 => Bytes::new(),
+        2 => Bytes::from_static(b"\0"),
+        n => key(n),
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Put {
+        key: u8,
+        value: u8,
+        lease: u8,
+        prev_kv: bool,
+        ignore_value: bool,
+        ignore_lease: bool,
+    },
+    Delete {
+        key: u8,
+        end: u8,
+        prev_kv: bool,
+    },
+    Range {
+        key: u8,
+        end: u8,
+        back: u8,
+        limit: u8,
+        count_only: bool,
+    },
+    Txn {
+        compare: (u8, u8, u8, u8),
+        success: Vec<TxnOp>,
+        failure: Vec<TxnOp>,
+    },
+    Compact {
+        back: u8,
+    },
+}
+
+#[derive(Clone, Debug)]
+enum TxnOp {
+    Put { key: u8, value: u8 },
+    Delete { key: u8, end: u8 },
+    Range { key: u8, end: u8, back: u8 },
+}
+
+fn txn_op() -> impl Strategy<Value = TxnOp> {
+    prop_oneof![
+        (any::<u8>(), any::<u8>()).prop_map(|(key, value)| TxnOp::Put { key, value }),
+        (any::<u8>(), any::<u8>()).prop_map(|(key, end)| TxnOp::Delete { key, end }),
+        (any::<u8>(), any::<u8>(), 0u8..4).prop_map(|(key, end, back)| TxnOp::Range {
+            key,
+            end,
+            back
+        }),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (any::<u8>(), any::<u8>(), 0u8..3, any::<bool>(), prop::bool::weighted(0.1), prop::bool::weighted(0.1))
+            .prop_map(|(key, value, lease, prev_kv, ignore_value, ignore_lease)| Op::Put {
+                key, value, lease, prev_kv, ignore_value, ignore_lease
+            }),
+        1 => (any::<u8>(), any::<u8>(), any::<bool>())
+            .prop_map(|(key, end, prev_kv)| Op::Delete { key, end, prev_kv }),
+        2 => (any::<u8>(), any::<u8>(), 0u8..12, 0u8..4, prop::bool::weighted(0.1))
+            .prop_map(|(key, end, back, limit, count_only)| Op::Range { key, end, back, limit, count_only }),
+        2 => (
+            (any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>()),
+            prop::collection::vec(txn_op(), 0..4),
+            prop::collection::vec(txn_op(), 0..3),
+        )
+            .prop_map(|(compare, success, failure)| Op::Txn { compare, success, failure }),
+        1 => (0u8..8).prop_map(|back| Op::Compact { back }),
+    ]
+}
+
+/// The reference model: every version of every key, and the log of changes in order.
+#[derive(Default)]
+struct Model {
+    current: i64,
+    compacted: i64,
+    versions: BTreeMap<Bytes, Vec<(i64, Option<KeyValue>)>>,
+    log: Vec<(i64, Bytes, Option<KeyValue>)>,
+}
+
+fn in_span(k: &Bytes, key: &Bytes, end: &Bytes) -> bool {
+    if end.is_empty() {
+        k == key
+    } else if end.as_ref() == b"\0" {
+        k >= key
+    } else {
+        k >= key && k < end
+    }
+}
+
+impl Model {
+    fn new() -> Model {
+        Model {
+            current: 1,
+            ..Model::default()
+        }
+    }
+
+    fn get(&self, k: &Bytes, at: i64) -> Option<KeyValue> {
+        let versions = self.versions.get(k)?;
+        versions
+            .iter()
+            .rev()
+            .find(|(rev, _)| *rev <= at)
+            .and_then(|(_, kv)| kv.clone())
+    }
+
+    fn live(&self, key: &Bytes, end: &Bytes, at: i64) -> Vec<KeyValue> {
+        self.versions
+            .keys()
+            .filter(|k| in_span(k, key, end))
+            .filter_map(|k| self.get(k, at))
+            .collect()
+    }
+
+    fn check_revision(&self, rev: i64, current: i64) -> Result<i64, String> {
+        if rev > current {
+            return Err("mvcc: required revision is a future revision".into());
+        }
+        let at = if rev <= 0 { current } else { rev };
+        if at < self.compacted {
+            return Err("mvcc: required revision has been compacted".into());
+        }
+        Ok(at)
+    }
+
+    fn range(&self, req: &RangeRequest, current: i64) -> Result<RangeResponse, String> {
+        let at = self.check_revision(req.revision.get(), current)?;
+        let mut kvs = self.live(&req.key, &req.range_end, at);
+        let count = kvs.len() as i64;
+        let mut more = false;
+        if req.limit > 0 && kvs.len() > req.limit as usize {
+            kvs.truncate(req.limit as usize);
+            more = true;
+        }
+        if req.count_only {
+            kvs.clear();
+            more = false;
+        }
+        Ok(RangeResponse {
+            revision: Revision(current),
+            kvs,
+            more,
+            count,
+        })
+    }
+
+    fn write(&mut self, rev: i64, k: &Bytes, kv: Option<KeyValue>) {
+        self.versions
+            .entry(k.clone())
+            .or_default()
+            .push((rev, kv.clone()));
+        self.log.push((rev, k.clone(), kv));
+    }
+
+    fn put(&mut self, req: &PutRequest, rev: i64) -> Result<PutResponse, String> {
+        let prev = self.get(&req.key, rev);
+        if (req.ignore_value || req.ignore_lease) && prev.is_none() {
+            return Err("etcdserver: key not found".into());
+        }
+        let kv = KeyValue {
+            key: req.key.clone(),
+            create_revision: prev.as_ref().map_or(Revision(rev), |p| p.create_revision),
+            mod_revision: Revision(rev),
+            version: prev.as_ref().map_or(1, |p| p.version + 1),
+            value: if req.ignore_value {
+                prev.as_ref().unwrap().value.clone()
+            } else {
+                req.value.clone()
+            },
+            lease: if req.ignore_lease {
+                prev.as_ref().unwrap().lease
+            } else {
+                req.lease
+            },
+        };
+        self.write(rev, &req.key, Some(kv));
+        Ok(PutResponse {
+            revision: Revision(rev),
+            prev_kv: prev.filter(|_| req.prev_kv),
+        })
+    }
+
+    fn delete(&mut self, req: &DeleteRangeRequest, rev: i64) -> Vec<KeyValue> {
+        let live = self.live(&req.key, &req.range_end, rev);
+        for kv in &live {
+            self.write(rev, &kv.key, None);
+        }
+        live
+    }
+
+    fn compare(&self, c: &Compare) -> bool {
+        let kvs = self.live(&c.key, &c.range_end, self.current);
+        let one = |kv: &KeyValue| {
+            let ord = match &c.target {
+                CompareTarget::Value(v) => kv.value.cmp(v),
+                CompareTarget::Version(v) => kv.version.cmp(v),
+                CompareTarget::Create(r) => kv.create_revision.cmp(r),
+                CompareTarget::Mod(r) => kv.mod_revision.cmp(r),
+                CompareTarget::Lease(l) => kv.lease.cmp(l),
+            };
+            match c.result {
+                CompareResult::Equal => ord.is_eq(),
+                CompareResult::NotEqual => ord.is_ne(),
+                CompareResult::Greater => ord.is_gt(),
+                CompareResult::Less => ord.is_lt(),
+            }
+        };
+        if kvs.is_empty() {
+            return !matches!(c.target, CompareTarget::Value(_)) && one(&KeyValue::default());
+        }
+        kvs.iter().all(one)
+    }
+
+    /// The duplicate key rule for a flat branch: no key put twice, none put and deleted.
+    fn duplicate(ops: &[RequestOp]) -> bool {
+        let puts: Vec<&Bytes> = ops
+            .iter()
+            .filter_map(|op| {
+                if let RequestOp::Put(p) = op {
+                    Some(&p.key)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let deletes: Vec<(&Bytes, &Bytes)> = ops
+            .iter()
+            .filter_map(|op| {
+                if let RequestOp::DeleteRange(d) = op {
+                    Some((&d.key, &d.range_end))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        puts.iter().enumerate().any(|(i, k)| puts[..i].contains(k))
+            || puts
+                .iter()
+                .any(|k| deletes.iter().any(|(key, end)| in_span(k, key, end)))
+    }
+
+    fn txn(&mut self, req: &TxnRequest) -> Result<TxnResponse, String> {
+        if Model::duplicate(&req.success) || Model::duplicate(&req.failure) {
+            return Err("etcdserver: duplicate key given in txn request".into());
+        }
+        let succeeded = req.compare.iter().all(|c| self.compare(c));
+        let branch = if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
+        for op in branch {
+            if let RequestOp::Range(r) = op {
+                self.check_revision(r.revision.get(), self.current)?;
+            }
+        }
+        let rev = self.current + 1;
+        let mut wrote = false;
+        let mut responses = Vec::new();
+        for op in branch {
+            let seen = if wrote { rev } else { self.current };
+            responses.push(match op {
+                RequestOp::Range(r) => ResponseOp::Range(self.range(r, seen).unwrap()),
+                RequestOp::Put(p) => {
+                    wrote = true;
+                    ResponseOp::Put(self.put(p, rev).unwrap())
+                }
+                RequestOp::DeleteRange(d) => {
+                    let deleted = self.delete(d, rev);
+                    wrote |= !deleted.is_empty();
+                    let revision = Revision(if wrote { rev } else { self.current });
+                    ResponseOp::DeleteRange(DeleteRangeResponse {
+                        revision,
+                        deleted: deleted.len() as i64,
+                        prev_kvs: Vec::new(),
+                    })
+                }
+                RequestOp::Txn(_) => unreachable!("the model has no nested transactions"),
+            });
+        }
+        if wrote {
+            self.current = rev;
+        }
+        Ok(TxnResponse {
+            revision: Revision(self.current),
+            succeeded,
+            responses,
+        })
+    }
+
+    fn compact(&mut self, rev: i64) -> Result<CompactResponse, String> {
+        if rev <= self.compacted {
+            return Err("mvcc: required revision has been compacted".into());
+        }
+        if rev > self.current {
+            return Err("mvcc: required revision is a future revision".into());
+        }
+        self.compacted = rev;
+        Ok(CompactResponse {
+            revision: Revision(self.current),
+        })
+    }
+
+    fn events(&self, from: i64) -> Vec<Event> {
+        self.log
+            .iter()
+            .filter(|(rev, _, _)| *rev >= from)
+            .map(|(rev, k, kv)| {
+                let before = rev - 1;
+                let prev_kv = (before >= self.compacted.max(1))
+                    .then(|| self.get(k, before))
+                    .flatten();
+                match kv {
+                    Some(kv) => Event {
+                        kind: EventKind::Put,
+                        kv: kv.clone(),
+                        prev_kv,
+                    },
+                    None => Event {
+                        kind: EventKind::Delete,
+                        kv: KeyValue {
+                            key: k.clone(),
+                            mod_revision: Revision(*rev),
+                            ..KeyValue::default()
+                        },
+                        prev_kv,
+                    },
+                }
+            })
+            .collect()
+    }
+}
+
+fn to_request(op: &TxnOp, current: i64) -> RequestOp {
+    match *op {
+        TxnOp::Put { key: k, value } => {
+            RequestOp::Put(PutRequest::new(key(k), Bytes::from(vec![value % 4])))
+        }
+        TxnOp::Delete { key: k, end } => {
+            RequestOp::DeleteRange(DeleteRangeRequest::range(key(k), range_end(end)))
+        }
+        TxnOp::Range { key: k, end, back } => RequestOp::Range(RangeRequest {
+            revision: Revision(if back == 0 {
+                0
+            } else {
+                current + 2 - back as i64
+            }),
+            ..RangeRequest::range(key(k), range_end(end))
+        }),
+    }
+}
+
+fn compare_of((k, result, target, operand): (u8, u8, u8, u8)) -> Compare {
+    let result = [
+        CompareResult::Equal,
+        CompareResult::NotEqual,
+        CompareResult::Greater,
+        CompareResult::Less,
+    ][result as usize % 4];
+    let n = (operand % 6) as i64;
+    let target = match target % 5 {
+        0 => CompareTarget::Value(Bytes::from(vec![operand % 4])),
+        1 => CompareTarget::Version(n),
+        2 => CompareTarget::Create(Revision(n)),
+        3 => CompareTarget::Mod(Revision(n)),
+        _ => CompareTarget::Lease(LeaseId(n % 3)),
+    };
+    Compare {
+        key: key(k),
+        range_end: if target_is_range(operand) {
+            range_end(operand)
+        } else {
+            Bytes::new()
+        },
+        result,
+        target,
+    }
+}
+
+fn target_is_range(operand: u8) -> bool {
+    operand >= 200
+}
+
+fn result_of<T>(result: MvccResult<T>) -> Result<T, String> {
+    result.map_err(|e| {
+        assert!(e.is_request_error(), "storage error: {e}");
+        e.to_string()
+    })
+}
+
+fn apply(store: &mut MvccStore, model: &mut Model, op: &Op, applied: &mut u64) {
+    let current = model.current;
+    *applied += 1;
+    let index = LogIndex(*applied);
+    match op {
+        Op::Put {
+            key: k,
+            value,
+            lease,
+            prev_kv,
+            ignore_value,
+            ignore_lease,
+        } => {
+            let req = PutRequest {
+                key: key(*k),
+                value: if *ignore_value {
+                    Bytes::new()
+                } else {
+                    Bytes::from(vec![value % 4])
+                },
+                lease: if *ignore_lease {
+                    LeaseId::NONE
+                } else {
+                    LeaseId(*lease as i64)
+                },
+                prev_kv: *prev_kv,
+                ignore_value: *ignore_value,
+                ignore_lease: *ignore_lease,
+            };
+            let got = result_of(store.apply(index, &WriteOp::Put(req.clone())));
+            let want = model.put(&req, current + 1).map(WriteResponse::Put);
+            if want.is_ok() {
+                model.current = current + 1;
+            }
+            assert_eq!(got, want, "{op:?}");
+        }
+        Op::Delete {
+            key: k,
+            end,
+            prev_kv,
+        } => {
+            let req = DeleteRangeRequest {
+                key: key(*k),
+                range_end: range_end(*end),
+                prev_kv: *prev_kv,
+            };
+            let got = result_of(store.apply(index, &WriteOp::DeleteRange(req.clone())));
+            let deleted = model.delete(&req, current + 1);
+            if !deleted.is_empty() {
+                model.current = current + 1;
+            }
+            let want = WriteResponse::DeleteRange(DeleteRangeResponse {
+                revision: Revision(model.current),
+                deleted: deleted.len() as i64,
+                prev_kvs: if *prev_kv { deleted } else { Vec::new() },
+            });
+            assert_eq!(got, Ok(want), "{op:?}");
+        }
+        Op::Range {
+            key: k,
+            end,
+            back,
+            limit,
+            count_only,
+        } => {
+            let req = RangeRequest {
+                revision: Revision(if *back == 0 {
+                    0
+                } else {
+                    current + 2 - *back as i64
+                }),
+                limit: *limit as i64,
+                count_only: *count_only,
+                ..RangeRequest::range(key(*k), range_end(*end))
+            };
+            *applied -= 1;
+            assert_eq!(
+                result_of(store.range(&req)),
+                model.range(&req, current),
+                "{op:?}"
+            );
+        }
+        Op::Txn {
+            compare,
+            success,
+            failure,
+        } => {
+            let req = TxnRequest {
+                compare: vec![compare_of(*compare)],
+                success: success.iter().map(|op| to_request(op, current)).collect(),
+                failure: failure.iter().map(|op| to_request(op, current)).collect(),
+            };
+            let got = result_of(store.apply(index, &WriteOp::Txn(req.clone())));
+            assert_eq!(got, model.txn(&req).map(WriteResponse::Txn), "{req:?}");
+        }
+        Op::Compact { back } => {
+            let rev = current + 1 - *back as i64;
+            let got = result_of(store.apply(index, &WriteOp::Compact(Revision(rev))));
+            assert_eq!(
+                got,
+                model.compact(rev).map(WriteResponse::Compact),
+                "{op:?}"
+            );
+        }
+    }
+}
+
+/// Every readable revision, and the history, agree with the model.
+fn check_everything(store: &MvccStore, model: &Model) {
+    assert_eq!(store.current_revision(), Revision(model.current));
+    assert_eq!(store.compact_revision(), Revision(model.compacted));
+    for rev in model.compacted.max(1)..=model.current {
+        let req = RangeRequest {
+            revision: Revision(rev),
+            ..RangeRequest::range("\0", "\0")
+        };
+        assert_eq!(
+            result_of(store.range(&req)),
+            model.range(&req, model.current),
+            "at {rev}"
+        );
+    }
+    let from = model.compacted.max(1);
+    let got = store
+        .events(Revision(from), usize::MAX, true)
+        .unwrap()
+        .events;
+    assert_eq!(got, model.events(from));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn store_matches_model(ops in prop::collection::vec(op(), 1..60)) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = MvccConfig { commit_sync: false, ..MvccConfig::default() };
+        let mut store = MvccStore::open(dir.path(), config.clone()).unwrap();
+        let mut model = Model::new();
+        let mut applied = 0;
+        for op in &ops {
+            apply(&mut store, &mut model, op, &mut applied);
+        }
+        check_everything(&store, &model);
+        let hash = store.hash().unwrap();
+        drop(store);
+        let store = MvccStore::open(dir.path(), config).unwrap();
+        check_everything(&store, &model);
+        prop_assert_eq!(store.hash().unwrap(), hash);
+        prop_assert_eq!(store.applied_index(), LogIndex(applied));
+    }
+}
