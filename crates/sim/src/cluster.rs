@@ -1015,10 +1015,10 @@ impl Simulation {
             && (p.crashes || p.partitions)
             && self.rng_nemesis.chance(p.leader_fault_p)
         {
-            // Half of the time within a couple of message delays (the first entries of the term
-            // have not reached anyone yet), otherwise within a few heartbeats.
+            // Half of the time within a couple of message delays and an fsync (the first entries
+            // of the term have not reached a quorum yet), otherwise within a few heartbeats.
             let within = if self.rng_nemesis.chance(0.5) {
-                2 * p.net.delay_max_us
+                2 * p.net.delay_max_us + p.fsync_max_us
             } else {
                 4 * u64::from(p.heartbeat_ticks) * p.tick_us
             };

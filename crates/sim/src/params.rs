@@ -203,7 +203,7 @@ impl Params {
             leader_transfers: rng.chance(0.4),
             leader_fault_p: *rng.choose(&[0.0, 0.3, 0.8]),
             voter_fault_p: *rng.choose(&[0.0, 0.3, 0.7]),
-            append_bytes_max: *rng.choose(&[64, 512, 4096]),
+            append_bytes_max: *rng.choose(&[1, 512, 4096]),
             inflight_msgs_max: *rng.choose(&[1, 4, 64]),
             safety_us: rng.range_inclusive(2_000_000, 5_000_000),
             liveness_us: 6_000_000,
