@@ -311,8 +311,8 @@ fn follower_applies_only_persisted_entries() {
 }
 
 /// A randomized run of five nodes with partitions, proposals and crashes, checking the
-/// properties of Figure 3 after every tick: election safety, log matching, leader completeness
-/// and state machine safety. Method: 20 seeds of 300 steps each.
+/// properties of Figure 3 after every tick: election safety, leader append-only, log matching,
+/// leader completeness and state machine safety. Method: 20 seeds of 300 steps each.
 #[test]
 fn figure_3_properties_under_partitions() {
     for seed in 0..20 {

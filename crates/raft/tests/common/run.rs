@@ -15,6 +15,8 @@ pub struct Run {
     pub net: Network,
     rng: Rng,
     leaders: BTreeMap<Term, NodeId>,
+    /// The last log seen of each leader, by term, for the append-only check.
+    leader_logs: BTreeMap<Term, Vec<Entry>>,
     /// Every committed entry, with the term of the node that first reported it committed.
     committed: BTreeMap<LogIndex, (Entry, Term)>,
     seed: u64,
@@ -31,6 +33,7 @@ impl Run {
             net,
             rng: Rng(seed),
             leaders: BTreeMap::new(),
+            leader_logs: BTreeMap::new(),
             committed: BTreeMap::new(),
             seed,
         }
@@ -102,7 +105,8 @@ impl Run {
         self.check()
     }
 
-    /// Election safety, state machine safety, leader completeness and log matching.
+    /// Election safety, leader append-only, state machine safety, leader completeness and log
+    /// matching.
     pub fn check(&mut self) -> Result<(), String> {
         let seed = self.seed;
         let mut logs = BTreeMap::new();
@@ -133,6 +137,17 @@ impl Run {
                         e.index
                     ));
                 }
+            }
+            // Leader append-only (§5.3): while a leader, its log only grows.
+            if s.role == Role::Leader {
+                let before = self.leader_logs.entry(s.term).or_default();
+                if !log.starts_with(before) {
+                    return Err(format!(
+                        "seed {seed}: leader {id} of term {} rewrote its log",
+                        s.term
+                    ));
+                }
+                *before = log.clone();
             }
             logs.insert(id, (s.role, s.term, log));
         }
