@@ -8,9 +8,21 @@
 //! and requires progress within a bound.
 //!
 //! What lives here: the generator ([`rng`]), simulated time ([`queue`]), the network model
-//! ([`net`]), the replicated key-value state machine ([`kv`]), histories ([`history`]) and the
+//! ([`net`]), the replicated key-value state machine ([`kv`]), the per-seed parameters
+//! ([`params`]), the cluster harness with its disks, clients and nemesis ([`cluster`]),
+//! histories ([`history`]), the Raft invariant checkers ([`invariants`]) and the
 //! linearizability checker ([`linearizability`]). What does not: the Raft core itself
 //! (`chorus-raft`), which the simulator drives only through its public API.
+//!
+//! ```
+//! use chorus_sim::{Overrides, Params, run_seed};
+//!
+//! let params = Params::from_seed(7, &Overrides { nodes: Some(3), bug: None });
+//! let first = run_seed(params.clone(), false);
+//! assert!(first.violations.is_empty(), "{:?}", first.violations);
+//! // A run is a pure function of its seed.
+//! assert_eq!(first.trace_hash, run_seed(params, false).trace_hash);
+//! ```
 
 pub mod cluster;
 pub mod history;
