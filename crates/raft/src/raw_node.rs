@@ -86,6 +86,8 @@ struct ReadyRecord {
 /// One node of one Raft group. See the crate docs for the driving loop.
 pub struct RawNode<S: LogStorage> {
     raft: Raft<S>,
+    /// Carries `node_id` and `group_id` for every event logged inside the node.
+    span: tracing::Span,
     prev_soft: SoftState,
     prev_hard: HardState,
     ready_number: u64,
@@ -95,7 +97,8 @@ pub struct RawNode<S: LogStorage> {
 impl<S: LogStorage> RawNode<S> {
     /// Starts a node from what `storage` holds (a restart) or from its initial configuration.
     pub fn new(config: &Config, storage: S) -> Result<Self, Error> {
-        let raft = Raft::new(config, storage)?;
+        let span = tracing::info_span!("raft", node_id = %config.id, group_id = %config.group_id);
+        let raft = span.in_scope(|| Raft::new(config, storage))?;
         let prev_soft = SoftState {
             leader: raft.leader,
             role: raft.role,
@@ -103,6 +106,7 @@ impl<S: LogStorage> RawNode<S> {
         let prev_hard = raft.hard_state();
         Ok(RawNode {
             raft,
+            span,
             prev_soft,
             prev_hard,
             ready_number: 0,
@@ -111,21 +115,25 @@ impl<S: LogStorage> RawNode<S> {
     }
 
     pub fn tick(&mut self) {
+        let _span = self.span.enter();
         self.raft.tick();
     }
 
     /// Handles a message from a peer. Bad input is refused with an error, never a panic.
     pub fn step(&mut self, msg: Message) -> Result<(), Error> {
+        let _span = self.span.enter();
         self.raft.step(msg)
     }
 
     /// Starts an election now (with a pre-vote first when configured).
     pub fn campaign(&mut self) -> Result<(), Error> {
+        let _span = self.span.enter();
         self.raft.hup(false);
         Ok(())
     }
 
     pub fn propose(&mut self, data: Bytes) -> Result<(Term, LogIndex), ProposeError> {
+        let _span = self.span.enter();
         self.raft.propose(EntryPayload::Normal(data))
     }
 
@@ -133,26 +141,32 @@ impl<S: LogStorage> RawNode<S> {
         &mut self,
         cc: ConfChange,
     ) -> Result<(Term, LogIndex), ProposeError> {
+        let _span = self.span.enter();
         self.raft.propose_conf_change(cc)
     }
 
     pub fn read_index(&mut self, context: Bytes) -> Result<(), ProposeError> {
+        let _span = self.span.enter();
         self.raft.read_index(context)
     }
 
     pub fn transfer_leader(&mut self, to: NodeId) {
+        let _span = self.span.enter();
         self.raft.transfer_leader(to);
     }
 
     pub fn apply_conf_change(&mut self, cc: &ConfChange) -> Result<ConfState, Error> {
+        let _span = self.span.enter();
         self.raft.apply_conf_change(cc)
     }
 
     pub fn report_unreachable(&mut self, to: NodeId) {
+        let _span = self.span.enter();
         self.raft.report_unreachable(to);
     }
 
     pub fn report_snapshot(&mut self, to: NodeId, success: bool) {
+        let _span = self.span.enter();
         self.raft.report_snapshot(to, success);
     }
 
@@ -177,6 +191,7 @@ impl<S: LogStorage> RawNode<S> {
 
     /// Collects everything pending into the next numbered Ready.
     pub fn ready(&mut self) -> Ready {
+        let _span = self.span.enter();
         self.ready_number += 1;
         let number = self.ready_number;
         let soft = self.soft_state();
@@ -216,6 +231,7 @@ impl<S: LogStorage> RawNode<S> {
 
     /// Everything in Ready `number` and earlier is on stable storage.
     pub fn on_persisted(&mut self, number: u64) {
+        let _span = self.span.enter();
         if number > self.ready_number {
             warn!(node = %self.raft.id, number, issued = self.ready_number, "persisted a Ready never issued, ignored");
             return;
@@ -235,6 +251,7 @@ impl<S: LogStorage> RawNode<S> {
 
     /// The application applied every committed entry up to `index`.
     pub fn on_applied(&mut self, index: LogIndex) {
+        let _span = self.span.enter();
         self.raft.on_applied(index);
     }
 
