@@ -258,7 +258,16 @@ fn range_spans_limits_and_counts() {
     for k in ["a", "ab", "abc", "b", "c"] {
         put(&mut store, k, "v");
     }
-    let table: [(&str, &str, i64, &[&str], i64, bool); 9] = [
+    // key, range_end, limit, keys, count, more
+    type Case = (
+        &'static str,
+        &'static str,
+        i64,
+        &'static [&'static str],
+        i64,
+        bool,
+    );
+    let table: [Case; 9] = [
         ("a", "", 0, &["a"], 1, false),
         ("a", "b", 0, &["a", "ab", "abc"], 3, false),
         ("ab", "\0", 0, &["ab", "abc", "b", "c"], 4, false),
@@ -962,6 +971,11 @@ fn dropped_batch_fails_the_store() {
         store.put(&PutRequest::new(b("b"), b("1"))),
         Err(MvccError::Failed)
     ));
+    let read = store.range(&RangeRequest::key(b("a")));
+    assert!(
+        matches!(read, Err(MvccError::Failed)),
+        "reads refuse a failed store: {read:?}"
+    );
     drop(store);
     let store = MvccStore::open(dir.path(), config()).unwrap();
     assert_eq!(store.current_revision(), Revision(2));

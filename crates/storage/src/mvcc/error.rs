@@ -38,7 +38,7 @@ pub enum MvccError {
 
     /// The embedded engine failed.
     #[error("mvcc engine: {0}")]
-    Engine(#[from] redb::Error),
+    Engine(#[source] Box<redb::Error>),
     /// A file system operation failed.
     #[error("mvcc: {context}: {source}")]
     Io {
@@ -79,7 +79,7 @@ impl MvccError {
 
 /// Converts any of redb's specific errors into an [`MvccError`].
 pub(crate) fn engine<E: Into<redb::Error>>(error: E) -> MvccError {
-    MvccError::Engine(error.into())
+    MvccError::Engine(Box::new(error.into()))
 }
 
 /// A shorthand for results of this module.

@@ -57,6 +57,9 @@ impl Generation {
     }
 }
 
+/// A lower and an upper bound on keys.
+type ByteBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
 /// The keys a range covers, from etcd's `key` and `range_end` conventions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum KeySpan {
@@ -87,7 +90,7 @@ impl KeySpan {
         }
     }
 
-    fn bounds(&self) -> Option<(Bound<&[u8]>, Bound<&[u8]>)> {
+    fn bounds(&self) -> Option<ByteBounds<'_>> {
         match self {
             KeySpan::Single(k) => Some((Bound::Included(k.as_ref()), Bound::Included(k.as_ref()))),
             KeySpan::From(k) => Some((Bound::Included(k.as_ref()), Bound::Unbounded)),

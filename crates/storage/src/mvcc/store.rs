@@ -214,6 +214,15 @@ impl MvccStore {
         self.core.leases.keys(lease)
     }
 
+    /// Reads use the in-memory index, which a failed write may have left ahead of the engine.
+    fn check_not_failed(&self) -> MvccResult<()> {
+        if self.failed {
+            Err(MvccError::Failed)
+        } else {
+            Ok(())
+        }
+    }
+
     fn read_table(&self) -> MvccResult<redb::ReadOnlyTable<RecordKey, RecordValue>> {
         let txn = self.db.begin_read().map_err(engine)?;
         txn.open_table(RECORDS).map_err(engine)
@@ -231,6 +240,7 @@ impl MvccStore {
     /// etcd's Range.
     pub fn range(&self, req: &RangeRequest) -> MvccResult<RangeResponse> {
         check_range_request(req)?;
+        self.check_not_failed()?;
         let table = self.read_table()?;
         self.view(&table).range(req)
     }
@@ -248,6 +258,7 @@ impl MvccStore {
         with_prev_kv: bool,
     ) -> MvccResult<EventBatch> {
         assert!(events_max > 0, "an event batch holds at least one event");
+        self.check_not_failed()?;
         if from < self.core.compacted {
             return Err(MvccError::Compacted {
                 compact_revision: self.core.compacted,

@@ -176,6 +176,10 @@ impl WriteBatch<'_> {
     /// together (and the disk, unless the store was configured without `commit_sync`).
     pub fn commit(mut self) -> MvccResult<()> {
         let txn = self.txn.take().expect("a batch commits once");
+        if self.store.failed {
+            // An operation failed half-way: its partial writes must not reach the engine.
+            return Err(MvccError::Failed);
+        }
         let core = &self.store.core;
         let result = (|| {
             {
@@ -201,6 +205,9 @@ impl WriteBatch<'_> {
         &mut self,
         op: impl FnOnce(&mut Core, &mut RecordTableMut<'_>) -> MvccResult<R>,
     ) -> MvccResult<R> {
+        if self.store.failed {
+            return Err(MvccError::Failed);
+        }
         let txn = self.txn.as_ref().expect("an open batch");
         let result = txn
             .open_table(RECORDS)
