@@ -117,12 +117,15 @@ impl<S: LogStorage> RawNode<S> {
     pub fn tick(&mut self) {
         let _span = self.span.enter();
         self.raft.tick();
+        self.raft.debug_assert_invariants();
     }
 
     /// Handles a message from a peer. Bad input is refused with an error, never a panic.
     pub fn step(&mut self, msg: Message) -> Result<(), Error> {
         let _span = self.span.enter();
-        self.raft.step(msg)
+        let result = self.raft.step(msg);
+        self.raft.debug_assert_invariants();
+        result
     }
 
     /// Starts an election now (with a pre-vote first when configured).
@@ -247,6 +250,7 @@ impl<S: LogStorage> RawNode<S> {
                 self.raft.on_persisted_entries(index, term);
             }
         }
+        self.raft.debug_assert_invariants();
     }
 
     /// The application applied every committed entry up to `index`.

@@ -180,6 +180,64 @@ impl<S: LogStorage> Raft<S> {
         self.tracker.is_voter(self.id)
     }
 
+    /// Checks the invariants that hold between any two inputs. Cheap enough to run after every
+    /// input in debug builds (and so in the simulator and tests).
+    pub fn debug_assert_invariants(&self) {
+        let log = &self.log;
+        debug_assert!(
+            log.applied <= log.applying,
+            "applied {} > applying {}",
+            log.applied,
+            log.applying
+        );
+        debug_assert!(
+            log.applying <= log.committed,
+            "applying {} > commit {}",
+            log.applying,
+            log.committed
+        );
+        debug_assert!(
+            log.committed <= log.last_index(),
+            "commit {} > last {}",
+            log.committed,
+            log.last_index()
+        );
+        debug_assert!(
+            log.persisted <= log.last_index(),
+            "persisted {} > last {}",
+            log.persisted,
+            log.last_index()
+        );
+        if self.role == Role::Leader {
+            debug_assert_eq!(self.leader, Some(self.id), "a leader knows it leads");
+            debug_assert_eq!(self.vote, Some(self.id), "a leader voted for itself");
+            debug_assert!(self.promotable(), "a leader is a voter");
+        }
+        if self.role == Role::Candidate {
+            debug_assert_eq!(self.vote, Some(self.id), "a candidate voted for itself");
+        }
+        if let Some(own) = self
+            .tracker
+            .progress
+            .get(&self.id)
+            .filter(|_| self.role == Role::Leader)
+        {
+            debug_assert!(
+                own.matched <= log.persisted,
+                "the leader counts only persisted entries"
+            );
+        }
+        debug_assert_eq!(self.tracker.config.check(), Ok(()));
+        debug_assert!(
+            self.tracker
+                .progress
+                .keys()
+                .copied()
+                .eq(self.tracker.config.members()),
+            "progress is tracked for exactly the members"
+        );
+    }
+
     // ----- messages -----
 
     /// Queues a message with the node's current term.
