@@ -46,6 +46,56 @@ fn stale_term_vote_is_ignored() {
     assert_eq!(n.status().term, Term(3));
 }
 
+/// Figure 2 (AppendEntries: "reply false if term < currentTerm", the reply carrying
+/// currentTerm): a stale append or heartbeat is answered in the receiver's term so that the stale
+/// leader steps down, even with neither pre-vote nor check-quorum. Method: a member in term 5
+/// receives a heartbeat and an append of term 3 from node 1; each must be answered with a message
+/// of term 5. Regression for simulator seed 3038, where a learner that had adopted a removed
+/// member's higher term dropped the real leader's appends in silence and never caught up.
+#[test]
+fn stale_append_is_answered_in_the_current_term() {
+    let mut cfg = config(3);
+    cfg.pre_vote = false;
+    cfg.check_quorum = false;
+    let mut n = node_with(cfg, &[1, 2, 3], &[], (5, None, 0));
+    let heartbeat = MessageBody::Heartbeat {
+        commit: LogIndex(0),
+        context: Bytes::new(),
+    };
+    let append = MessageBody::Append {
+        prev_index: LogIndex(0),
+        prev_term: Term(0),
+        entries: Vec::new(),
+        commit: LogIndex(0),
+    };
+    for body in [heartbeat, append] {
+        n.step(msg(1, 3, 3, body)).unwrap();
+        let answers: Vec<_> = drain(&mut n)
+            .into_iter()
+            .filter(|m| m.to == NodeId(1))
+            .collect();
+        assert_eq!(
+            answers.len(),
+            1,
+            "exactly one answer to the stale leader: {answers:?}"
+        );
+        assert_eq!(
+            answers[0].term,
+            Term(5),
+            "the answer carries the newer term"
+        );
+        assert!(matches!(
+            answers[0].body,
+            MessageBody::AppendResponse { .. }
+        ));
+    }
+    assert_eq!(
+        n.status().term,
+        Term(5),
+        "a stale message never lowers the term"
+    );
+}
+
 /// §5.2: each server votes for at most one candidate per term, first come first served.
 /// Method: grant node 2 in term 2, then ask for node 3 in the same term.
 #[test]

@@ -90,7 +90,6 @@ fn writes_acknowledged_before_commit_are_caught() {
 }
 
 #[test]
-#[ignore = "core bug 1 of crates/sim/FOUND.md: enable once chorus-raft answers stale-term appends"]
 fn learner_with_a_newer_term_catches_up_seed_3038() {
     // Goal: regression test for FOUND.md bug 1. Method: replay seed 3038, where a learner that
     // adopted a removed node's higher term must still catch up after healing.

@@ -353,14 +353,22 @@ impl<S: LogStorage> Raft<S> {
     }
 
     /// A message from a lower term is stale. Answer just enough to let a stale leader or
-    /// pre-candidate learn the newer term (otherwise, with check-quorum or pre-vote, a
-    /// partitioned node with a higher term could never rejoin, §9.6).
+    /// pre-candidate learn the newer term.
+    ///
+    /// A stale `Append` or `Heartbeat` is always answered in the current term (Figure 2: "reply
+    /// false if term < currentTerm", the reply carrying currentTerm), so the sender steps down
+    /// and the group re-elects at a higher term. Staying silent is not enough, even without
+    /// pre-vote or check-quorum:
+    /// 1. a learner adopts the higher term of a vote request from a removed member;
+    /// 2. the voters elect a leader in a lower term without ever seeing that term;
+    /// 3. the learner drops every append of that leader, and never campaigns to resolve it,
+    ///    so it stays behind forever (simulator seed 3038). With pre-vote or check-quorum the
+    ///    same silence would also keep a partitioned node from ever rejoining (§9.6).
     fn step_lower_term(&mut self, m: &Message) {
-        let reply_append = (self.config.check_quorum || self.config.pre_vote)
-            && matches!(
-                m.body,
-                MessageBody::Append { .. } | MessageBody::Heartbeat { .. }
-            );
+        let reply_append = matches!(
+            m.body,
+            MessageBody::Append { .. } | MessageBody::Heartbeat { .. }
+        );
         if reply_append {
             let body = MessageBody::AppendResponse {
                 index: LogIndex(0),
