@@ -1111,3 +1111,32 @@ fn snapshot_restore_rejects_damage() {
         "restore over a store"
     );
 }
+
+// Goal: the server's path: many Raft entries in one batch, request errors reported per entry
+// without stopping the batch, the last index recorded as applied, entries without a write
+// (configuration changes) still counted. Method: apply four entries and reopen.
+#[test]
+fn apply_entries_in_one_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = MvccStore::open(dir.path(), config()).unwrap();
+    let ops = [
+        WriteOp::Put(PutRequest::new(b("a"), b("1"))),
+        WriteOp::Put(table_missing()),
+        WriteOp::DeleteRange(DeleteRangeRequest::key(b("a"))),
+    ];
+    let entries = [
+        (LogIndex(5), Some(&ops[0])),
+        (LogIndex(6), Some(&ops[1])),
+        (LogIndex(7), None),
+        (LogIndex(8), Some(&ops[2])),
+    ];
+    let responses = store.apply_entries(entries).unwrap();
+    assert_eq!(responses.len(), 3);
+    assert!(matches!(&responses[0], Ok(WriteResponse::Put(p)) if p.revision == Revision(2)));
+    assert!(matches!(&responses[1], Err(MvccError::KeyNotFound { .. })));
+    assert!(matches!(&responses[2], Ok(WriteResponse::DeleteRange(d)) if d.deleted == 1));
+    drop(store);
+    let store = MvccStore::open(dir.path(), config()).unwrap();
+    assert_eq!(store.applied_index(), LogIndex(8));
+    assert_eq!(store.current_revision(), Revision(3));
+}

@@ -13,6 +13,15 @@
 //! records and meta in one engine transaction, so the applied index and the data it covers are
 //! always on disk together. Opening the store rebuilds the index from the engine.
 //!
+//! The server applies committed Raft entries with [`MvccStore::apply_entries`] (or by hand:
+//! [`MvccStore::begin`], [`WriteBatch::apply`] per entry, [`WriteBatch::set_applied_index`],
+//! [`WriteBatch::commit`]); reads ([`MvccStore::range`], [`MvccStore::events`]) see committed
+//! batches. A request error (etcd's errors: compacted, future revision, duplicate key, key not
+//! found, ...) leaves the store unchanged; any other error means the node must stop.
+//!
+//! Errors map to etcd's messages through [`MvccError`]'s `Display`; the variants carry what the
+//! gRPC layer needs (the compacted or current revision, the offending key).
+//!
 //! ```
 //! use chorus_storage::mvcc::{MvccConfig, MvccStore, PutRequest, RangeRequest, Revision};
 //!

@@ -59,6 +59,34 @@ impl MvccStore {
         response
     }
 
+    /// Applies the writes of committed Raft entries in one batch, and records the last index as
+    /// applied (entries without a write, such as configuration changes, pass `None`). Returns each
+    /// entry's response or request error; the outer error is a storage failure, after which none
+    /// of the batch is durable and the store is closed.
+    pub fn apply_entries<'op>(
+        &mut self,
+        entries: impl IntoIterator<Item = (LogIndex, Option<&'op WriteOp>)>,
+    ) -> MvccResult<Vec<MvccResult<WriteResponse>>> {
+        let mut batch = self.begin()?;
+        let mut responses = Vec::new();
+        let mut last = None;
+        for (index, op) in entries {
+            if let Some(op) = op {
+                let response = batch.apply(op);
+                if matches!(&response, Err(error) if !error.is_request_error()) {
+                    return Err(response.expect_err("an error"));
+                }
+                responses.push(response);
+            }
+            last = Some(index);
+        }
+        if let Some(index) = last {
+            batch.set_applied_index(index);
+        }
+        batch.commit()?;
+        Ok(responses)
+    }
+
     /// A put in its own batch (the applied index is unchanged).
     pub fn put(&mut self, req: &PutRequest) -> MvccResult<PutResponse> {
         self.apply_one(|batch| batch.put(req))
