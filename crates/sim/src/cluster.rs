@@ -183,6 +183,32 @@ struct Node {
     writes: BTreeMap<u64, usize>,
 }
 
+impl Node {
+    /// A node that has not started yet, with its disk.
+    fn boot(id: u64, tick_us: Time, disk: MemStorage) -> Node {
+        Node {
+            id,
+            incarnation: 0,
+            raw: None,
+            disk: Some(disk),
+            kv: KvStore::default(),
+            role: Role::Follower,
+            retired: false,
+            applied: LogIndex(0),
+            conf_state: ConfState::default(),
+            pending: VecDeque::new(),
+            disk_free_at: 0,
+            tick_us,
+            ticks_skip: 0,
+            ticks_double: 0,
+            last_snapshot: LogIndex(0),
+            read_requests: BTreeMap::new(),
+            reads: Vec::new(),
+            writes: BTreeMap::new(),
+        }
+    }
+}
+
 /// The operation a client is waiting for.
 #[derive(Clone, Copy, Debug)]
 struct InFlight {
@@ -295,26 +321,7 @@ impl Simulation {
             // in it: a spare that joins later replays the log from index 1 (or gets a snapshot),
             // and its conf changes apply on top of the genesis configuration.
             let boot = MemStorage::new_with_conf_state(voters.clone());
-            nodes.push(Node {
-                id,
-                incarnation: 0,
-                raw: None,
-                disk: Some(boot),
-                kv: KvStore::default(),
-                role: Role::Follower,
-                retired: false,
-                applied: LogIndex(0),
-                conf_state: ConfState::default(),
-                pending: VecDeque::new(),
-                disk_free_at: 0,
-                tick_us,
-                ticks_skip: 0,
-                ticks_double: 0,
-                last_snapshot: LogIndex(0),
-                read_requests: BTreeMap::new(),
-                reads: Vec::new(),
-                writes: BTreeMap::new(),
-            });
+            nodes.push(Node::boot(id, tick_us, boot));
         }
         let clients = (0..params.clients).map(|_| Client::default()).collect();
         let net = Network::new(params.net.clone());
@@ -1520,53 +1527,7 @@ impl Simulation {
         if conf.is_joint() {
             return;
         }
-        let members: BTreeSet<u64> = conf
-            .voters
-            .iter()
-            .chain(conf.learners.iter())
-            .map(|v| v.get())
-            .collect();
-        let outsiders: Vec<u64> = self
-            .params
-            .node_ids()
-            .filter(|id| !members.contains(id))
-            .collect();
-        let learners: Vec<u64> = conf.learners.iter().map(|v| v.get()).collect();
-        let removable: Vec<u64> = if conf.voters.len() > 3 {
-            conf.voters
-                .iter()
-                .map(|v| v.get())
-                .filter(|&v| v != leader)
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let mut options: Vec<ConfChangeSingle> = Vec::new();
-        options.extend(
-            outsiders
-                .iter()
-                .map(|&id| ConfChangeSingle::AddLearner(NodeId(id))),
-        );
-        options.extend(
-            outsiders
-                .iter()
-                .map(|&id| ConfChangeSingle::AddVoter(NodeId(id))),
-        );
-        options.extend(
-            learners
-                .iter()
-                .map(|&id| ConfChangeSingle::AddVoter(NodeId(id))),
-        );
-        options.extend(
-            learners
-                .iter()
-                .map(|&id| ConfChangeSingle::RemoveNode(NodeId(id))),
-        );
-        options.extend(
-            removable
-                .iter()
-                .map(|&id| ConfChangeSingle::RemoveNode(NodeId(id))),
-        );
+        let options = membership_options(&conf, leader, self.params.node_ids());
         if options.is_empty() {
             return;
         }
@@ -1720,6 +1681,34 @@ impl Simulation {
     }
 }
 
+/// The single-step membership changes a leader may propose under `conf`: add any outsider as a
+/// learner or a voter, promote a learner, remove a learner, or remove a voter other than itself
+/// while more than three voters remain.
+fn membership_options(
+    conf: &ConfState,
+    leader: u64,
+    node_ids: impl Iterator<Item = u64>,
+) -> Vec<ConfChangeSingle> {
+    use ConfChangeSingle::{AddLearner, AddVoter, RemoveNode};
+    let is_member =
+        |id: u64| conf.voters.contains(&NodeId(id)) || conf.learners.contains(&NodeId(id));
+    // The order matters only for replay: a seed picks among these by position.
+    let outsiders: Vec<NodeId> = node_ids.filter(|&id| !is_member(id)).map(NodeId).collect();
+    let mut options: Vec<ConfChangeSingle> = outsiders.iter().map(|&id| AddLearner(id)).collect();
+    options.extend(outsiders.iter().map(|&id| AddVoter(id)));
+    options.extend(conf.learners.iter().map(|&id| AddVoter(id)));
+    options.extend(conf.learners.iter().map(|&id| RemoveNode(id)));
+    if conf.voters.len() > 3 {
+        options.extend(
+            conf.voters
+                .iter()
+                .filter(|v| v.get() != leader)
+                .map(|&v| RemoveNode(v)),
+        );
+    }
+    options
+}
+
 /// A short description of a message for the verbose trace.
 fn short(msg: &Message) -> String {
     match &msg.body {
@@ -1748,6 +1737,40 @@ fn set_injected_bug(config: &mut Config, bug: Option<BugName>) {
         BugName::StaleLeaseRead => InjectedBug::StaleLeaseRead,
         BugName::ForgetVoteOnRestart => InjectedBug::ForgetVoteOnRestart,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn membership_options_keep_three_voters_and_the_leader() {
+        // Goal: the nemesis never shrinks below three voters nor removes the leader. Method:
+        // list the options for a three-voter and a four-voter configuration.
+        let mut conf = ConfState::with_voters([1, 2, 3].map(NodeId));
+        conf.learners.insert(NodeId(4));
+        let options = membership_options(&conf, 1, 1..=5);
+        use ConfChangeSingle::{AddLearner, AddVoter, RemoveNode};
+        assert_eq!(
+            options,
+            vec![
+                AddLearner(NodeId(5)),
+                AddVoter(NodeId(5)),
+                AddVoter(NodeId(4)),
+                RemoveNode(NodeId(4))
+            ]
+        );
+        let four = ConfState::with_voters([1, 2, 3, 4].map(NodeId));
+        let options = membership_options(&four, 2, 1..=4);
+        assert_eq!(
+            options,
+            vec![
+                RemoveNode(NodeId(1)),
+                RemoveNode(NodeId(3)),
+                RemoveNode(NodeId(4))
+            ]
+        );
+    }
 }
 
 #[cfg(not(feature = "inject-bugs"))]
