@@ -246,7 +246,8 @@ impl Model {
         kvs.iter().all(one)
     }
 
-    /// The duplicate key rule for a flat branch: no key put twice, none put and deleted.
+    /// The duplicate key rule for a flat branch: no key put twice, none put and deleted, where
+    /// (as in etcd) a delete with range_end "\0" counts as deleting nothing.
     fn duplicate(ops: &[RequestOp]) -> bool {
         let puts: Vec<&Bytes> = ops
             .iter()
@@ -262,7 +263,7 @@ impl Model {
             .iter()
             .filter_map(|op| {
                 if let RequestOp::DeleteRange(d) = op {
-                    Some((&d.key, &d.range_end))
+                    (d.range_end.as_ref() != b"\0").then_some((&d.key, &d.range_end))
                 } else {
                     None
                 }

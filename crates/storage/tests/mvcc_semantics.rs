@@ -1140,3 +1140,35 @@ fn apply_entries_in_one_batch() {
     assert_eq!(store.applied_index(), LogIndex(8));
     assert_eq!(store.current_revision(), Revision(3));
 }
+
+// Goal: etcd accepts a transaction that deletes every key >= "a" (range_end "\0") and puts "b"
+// (its duplicate check does not see such deletes); the key ends up re-created at that revision,
+// with both events in the history. Method: run it over a live "b" and read the result.
+#[test]
+fn txn_delete_to_end_then_put() {
+    let (_dir, mut store) = open();
+    put(&mut store, "b", "old"); // 2
+    put(&mut store, "b", "older"); // 3: version 2
+    let txn = TxnRequest {
+        compare: vec![],
+        success: vec![
+            RequestOp::DeleteRange(DeleteRangeRequest::range(b("a"), b("\0"))),
+            RequestOp::Put(PutRequest::new(b("b"), b("new"))),
+        ],
+        failure: vec![],
+    };
+    assert_eq!(store.txn(&txn).unwrap().revision, Revision(4));
+    let kv = get(&store, "b").unwrap();
+    assert_eq!(
+        (kv.create_revision, kv.version, kv.value),
+        (Revision(4), 1, b("new"))
+    );
+    let events = store.events(Revision(4), 10, true).unwrap().events;
+    let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [EventKind::Delete, EventKind::Put]);
+    let at_3 = RangeRequest {
+        revision: Revision(3),
+        ..RangeRequest::key(b("b"))
+    };
+    assert_eq!(store.range(&at_3).unwrap().kvs[0].value, b("older"));
+}
