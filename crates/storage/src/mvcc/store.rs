@@ -161,10 +161,33 @@ impl MvccStore {
             context: format!("create directory {}", dir.display()),
             source,
         })?;
+        let path = dir.join(ENGINE_FILE);
+        if !path.exists() {
+            create_atomically(dir, &path)?;
+        }
         let db = Database::builder()
             .set_cache_size(config.engine_cache_bytes)
-            .create(dir.join(ENGINE_FILE))
+            .create(&path)
             .map_err(engine)?;
+        MvccStore::from_database(db, dir, config)
+    }
+
+    /// Opens the store on a storage backend of the engine's instead of a file: for tests that
+    /// crash the disk, and for a simulated disk. `label` only names the store in logs.
+    pub fn open_with_backend(
+        label: &Path,
+        backend: impl redb::StorageBackend,
+        config: MvccConfig,
+    ) -> MvccResult<MvccStore> {
+        config.validate()?;
+        let db = Database::builder()
+            .set_cache_size(config.engine_cache_bytes)
+            .create_with_backend(backend)
+            .map_err(engine)?;
+        MvccStore::from_database(db, label, config)
+    }
+
+    fn from_database(db: Database, dir: &Path, config: MvccConfig) -> MvccResult<MvccStore> {
         init_meta(&db)?;
         let core = recover(&db)?;
         tracing::info!(
@@ -337,6 +360,24 @@ fn previous<T: RecordTable>(view: &View<'_, T>, kv: &KeyValue) -> MvccResult<Opt
         .get(&kv.key, before)
         .map(|id| view.kv(&kv.key, id))
         .transpose()
+}
+
+/// Creates an empty store file under a temporary name and renames it into place, so that a crash
+/// during creation leaves no half-written engine file (which the engine would refuse to open).
+fn create_atomically(dir: &Path, path: &Path) -> MvccResult<()> {
+    let io = |context: String| move |source| MvccError::Io { context, source };
+    let temporary = dir.join(format!("{ENGINE_FILE}.creating"));
+    if temporary.exists() {
+        fs::remove_file(&temporary).map_err(io(format!("remove {}", temporary.display())))?;
+    }
+    let db = Database::create(&temporary).map_err(engine)?;
+    init_meta(&db)?;
+    drop(db);
+    fs::rename(&temporary, path).map_err(io(format!("rename {}", temporary.display())))?;
+    let handle = fs::File::open(dir).map_err(io(format!("open {}", dir.display())))?;
+    handle
+        .sync_all()
+        .map_err(io(format!("sync {}", dir.display())))
 }
 
 /// Writes the meta of an empty store if the engine has none.
