@@ -1172,3 +1172,70 @@ fn txn_delete_to_end_then_put() {
     };
     assert_eq!(store.range(&at_3).unwrap().kvs[0].value, b("older"));
 }
+
+// Goal: HashKV agrees between stores with the same history up to a revision, whatever came
+// after, and differs when the history differs; it rejects compacted and future revisions.
+// Method: two stores diverging after revision 4.
+#[test]
+fn hash_kv_compares_members_at_a_revision() {
+    let (_d1, mut one) = open();
+    let (_d2, mut two) = open();
+    for store in [&mut one, &mut two] {
+        put(store, "a", "1"); // 2
+        put(store, "b", "1"); // 3
+        del(store, "a", ""); // 4
+    }
+    put(&mut one, "c", "one"); // 5
+    put(&mut two, "c", "two"); // 5
+    let at = |store: &MvccStore, rev| store.hash_kv(Revision(rev)).unwrap().hash;
+    for rev in 1..=4 {
+        assert_eq!(at(&one, rev), at(&two, rev), "at {rev}");
+    }
+    assert_ne!(at(&one, 5), at(&two, 5));
+    assert_ne!(at(&one, 3), at(&one, 4), "a delete changes the hash");
+    let current = one.hash_kv(Revision(0)).unwrap();
+    assert_eq!(
+        (current.revision, current.current_revision),
+        (Revision(5), Revision(5))
+    );
+    one.compact(Revision(3)).unwrap();
+    two.compact(Revision(3)).unwrap();
+    assert_eq!(at(&one, 4), at(&two, 4), "equal after the same compaction");
+    let compacted = one.hash_kv(Revision(2)).unwrap_err();
+    assert_eq!(
+        compacted.to_string(),
+        "mvcc: required revision has been compacted"
+    );
+    let future = one.hash_kv(Revision(6)).unwrap_err();
+    assert_eq!(
+        future.to_string(),
+        "mvcc: required revision is a future revision"
+    );
+}
+
+// Goal: a batch sees the lease attachments of its own earlier writes, so a lease revoke can find
+// and delete its keys in one batch. Method: attach in a batch, list, delete, commit.
+#[test]
+fn lease_revoke_in_one_batch() {
+    let (_dir, mut store) = open();
+    let mut batch = store.begin().unwrap();
+    for k in ["a", "b"] {
+        let req = PutRequest {
+            lease: LeaseId(3),
+            ..PutRequest::new(b(k), b("v"))
+        };
+        batch.put(&req).unwrap();
+    }
+    let keys = batch.keys_with_lease(LeaseId(3));
+    assert_eq!(keys, vec![b("a"), b("b")]);
+    for key in keys {
+        batch.delete_range(&DeleteRangeRequest::key(key)).unwrap();
+    }
+    assert!(batch.keys_with_lease(LeaseId(3)).is_empty());
+    batch.commit().unwrap();
+    assert_eq!(store.current_revision(), Revision(5));
+    assert_eq!(
+        store.range(&RangeRequest::range("\0", "\0")).unwrap().count,
+        0
+    );
+}

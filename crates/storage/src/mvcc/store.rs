@@ -13,7 +13,7 @@ use super::error::{MvccError, MvccResult, engine};
 use super::index::KeyIndex;
 use super::txn::check_range_request;
 use super::types::{
-    Event, EventBatch, EventKind, KeyValue, LeaseId, RangeRequest, RangeResponse, Revision,
+    Event, EventBatch, EventKind, HashKv, KeyValue, LeaseId, RangeRequest, RangeResponse, Revision,
 };
 use super::view::{RecordKey, RecordTable, RecordValue, View, read_record};
 
@@ -342,6 +342,32 @@ impl MvccStore {
             crc = crc32c::crc32c_append(crc, bytes.value());
         }
         Ok(crc)
+    }
+
+    /// etcd's HashKV: a checksum of every retained version up to `revision` (zero or negative:
+    /// the current one), for members to compare their data at a common revision. Members that
+    /// applied the same history and compactions agree, whatever they applied after `revision`.
+    /// (The value is this store's own CRC32C, not etcd's hash.)
+    pub fn hash_kv(&self, revision: Revision) -> MvccResult<HashKv> {
+        self.check_not_failed()?;
+        let table = self.read_table()?;
+        let at = self.view(&table).read_revision(revision)?;
+        let mut crc = crc32c::crc32c(&self.core.compacted.get().to_be_bytes());
+        let end = RecordId::first_of(at.next()).encode();
+        for entry in table
+            .range::<&[u8; RECORD_ID_BYTES]>(..&end)
+            .map_err(engine)?
+        {
+            let (id, bytes) = entry.map_err(engine)?;
+            crc = crc32c::crc32c_append(crc, id.value());
+            crc = crc32c::crc32c_append(crc, bytes.value());
+        }
+        Ok(HashKv {
+            hash: crc,
+            revision: at,
+            compact_revision: self.core.compacted,
+            current_revision: self.core.current,
+        })
     }
 
     /// The number of records the engine holds (every retained version and tombstone).

@@ -342,3 +342,14 @@ pub enum WriteResponse {
     Txn(TxnResponse),
     Compact(CompactResponse),
 }
+
+/// The answer to [`MvccStore::hash_kv`](super::MvccStore::hash_kv), as etcd's `HashKVResponse`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HashKv {
+    pub hash: u32,
+    /// The revision the hash covers (up to and including).
+    pub revision: Revision,
+    pub compact_revision: Revision,
+    /// The header revision: the store's current revision.
+    pub current_revision: Revision,
+}

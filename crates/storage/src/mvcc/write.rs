@@ -8,6 +8,7 @@
 //! marks itself failed and refuses further writes: the node stops and reopens it (DESIGN.md:
 //! storage failures in the Raft path are fatal).
 
+use bytes::Bytes;
 use chorus_raft::LogIndex;
 use redb::{Durability, Table, WriteTransaction};
 
@@ -17,8 +18,8 @@ use super::index::KeySpan;
 use super::store::{Core, META, META_APPLIED, META_COMPACTED, META_CURRENT, MvccStore, RECORDS};
 use super::txn::{TxnPath, check_delete_request, check_put_request, check_txn_request};
 use super::types::{
-    CompactResponse, DeleteRangeRequest, DeleteRangeResponse, KeyValue, PutRequest, PutResponse,
-    RequestOp, ResponseOp, Revision, TxnRequest, TxnResponse, WriteOp, WriteResponse,
+    CompactResponse, DeleteRangeRequest, DeleteRangeResponse, KeyValue, LeaseId, PutRequest,
+    PutResponse, RequestOp, ResponseOp, Revision, TxnRequest, TxnResponse, WriteOp, WriteResponse,
 };
 use super::view::{RecordKey, RecordValue, View};
 
@@ -186,6 +187,12 @@ impl WriteBatch<'_> {
                 revision: core.current,
             })
         })
+    }
+
+    /// The live keys that carry `lease`, as of the writes so far in this batch (to delete them
+    /// in the same batch when the lease is revoked or expires).
+    pub fn keys_with_lease(&self, lease: LeaseId) -> Vec<Bytes> {
+        self.store.core.leases.keys(lease)
     }
 
     /// Records the Raft index whose entry this batch applies. Applied indexes never go back.
