@@ -1,8 +1,8 @@
 //! Property test: the MVCC store against a naive reference model.
 //!
-//! Goal: on random sequences of puts, deletes, transactions, ranges (at historical, compacted
-//! and future revisions) and compactions, the store gives exactly the responses and errors of a
-//! model that keeps every version of every key in a `BTreeMap<key, Vec<version>>` and answers
+//! Goal: on random sequences of puts, deletes, transactions (nested one level), ranges (at
+//! historical, compacted and future revisions) and compactions, the store gives exactly the
+//! responses and errors of a model that keeps every version of every key in a `BTreeMap<key, Vec<version>>` and answers
 //! each request by brute force. After the sequence, every revision still readable, the event
 //! history, and the same after a restart, must match the model too.
 //!
@@ -66,12 +66,28 @@ enum Op {
 
 #[derive(Clone, Debug)]
 enum TxnOp {
-    Put { key: u8, value: u8 },
-    Delete { key: u8, end: u8 },
-    Range { key: u8, end: u8, back: u8 },
+    Put {
+        key: u8,
+        value: u8,
+    },
+    Delete {
+        key: u8,
+        end: u8,
+    },
+    Range {
+        key: u8,
+        end: u8,
+        back: u8,
+    },
+    /// A nested transaction (of leaf operations only).
+    Nested {
+        compare: (u8, u8, u8, u8),
+        success: Vec<TxnOp>,
+        failure: Vec<TxnOp>,
+    },
 }
 
-fn txn_op() -> impl Strategy<Value = TxnOp> {
+fn leaf_txn_op() -> impl Strategy<Value = TxnOp> {
     prop_oneof![
         (any::<u8>(), any::<u8>()).prop_map(|(key, value)| TxnOp::Put { key, value }),
         (any::<u8>(), any::<u8>()).prop_map(|(key, end)| TxnOp::Delete { key, end }),
@@ -80,6 +96,18 @@ fn txn_op() -> impl Strategy<Value = TxnOp> {
             end,
             back
         }),
+    ]
+}
+
+fn txn_op() -> impl Strategy<Value = TxnOp> {
+    prop_oneof![
+        4 => leaf_txn_op(),
+        1 => (
+            (any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>()),
+            prop::collection::vec(leaf_txn_op(), 0..3),
+            prop::collection::vec(leaf_txn_op(), 0..3),
+        )
+            .prop_map(|(compare, success, failure)| TxnOp::Nested { compare, success, failure }),
     ]
 }
 
@@ -102,6 +130,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..8).prop_map(|back| Op::Compact { back }),
     ]
 }
+
+/// The keys a branch puts and the (key, range_end) spans it deletes.
+type BranchWrites = (Vec<Bytes>, Vec<(Bytes, Bytes)>);
 
 /// The reference model: every version of every key, and the log of changes in order.
 #[derive(Default)]
@@ -246,82 +277,147 @@ impl Model {
         kvs.iter().all(one)
     }
 
-    /// The duplicate key rule for a flat branch: no key put twice, none put and deleted, where
-    /// (as in etcd) a delete with range_end "\0" counts as deleting nothing.
-    fn duplicate(ops: &[RequestOp]) -> bool {
-        let puts: Vec<&Bytes> = ops
+    /// etcd's duplicate key rule for a branch: returns the keys it puts and the spans it deletes
+    /// (a delete to "\0" counts as none), or `None` for a duplicate. Nested puts meet the deletes
+    /// of this level and of earlier nested transactions; this level's puts meet all of them.
+    fn writes(ops: &[RequestOp]) -> Option<BranchWrites> {
+        let mut dels: Vec<(Bytes, Bytes)> = ops
             .iter()
-            .filter_map(|op| {
-                if let RequestOp::Put(p) = op {
-                    Some(&p.key)
-                } else {
-                    None
+            .filter_map(|op| match op {
+                RequestOp::DeleteRange(d) if d.range_end.as_ref() != b"\0" => {
+                    Some((d.key.clone(), d.range_end.clone()))
                 }
+                _ => None,
             })
             .collect();
-        let deletes: Vec<(&Bytes, &Bytes)> = ops
-            .iter()
-            .filter_map(|op| {
-                if let RequestOp::DeleteRange(d) = op {
-                    (d.range_end.as_ref() != b"\0").then_some((&d.key, &d.range_end))
-                } else {
-                    None
+        let deleted =
+            |dels: &[(Bytes, Bytes)], k: &Bytes| dels.iter().any(|(key, end)| in_span(k, key, end));
+        let mut puts: Vec<Bytes> = Vec::new();
+        for op in ops {
+            let RequestOp::Txn(nested) = op else { continue };
+            let (then_puts, then_dels) = Model::writes(&nested.success)?;
+            let (else_puts, else_dels) = Model::writes(&nested.failure)?;
+            for k in &then_puts {
+                if puts.contains(k) || deleted(&dels, k) {
+                    return None;
                 }
-            })
-            .collect();
-        puts.iter().enumerate().any(|(i, k)| puts[..i].contains(k))
-            || puts
-                .iter()
-                .any(|k| deletes.iter().any(|(key, end)| in_span(k, key, end)))
+                puts.push(k.clone());
+            }
+            for k in &else_puts {
+                if puts.contains(k) && !then_puts.contains(k) || deleted(&dels, k) {
+                    return None;
+                }
+                puts.push(k.clone());
+            }
+            dels.extend(then_dels);
+            dels.extend(else_dels);
+        }
+        for op in ops {
+            let RequestOp::Put(p) = op else { continue };
+            if puts.contains(&p.key) || deleted(&dels, &p.key) {
+                return None;
+            }
+            puts.push(p.key.clone());
+        }
+        Some((puts, dels))
     }
 
-    fn txn(&mut self, req: &TxnRequest) -> Result<TxnResponse, String> {
-        if Model::duplicate(&req.success) || Model::duplicate(&req.failure) {
-            return Err("etcdserver: duplicate key given in txn request".into());
-        }
+    /// The branch each transaction takes, judged on the state before the outer one writes.
+    fn path(&self, req: &TxnRequest) -> Vec<bool> {
         let succeeded = req.compare.iter().all(|c| self.compare(c));
         let branch = if succeeded {
             &req.success
         } else {
             &req.failure
         };
+        let mut path = vec![succeeded];
         for op in branch {
-            if let RequestOp::Range(r) = op {
-                self.check_revision(r.revision.get(), self.current)?;
+            if let RequestOp::Txn(nested) = op {
+                path.extend(self.path(nested));
             }
         }
+        path
+    }
+
+    /// The range revision checks of the operations on the path; consumes the path.
+    fn check_path(
+        &self,
+        req: &TxnRequest,
+        path: &mut std::slice::Iter<'_, bool>,
+    ) -> Result<(), String> {
+        let branch = if *path.next().unwrap() {
+            &req.success
+        } else {
+            &req.failure
+        };
+        for op in branch {
+            match op {
+                RequestOp::Range(r) => {
+                    self.check_revision(r.revision.get(), self.current)?;
+                }
+                RequestOp::Txn(nested) => self.check_path(nested, path)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn txn(&mut self, req: &TxnRequest) -> Result<TxnResponse, String> {
+        if Model::writes(&req.success).is_none() || Model::writes(&req.failure).is_none() {
+            return Err("etcdserver: duplicate key given in txn request".into());
+        }
+        let path = self.path(req);
+        self.check_path(req, &mut path.iter())?;
         let rev = self.current + 1;
         let mut wrote = false;
+        let mut response = self.execute(req, &mut path.iter(), rev, &mut wrote);
+        if wrote {
+            self.current = rev;
+        }
+        response.revision = Revision(self.current);
+        Ok(response)
+    }
+
+    fn execute(
+        &mut self,
+        req: &TxnRequest,
+        path: &mut std::slice::Iter<'_, bool>,
+        rev: i64,
+        wrote: &mut bool,
+    ) -> TxnResponse {
+        let succeeded = *path.next().unwrap();
+        let branch = if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
         let mut responses = Vec::new();
         for op in branch {
-            let seen = if wrote { rev } else { self.current };
+            let seen = if *wrote { rev } else { self.current };
             responses.push(match op {
                 RequestOp::Range(r) => ResponseOp::Range(self.range(r, seen).unwrap()),
                 RequestOp::Put(p) => {
-                    wrote = true;
+                    *wrote = true;
                     ResponseOp::Put(self.put(p, rev).unwrap())
                 }
                 RequestOp::DeleteRange(d) => {
                     let deleted = self.delete(d, rev);
-                    wrote |= !deleted.is_empty();
-                    let revision = Revision(if wrote { rev } else { self.current });
+                    *wrote |= !deleted.is_empty();
                     ResponseOp::DeleteRange(DeleteRangeResponse {
-                        revision,
+                        revision: Revision(if *wrote { rev } else { self.current }),
                         deleted: deleted.len() as i64,
                         prev_kvs: Vec::new(),
                     })
                 }
-                RequestOp::Txn(_) => unreachable!("the model has no nested transactions"),
+                RequestOp::Txn(nested) => ResponseOp::Txn(self.execute(nested, path, rev, wrote)),
             });
         }
-        if wrote {
-            self.current = rev;
-        }
-        Ok(TxnResponse {
-            revision: Revision(self.current),
+        // A nested transaction's header revision stays zero; the caller sets the outer one's.
+        TxnResponse {
+            revision: Revision(0),
             succeeded,
             responses,
-        })
+        }
     }
 
     fn compact(&mut self, rev: i64) -> Result<CompactResponse, String> {
@@ -368,6 +464,18 @@ impl Model {
 }
 
 fn to_request(op: &TxnOp, current: i64) -> RequestOp {
+    if let TxnOp::Nested {
+        compare,
+        success,
+        failure,
+    } = op
+    {
+        return RequestOp::Txn(TxnRequest {
+            compare: vec![compare_of(*compare)],
+            success: success.iter().map(|op| to_request(op, current)).collect(),
+            failure: failure.iter().map(|op| to_request(op, current)).collect(),
+        });
+    }
     match *op {
         TxnOp::Put { key: k, value } => {
             RequestOp::Put(PutRequest::new(key(k), Bytes::from(vec![value % 4])))
@@ -383,6 +491,7 @@ fn to_request(op: &TxnOp, current: i64) -> RequestOp {
             }),
             ..RangeRequest::range(key(k), range_end(end))
         }),
+        TxnOp::Nested { .. } => unreachable!("handled above"),
     }
 }
 
