@@ -2,9 +2,10 @@
 //!
 //! Goal: on random sequences of puts, deletes, transactions (nested one level), ranges (at
 //! historical, compacted and future revisions) and compactions, the store gives exactly the
-//! responses and errors of a model that keeps every version of every key in a `BTreeMap<key, Vec<version>>` and answers
-//! each request by brute force. After the sequence, every revision still readable, the event
-//! history, and the same after a restart, must match the model too.
+//! responses and errors of a model that keeps every version of every key in a
+//! `BTreeMap<key, Vec<version>>` and answers each request by brute force. After the sequence,
+//! every revision still readable, the event history, and the same after a restart, must match
+//! the model too.
 //!
 //! Method: proptest generates operations over a small key space (so that keys collide, ranges
 //! overlap and transactions hit duplicate keys); each is applied to both, and the results are
