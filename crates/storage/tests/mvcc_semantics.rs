@@ -1239,3 +1239,15 @@ fn lease_revoke_in_one_batch() {
         0
     );
 }
+
+// Goal: the server can share the store between tasks and stream a snapshot from another task.
+// Method: compile-time bounds (the test fails to build if they stop holding).
+#[test]
+fn store_and_snapshot_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<MvccStore>();
+    send::<Snapshot>();
+    send::<SnapshotRestore>();
+    send_sync::<MvccError>();
+}
