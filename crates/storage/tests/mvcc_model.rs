@@ -54,6 +54,8 @@ enum Op {
         back: u8,
         limit: u8,
         count_only: bool,
+        /// Sort order and target, and which revision filter (if any), as small numbers.
+        shape: (u8, u8, u8, u8),
     },
     Txn {
         compare: (u8, u8, u8, u8),
@@ -120,8 +122,13 @@ fn op() -> impl Strategy<Value = Op> {
             }),
         1 => (any::<u8>(), any::<u8>(), any::<bool>())
             .prop_map(|(key, end, prev_kv)| Op::Delete { key, end, prev_kv }),
-        2 => (any::<u8>(), any::<u8>(), 0u8..12, 0u8..4, prop::bool::weighted(0.1))
-            .prop_map(|(key, end, back, limit, count_only)| Op::Range { key, end, back, limit, count_only }),
+        2 => (
+            (any::<u8>(), any::<u8>(), 0u8..12, 0u8..4, prop::bool::weighted(0.1)),
+            (0u8..3, 0u8..5, 0u8..8, 0u8..12),
+        )
+            .prop_map(|((key, end, back, limit, count_only), shape)| Op::Range {
+                key, end, back, limit, count_only, shape
+            }),
         2 => (
             (any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>()),
             prop::collection::vec(txn_op(), 0..4),
@@ -194,6 +201,39 @@ impl Model {
         let at = self.check_revision(req.revision.get(), current)?;
         let mut kvs = self.live(&req.key, &req.range_end, at);
         let count = kvs.len() as i64;
+        let (min_mod, max_mod) = (req.min_mod_revision.get(), req.max_mod_revision.get());
+        let (min_create, max_create) =
+            (req.min_create_revision.get(), req.max_create_revision.get());
+        kvs.retain(|kv| {
+            (min_mod == 0 || kv.mod_revision.get() >= min_mod)
+                && (max_mod == 0 || kv.mod_revision.get() <= max_mod)
+                && (min_create == 0 || kv.create_revision.get() >= min_create)
+                && (max_create == 0 || kv.create_revision.get() <= max_create)
+        });
+        // etcd reads every key only when it must sort or filter; otherwise it reads one more key
+        // than the limit, in key order, and then sorts those (with no order but a target other
+        // than the key, it still sorts ascending: the first keys, not the smallest values).
+        if req.sort_order == SortOrder::None
+            && min_mod + max_mod + min_create + max_create == 0
+            && req.limit > 0
+        {
+            kvs.truncate(req.limit as usize + 1);
+        }
+        // The live keys come in key order; a stable sort keeps it among ties.
+        let field = |kv: &KeyValue| -> (i64, Bytes) {
+            match req.sort_target {
+                SortTarget::Key => (0, kv.key.clone()),
+                SortTarget::Version => (kv.version, Bytes::new()),
+                SortTarget::Create => (kv.create_revision.get(), Bytes::new()),
+                SortTarget::Mod => (kv.mod_revision.get(), Bytes::new()),
+                SortTarget::Value => (0, kv.value.clone()),
+            }
+        };
+        match (req.sort_order, req.sort_target) {
+            (SortOrder::Descend, _) => kvs.sort_by_key(|kv| std::cmp::Reverse(field(kv))),
+            (_, SortTarget::Key) => {}
+            _ => kvs.sort_by_key(field),
+        }
         let mut more = false;
         if req.limit > 0 && kvs.len() > req.limit as usize {
             kvs.truncate(req.limit as usize);
@@ -598,8 +638,9 @@ fn apply(store: &mut MvccStore, model: &mut Model, op: &Op, applied: &mut u64) {
             back,
             limit,
             count_only,
+            shape: (order, target, filter, filter_revision),
         } => {
-            let req = RangeRequest {
+            let mut req = RangeRequest {
                 revision: Revision(if *back == 0 {
                     0
                 } else {
@@ -607,8 +648,25 @@ fn apply(store: &mut MvccStore, model: &mut Model, op: &Op, applied: &mut u64) {
                 }),
                 limit: *limit as i64,
                 count_only: *count_only,
+                sort_order: [SortOrder::None, SortOrder::Ascend, SortOrder::Descend]
+                    [*order as usize],
+                sort_target: [
+                    SortTarget::Key,
+                    SortTarget::Version,
+                    SortTarget::Create,
+                    SortTarget::Mod,
+                    SortTarget::Value,
+                ][*target as usize],
                 ..RangeRequest::range(key(*k), range_end(*end))
             };
+            let bound = Revision(*filter_revision as i64);
+            match filter {
+                0 => req.min_mod_revision = bound,
+                1 => req.max_mod_revision = bound,
+                2 => req.min_create_revision = bound,
+                3 => req.max_create_revision = bound,
+                _ => {}
+            }
             *applied -= 1;
             assert_eq!(
                 result_of(store.range(&req)),

@@ -94,7 +94,8 @@ impl<T: RecordTable> View<'_, T> {
         let at = self.read_revision(req.revision)?;
         let span = KeySpan::new(&req.key, &req.range_end);
         // Sorting and filtering need every key; otherwise read one more than the limit to learn
-        // whether the limit cut the result.
+        // whether the limit cut the result. As in etcd, a sort target other than the key with
+        // no sort order does not count as sorting here: it sorts only the keys read.
         let fetch_all = req.sort_order != SortOrder::None || has_revision_filters(req);
         let limit = (!fetch_all && req.limit > 0).then(|| req.limit as usize + 1);
         let (found, count) = self.index.range(&span, at, limit);
