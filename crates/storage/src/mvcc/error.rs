@@ -54,6 +54,12 @@ pub enum MvccError {
     /// A configuration value is out of range.
     #[error("mvcc config: {detail}")]
     Config { detail: String },
+    /// The store in this file cannot be opened (the cause says why: engine, corruption, I/O).
+    #[error("mvcc: cannot open {}: {source}", path.display())]
+    Open {
+        path: std::path::PathBuf,
+        source: Box<MvccError>,
+    },
     /// An earlier commit failed; the in-memory index may be ahead of the engine.
     #[error("mvcc: the store failed earlier and accepts no more writes")]
     Failed,

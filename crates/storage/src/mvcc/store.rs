@@ -157,6 +157,17 @@ impl MvccStore {
     /// rebuilds the index from the engine.
     pub fn open(dir: &Path, config: MvccConfig) -> MvccResult<MvccStore> {
         config.validate()?;
+        MvccStore::open_file(dir, config).map_err(|source| {
+            let path = dir.join(ENGINE_FILE);
+            tracing::error!(path = %path.display(), error = %source, "cannot open the mvcc store");
+            MvccError::Open {
+                path,
+                source: Box::new(source),
+            }
+        })
+    }
+
+    fn open_file(dir: &Path, config: MvccConfig) -> MvccResult<MvccStore> {
         fs::create_dir_all(dir).map_err(|source| MvccError::Io {
             context: format!("create directory {}", dir.display()),
             source,
