@@ -55,6 +55,9 @@ impl MvccStore {
     pub fn apply(&mut self, applied: LogIndex, op: &WriteOp) -> MvccResult<WriteResponse> {
         let mut batch = self.begin()?;
         let response = batch.apply(op);
+        if matches!(&response, Err(error) if !error.is_request_error()) {
+            return response; // the storage failure itself, not the `Failed` of the commit
+        }
         batch.set_applied_index(applied);
         batch.commit()?;
         response
