@@ -91,7 +91,8 @@ fn run() -> anyhow::Result<u64> {
             println!(
                 "seed={seed} hash={:016x} events={} elections={} crashes={} torn_writes={} \
                  partitions={} transfers={} ops_ok={} ops_indeterminate={} max_commit={} \
-                 snapshots_installed={} conf_changes={} heal_to_commit_us={:?} violations={}",
+                 snapshots_installed={} conf_changes={} heal_to_commit_us={:?} lin_unknown={} \
+                 violations={}",
                 outcome.trace_hash,
                 s.events,
                 s.elections,
@@ -105,6 +106,7 @@ fn run() -> anyhow::Result<u64> {
                 s.snapshots_installed,
                 s.conf_changes_applied,
                 s.heal_to_commit_us,
+                s.linearizability_unknown,
                 outcome.violations.len()
             );
         }
