@@ -16,6 +16,7 @@ const PROTO_FILES: &[&str] = &[
     "etcd/v3lock.proto",
     "etcd/v3election.proto",
     "chorus/peer.proto",
+    "chorus/internal.proto",
 ];
 
 /// Name of the encoded descriptor set in `OUT_DIR`, included by `src/lib.rs`.

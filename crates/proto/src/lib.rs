@@ -78,7 +78,19 @@ pub mod chorus {
             "chorus.peer.v1.rs"
         );
     }
+    /// Package `chorus.internal`.
+    pub mod internal {
+        generated_module!(
+            /// Package `chorus.internal.v1`: the data of Raft log entries and the forwarding of
+            /// writes to the leader. Never exposed to clients.
+            v1,
+            "chorus.internal.v1.rs"
+        );
+    }
 }
+
+/// The internal messages of a member, `chorus.internal.v1`.
+pub use chorus::internal::v1 as internal;
 
 /// The current peer protocol, `chorus.peer.v1`.
 pub use chorus::peer::v1 as peer;

@@ -295,6 +295,36 @@ impl ServerError {
     }
 }
 
+impl From<chorus_storage::mvcc::MvccError> for ServerError {
+    /// The MVCC store's request errors become etcd's; a storage failure reaches the client as
+    /// an unexpected error with the store's message (the node stops on it separately).
+    fn from(error: chorus_storage::mvcc::MvccError) -> Self {
+        use chorus_storage::mvcc::MvccError as M;
+        match error {
+            M::Compacted { compact_revision } => ServerError::Compacted {
+                compact_revision: compact_revision.get(),
+            },
+            M::FutureRevision { current_revision } => ServerError::FutureRevision {
+                current_revision: current_revision.get(),
+            },
+            M::DuplicateKey { .. } => ServerError::DuplicateKey,
+            M::KeyNotFound { .. } => ServerError::KeyNotFound,
+            M::ValueProvided => ServerError::ValueProvided,
+            M::LeaseProvided => ServerError::LeaseProvided,
+            // The store does not report how many operations it found; the edge checks the
+            // count first (`kv_convert::check_txn_ops`), so this is a second line of defence.
+            M::TooManyOps { ops_max } => ServerError::TooManyOps {
+                ops: ops_max.saturating_add(1),
+                ops_max,
+            },
+            M::EmptyKey => ServerError::EmptyKey,
+            other => ServerError::Unexpected {
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
 impl From<ServerError> for Status {
     fn from(error: ServerError) -> Self {
         Status::new(error.code(), error.message())

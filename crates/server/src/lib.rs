@@ -8,7 +8,11 @@
 //! - [`transport`]: the peer transport that carries Raft messages and snapshots between members
 //!   over the `chorus.peer.v1` gRPC service.
 //!
-//! The Raft driver, the apply loop and the etcd gRPC services come later and build on these.
+//! - [`node`]: the Raft driver: one task that ticks, steps, proposes, persists each `Ready` with
+//!   one fsync, applies committed entries to the MVCC store and answers waiting requests.
+//! - [`service`] and [`kv_convert`]: the etcd `KV` gRPC service and the internal `Forward`
+//!   service that hands writes to the leader.
+//! - [`member`]: starts a whole member (storage, Raft, transport, servers) and stops it.
 //!
 //! ```
 //! use std::collections::HashMap;
@@ -29,6 +33,10 @@
 
 pub mod config;
 pub mod error;
+pub mod kv_convert;
+pub mod member;
+pub mod node;
+pub mod service;
 pub mod transport;
 
 pub use config::{ConfigError, ServerArgs, ServerConfig};

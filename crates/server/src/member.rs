@@ -1,0 +1,307 @@
+//! Starting and stopping one member: opens the WAL and the MVCC store in the data directory,
+//! bootstraps the Raft group from `--initial-cluster` on first start (or recovers it), starts the
+//! peer transport, the Raft driver and the gRPC servers, and stops them all on shutdown.
+//!
+//! Data directory layout: `member/wal/` holds the WAL segments, `member/mvcc/` the MVCC store.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chorus_proto::etcdserverpb::kv_server::KvServer;
+use chorus_proto::internal::forward_server::ForwardServer;
+use chorus_raft::{ConfState, GroupId, LogStorage, NodeId, RawNode};
+use chorus_storage::disk::RealDisk;
+use chorus_storage::mvcc::{MvccConfig, MvccStore};
+use chorus_storage::wal::{RaftLogStore, Wal, WalConfig};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::Instrument as _;
+
+use crate::config::{MemberUrl, ServerConfig};
+use crate::node::{Driver, DriverInputs, DriverParts, NodeConfig};
+use crate::service::{Edge, EdgeLimits, ForwardService, Forwarder, KvService};
+use crate::transport::{LocalIdentity, PeerService, PeerTransport, TransportConfig};
+
+/// The one Raft group of this first version.
+pub const GROUP_ID: GroupId = GroupId(1);
+
+/// Room for the gRPC framing around a request of `--max-request-bytes` (etcd's
+/// `grpcOverheadBytes`), so that an oversized request reaches the size check and gets etcd's
+/// "request is too large" rather than a transport error.
+pub const GRPC_OVERHEAD_BYTES: u64 = 512 * 1024;
+
+/// Why a member could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {detail}")]
+pub struct MemberError {
+    pub context: String,
+    pub detail: String,
+}
+
+fn fail<E: std::fmt::Display>(context: impl Into<String>) -> impl FnOnce(E) -> MemberError {
+    let context = context.into();
+    move |e| MemberError {
+        context,
+        detail: e.to_string(),
+    }
+}
+
+/// The addresses a started member listens on, for callers that asked for port 0.
+#[derive(Clone, Debug)]
+pub struct Bound {
+    pub client: Vec<std::net::SocketAddr>,
+    pub peer: std::net::SocketAddr,
+}
+
+fn peer_url(urls: &[MemberUrl]) -> Option<String> {
+    urls.first().map(|u| format!("http://{}", u.authority()))
+}
+
+async fn bind(url: &MemberUrl) -> Result<TcpListener, MemberError> {
+    TcpListener::bind(url.authority())
+        .await
+        .map_err(fail(format!("listen on {url}")))
+}
+
+/// Opens the WAL and the store and builds the Raft node, bootstrapping a new group.
+fn open_storage(
+    config: &ServerConfig,
+) -> Result<(RaftLogStore, MvccStore, RawNode<RaftLogStore>), MemberError> {
+    let member_dir: PathBuf = config.data_dir.join("member");
+    let wal_dir = member_dir.join("wal");
+    let mvcc_dir = member_dir.join("mvcc");
+    for dir in [&wal_dir, &mvcc_dir] {
+        std::fs::create_dir_all(dir).map_err(fail(format!("create {}", dir.display())))?;
+    }
+    let wal = Wal::open(Arc::new(RealDisk::new()), WalConfig::new(&wal_dir))
+        .map_err(fail(format!("open the WAL in {}", wal_dir.display())))?;
+    let log = RaftLogStore::new(Arc::new(Mutex::new(wal)), GROUP_ID);
+    let state = log.initial_state().map_err(fail("read the WAL state"))?;
+    if state.conf_state.voters.is_empty() {
+        // First start: every member of --initial-cluster is a voter (static bootstrap).
+        let voters: Vec<NodeId> = config.initial_member_ids().values().copied().collect();
+        tracing::info!(?voters, "bootstrapping a new Raft group");
+        log.set_conf_state(ConfState::with_voters(voters))
+            .map_err(fail("record the initial configuration"))?;
+        log.sync().map_err(fail("sync the WAL"))?;
+    }
+    let mvcc_config = MvccConfig {
+        txn_ops_max: config.txn_ops_max as usize,
+        ..MvccConfig::default()
+    };
+    let store = MvccStore::open(&mvcc_dir, mvcc_config).map_err(fail(format!(
+        "open the MVCC store in {}",
+        mvcc_dir.display()
+    )))?;
+    let member_id = config.member_id();
+    let mut raft_config = chorus_raft::Config::new(member_id, GROUP_ID);
+    raft_config.election_ticks = u32::try_from(config.election_ticks()).unwrap_or(u32::MAX);
+    raft_config.heartbeat_ticks = 1;
+    raft_config.applied = store.applied_index();
+    raft_config.seed = member_id.get() ^ seed_from_clock();
+    raft_config
+        .validate()
+        .map_err(fail("check the Raft configuration"))?;
+    let raw = RawNode::new(&raft_config, log.clone()).map_err(fail("start the Raft node"))?;
+    Ok((log, store, raw))
+}
+
+/// Election timeouts should differ between runs and members; the clock is as good as any.
+fn seed_from_clock() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Runs a member until `shutdown` completes (then stops gracefully) or a fatal error.
+pub async fn run(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), MemberError> {
+    run_with(config, shutdown, |_| {}).await
+}
+
+/// [`run`], telling `on_bound` the addresses once every listener is open.
+pub async fn run_with(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+    on_bound: impl FnOnce(Bound),
+) -> Result<(), MemberError> {
+    let span = tracing::info_span!("member", name = %config.name, member_id = %config.member_id());
+    run_member(config, shutdown, on_bound)
+        .instrument(span)
+        .await
+}
+
+async fn run_member(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+    on_bound: impl FnOnce(Bound),
+) -> Result<(), MemberError> {
+    let member_id = config.member_id();
+    let cluster_id = config.cluster_id();
+    let (log, store, mut raw) = open_storage(&config)?;
+    let members = config.initial_member_ids();
+    if members.len() == 1 && raw.status().term.get() == 0 {
+        // A new single-member cluster needs no election timeout to find its leader.
+        raw.campaign().map_err(fail("campaign"))?;
+    }
+    let local = LocalIdentity {
+        cluster_id,
+        member_id,
+    };
+    let transport_config = TransportConfig::default();
+    let (transport, reports) = PeerTransport::new(transport_config.clone(), local)
+        .map_err(fail("configure the peer transport"))?;
+    let mut peer_urls = HashMap::new();
+    for (name, id) in &members {
+        let url = config.initial_cluster.get(name).and_then(|u| peer_url(u));
+        let Some(url) = url else { continue };
+        if *id != member_id {
+            transport.add_peer(*id, url.clone());
+        }
+        peer_urls.insert(*id, url);
+    }
+    let (peer_service, inbound) = PeerService::new(transport_config.clone(), local)
+        .map_err(fail("configure the peer service"))?;
+
+    let node_config = NodeConfig {
+        tick_interval: Duration::from_millis(config.heartbeat_interval_ms),
+        ..NodeConfig::default()
+    };
+    node_config
+        .validate()
+        .map_err(fail("check the node configuration"))?;
+    let (driver, handle, commands) = Driver::new(DriverParts {
+        config: node_config,
+        raw,
+        log,
+        store,
+        transport: transport.clone(),
+        member_id,
+        cluster_id,
+    });
+    let edge = Edge {
+        node: handle,
+        forwarder: Forwarder::new(peer_urls),
+        limits: EdgeLimits {
+            request_bytes_max: config.request_bytes_max,
+            txn_ops_max: config.txn_ops_max as usize,
+            // etcd's request timeout: 5s plus two election timeouts.
+            request_timeout: Duration::from_secs(5)
+                + 2 * Duration::from_millis(config.election_timeout_ms),
+        },
+    };
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let peer_listener = bind(&config.listen_peer_urls[0]).await?;
+    let mut client_listeners = Vec::new();
+    for url in &config.listen_client_urls {
+        client_listeners.push(bind(url).await?);
+    }
+    let bound = Bound {
+        client: client_listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect(),
+        peer: peer_listener
+            .local_addr()
+            .map_err(fail("read the peer address"))?,
+    };
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(serve_peers(
+        peer_listener,
+        peer_service,
+        ForwardService(edge.clone()),
+        transport_config,
+        stop_rx.clone(),
+    ));
+    for listener in client_listeners {
+        let kv = KvServer::new(KvService(edge.clone()))
+            .max_decoding_message_size((config.request_bytes_max + GRPC_OVERHEAD_BYTES) as usize)
+            .max_encoding_message_size(usize::MAX);
+        let mut stop = stop_rx.clone();
+        tasks.spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(kv)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+                .map_err(fail("serve clients"))
+        });
+    }
+    let inputs = DriverInputs {
+        inbound,
+        reports,
+        shutdown: stop_rx.clone(),
+    };
+    let mut driver_task = tokio::spawn(driver.run(inputs, commands));
+    tracing::info!(
+        client = ?bound.client,
+        peer = %bound.peer,
+        cluster_id = format_args!("{cluster_id:x}"),
+        "ready to serve client requests"
+    );
+    on_bound(bound);
+
+    let result = tokio::select! {
+        () = shutdown => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+        joined = &mut driver_task => match joined {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(fatal)) => {
+                tracing::error!(error = %fatal, "the node stops");
+                Err(MemberError { context: "run the Raft node".into(), detail: fatal.to_string() })
+            }
+            Err(e) => Err(MemberError { context: "run the Raft node".into(), detail: e.to_string() }),
+        },
+        Some(Ok(Err(error))) = tasks.join_next() => Err(error),
+    };
+    stop_tx.send_replace(true);
+    let drain = async {
+        while tasks.join_next().await.is_some() {}
+        let _ = driver_task.await;
+    };
+    if tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("servers did not stop within 5s");
+    }
+    result
+}
+
+async fn serve_peers(
+    listener: TcpListener,
+    peer_service: PeerService,
+    forward: ForwardService,
+    config: TransportConfig,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), MemberError> {
+    let handle = peer_service.clone();
+    let mut stop_streams = stop.clone();
+    tokio::spawn(async move {
+        let _ = stop_streams.wait_for(|s| *s).await;
+        // Send streams live as long as their connections; end them so shutdown does not wait.
+        handle.stop_streams();
+    });
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout))
+        .add_service(peer_service.into_server())
+        .add_service(ForwardServer::new(forward))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+        .map_err(fail("serve peers"))
+}

@@ -1,0 +1,558 @@
+//! The Raft driver of one member: one tokio task owns the `RawNode` of the (single) Raft group
+//! and does everything its `Ready`s ask, in the order the contract gives (crates/raft/src/lib.rs).
+//!
+//! Inputs: a tick every heartbeat interval, messages from peers, reports from the transport,
+//! and commands from the gRPC edge ([`NodeHandle`]): proposals and read barriers. Proposals are
+//! taken in batches of up to `proposal_batch_max` before the next `Ready`, so one fsync covers
+//! them all (group commit).
+//!
+//! For each `Ready`: send `messages`; persist snapshot, entries and hard state to the WAL and
+//! fsync once; `on_persisted`; send `persisted_messages`; apply the committed entries to the MVCC
+//! store in one batch with the applied index; `on_applied`; answer the waiters.
+//!
+//! A proposal carries a request id (member id and counter, see `chorus.internal.v1.Proposal`).
+//! The proposer remembers the index and term Raft gave it. When the entry at that index is
+//! applied, the waiter gets the apply result if the entry is its own (same term and id), and
+//! etcd's "leader changed" error if another term's entry took the index: never a silent retry.
+//!
+//! Reads: a linearizable read asks Raft for a read index (ReadIndex, §6.4 of the Raft thesis)
+//! and proceeds once the applied index reaches it; the edge then reads the store locally.
+//!
+//! What is not here: Raft snapshots (log compaction and InstallSnapshot), membership changes at
+//! runtime, leases.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chorus_proto::internal as ipb;
+use chorus_raft::{
+    Entry, EntryPayload, LogIndex, Message, NodeId, ProposeError, RawNode, Ready, Role, Term,
+};
+use chorus_storage::mvcc::{self, MvccError, MvccStore, WriteOp, WriteResponse};
+use chorus_storage::wal::RaftLogStore;
+use prost::Message as _;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::error::ServerError;
+use crate::kv_convert;
+use crate::transport::{PeerTransport, TransportReport};
+
+/// The limits of the driver. Validate with [`NodeConfig::validate`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Commands (proposals, reads) waiting for the driver; more are refused with etcd's
+    /// "too many requests".
+    pub command_queue_max: usize,
+    /// Commands taken at once before the next `Ready` (group commit).
+    pub proposal_batch_max: usize,
+    /// Proposals proposed and not yet applied; more are refused with "too many requests".
+    pub waiters_max: usize,
+    /// Read barriers waiting for a read index or for the applied index to reach it.
+    pub reads_pending_max: usize,
+    /// The time between two ticks (etcd's heartbeat interval).
+    pub tick_interval: Duration,
+}
+
+/// Why a [`NodeConfig`] was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NodeConfigError {
+    #[error("{name} must be at least 1 (got 0)")]
+    LimitZero { name: &'static str },
+    #[error("proposal_batch_max ({batch}) must not exceed command_queue_max ({queue})")]
+    BatchAboveQueue { batch: usize, queue: usize },
+    #[error("tick_interval must not be zero")]
+    TickZero,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            command_queue_max: 4096,
+            proposal_batch_max: 256,
+            waiters_max: 16 * 1024,
+            reads_pending_max: 16 * 1024,
+            tick_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+impl NodeConfig {
+    pub fn validate(&self) -> Result<(), NodeConfigError> {
+        let limits = [
+            ("command_queue_max", self.command_queue_max),
+            ("proposal_batch_max", self.proposal_batch_max),
+            ("waiters_max", self.waiters_max),
+            ("reads_pending_max", self.reads_pending_max),
+        ];
+        for (name, value) in limits {
+            if value == 0 {
+                return Err(NodeConfigError::LimitZero { name });
+            }
+        }
+        if self.proposal_batch_max > self.command_queue_max {
+            return Err(NodeConfigError::BatchAboveQueue {
+                batch: self.proposal_batch_max,
+                queue: self.command_queue_max,
+            });
+        }
+        if self.tick_interval.is_zero() {
+            return Err(NodeConfigError::TickZero);
+        }
+        Ok(())
+    }
+}
+
+/// What the edge may know of the Raft state, for response headers and forwarding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub term: Term,
+    pub leader: Option<NodeId>,
+    pub role: Option<Role>,
+    pub commit: LogIndex,
+    pub applied: LogIndex,
+}
+
+/// The result of an applied write.
+pub type WriteResult = Result<WriteResponse, ServerError>;
+
+enum Command {
+    Propose {
+        request: ipb::forward_request::Request,
+        reply: oneshot::Sender<WriteResult>,
+    },
+    ReadBarrier {
+        reply: oneshot::Sender<Result<(), ServerError>>,
+    },
+}
+
+/// The edge's handle on the driver. Cheap to clone.
+#[derive(Clone)]
+pub struct NodeHandle {
+    commands: mpsc::Sender<Command>,
+    status: watch::Receiver<NodeStatus>,
+    store: Arc<RwLock<MvccStore>>,
+    pub member_id: NodeId,
+    pub cluster_id: u64,
+}
+
+impl NodeHandle {
+    fn enqueue(&self, command: Command) -> Result<(), ServerError> {
+        self.commands.try_send(command).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => ServerError::TooManyRequests,
+            mpsc::error::TrySendError::Closed(_) => ServerError::Stopped,
+        })
+    }
+
+    /// Proposes a write here (this member must lead) and waits until it is applied.
+    pub async fn propose(&self, request: ipb::forward_request::Request) -> WriteResult {
+        let (reply, rx) = oneshot::channel();
+        self.enqueue(Command::Propose { request, reply })?;
+        rx.await.map_err(|_| ServerError::Stopped)?
+    }
+
+    /// Waits until this member has applied everything committed when the call started, as
+    /// confirmed by the leader: a read of the local store is then linearizable.
+    pub async fn read_barrier(&self) -> Result<(), ServerError> {
+        let (reply, rx) = oneshot::channel();
+        self.enqueue(Command::ReadBarrier { reply })?;
+        rx.await.map_err(|_| ServerError::Stopped)?
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        *self.status.borrow()
+    }
+
+    /// A receiver of every status change.
+    pub fn status_watch(&self) -> watch::Receiver<NodeStatus> {
+        self.status.clone()
+    }
+
+    /// Runs `f` on the store as it is now (reads only).
+    pub fn read_store<T>(&self, f: impl FnOnce(&MvccStore) -> T) -> T {
+        let store = self.store.read().unwrap_or_else(|e| e.into_inner());
+        f(&store)
+    }
+}
+
+/// A proposal waiting for its entry to be applied.
+struct Waiter {
+    term: Term,
+    seq: u64,
+    reply: oneshot::Sender<WriteResult>,
+}
+
+/// The driver's state. Owned by its task.
+pub struct Driver {
+    config: NodeConfig,
+    raw: RawNode<RaftLogStore>,
+    log: RaftLogStore,
+    store: Arc<RwLock<MvccStore>>,
+    transport: PeerTransport,
+    member_id: NodeId,
+    status: watch::Sender<NodeStatus>,
+    seq: u64,
+    waiters: BTreeMap<LogIndex, Waiter>,
+    read_seq: u64,
+    /// Reads waiting for their read index, by context.
+    reads_unconfirmed: HashMap<Bytes, oneshot::Sender<Result<(), ServerError>>>,
+    /// Reads with a read index, waiting for the applied index to reach it.
+    reads_confirmed: Vec<(LogIndex, oneshot::Sender<Result<(), ServerError>>)>,
+}
+
+/// Everything the driver's task listens to.
+pub struct DriverInputs {
+    pub inbound: mpsc::Receiver<Message>,
+    pub reports: mpsc::Receiver<TransportReport>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// A failure that stops the node (DESIGN.md: storage failures in the Raft path are fatal).
+#[derive(Debug, thiserror::Error)]
+pub enum FatalError {
+    #[error("persisting Raft state failed: {0}")]
+    Wal(#[from] chorus_storage::wal::WalError),
+    #[error("applying committed entries failed: {0}")]
+    Apply(#[from] MvccError),
+}
+
+/// Parts the driver is built from.
+pub struct DriverParts {
+    pub config: NodeConfig,
+    pub raw: RawNode<RaftLogStore>,
+    pub log: RaftLogStore,
+    pub store: MvccStore,
+    pub transport: PeerTransport,
+    pub member_id: NodeId,
+    pub cluster_id: u64,
+}
+
+impl Driver {
+    /// Builds the driver and the handle the edge talks to it with.
+    pub fn new(parts: DriverParts) -> (Driver, NodeHandle, Commands) {
+        let (commands, commands_rx) = mpsc::channel(parts.config.command_queue_max);
+        let status_now = NodeStatus {
+            applied: parts.store.applied_index(),
+            ..NodeStatus::default()
+        };
+        let (status, status_rx) = watch::channel(status_now);
+        let store = Arc::new(RwLock::new(parts.store));
+        let handle = NodeHandle {
+            commands,
+            status: status_rx,
+            store: store.clone(),
+            member_id: parts.member_id,
+            cluster_id: parts.cluster_id,
+        };
+        let driver = Driver {
+            config: parts.config,
+            raw: parts.raw,
+            log: parts.log,
+            store,
+            transport: parts.transport,
+            member_id: parts.member_id,
+            status,
+            seq: 0,
+            waiters: BTreeMap::new(),
+            read_seq: 0,
+            reads_unconfirmed: HashMap::new(),
+            reads_confirmed: Vec::new(),
+        };
+        (driver, handle, Commands(commands_rx))
+    }
+
+    /// Runs until shutdown is requested or a fatal error stops the node.
+    pub async fn run(
+        mut self,
+        mut inputs: DriverInputs,
+        Commands(mut commands): Commands,
+    ) -> Result<(), FatalError> {
+        let mut ticker = tokio::time::interval(self.config.tick_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::with_capacity(self.config.proposal_batch_max);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => self.raw.tick(),
+                Some(message) = inputs.inbound.recv() => self.step(message),
+                Some(report) = inputs.reports.recv() => match report {
+                    TransportReport::Unreachable(to) => self.raw.report_unreachable(to),
+                    TransportReport::Snapshot { to, ok } => self.raw.report_snapshot(to, ok),
+                },
+                n = commands.recv_many(&mut batch, self.config.proposal_batch_max) => {
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    for command in batch.drain(..) {
+                        self.handle_command(command);
+                    }
+                }
+                _ = inputs.shutdown.changed() => return Ok(()),
+            }
+            // Take whatever else arrived meanwhile before the Ready, up to the batch limit.
+            while let Ok(message) = inputs.inbound.try_recv() {
+                self.step(message);
+            }
+            while self.raw.has_ready() {
+                self.handle_ready()?;
+            }
+        }
+    }
+
+    fn step(&mut self, message: Message) {
+        if let Err(error) = self.raw.step(message) {
+            tracing::debug!(%error, "refused a peer message");
+        }
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::Propose { request, reply } => self.propose(request, reply),
+            Command::ReadBarrier { reply } => self.read_index(reply),
+        }
+    }
+
+    fn propose(
+        &mut self,
+        request: ipb::forward_request::Request,
+        reply: oneshot::Sender<WriteResult>,
+    ) {
+        if self.waiters.len() >= self.config.waiters_max {
+            let _ = reply.send(Err(ServerError::TooManyRequests));
+            return;
+        }
+        self.seq += 1;
+        let proposal = ipb::Proposal {
+            id: Some(ipb::RequestId {
+                member_id: self.member_id.get(),
+                seq: self.seq,
+            }),
+            request: Some(proposal_request(request)),
+        };
+        let data = Bytes::from(proposal.encode_to_vec());
+        match self.raw.propose(data) {
+            Ok((term, index)) => {
+                // A new entry at an index supersedes any older waiter there (a previous term's
+                // entry that this leader's log replaced).
+                let waiter = Waiter {
+                    term,
+                    seq: self.seq,
+                    reply,
+                };
+                if let Some(old) = self.waiters.insert(index, waiter) {
+                    let _ = old.reply.send(Err(ServerError::LeaderChanged));
+                }
+            }
+            Err(error) => {
+                let _ = reply.send(Err(propose_error(error)));
+            }
+        }
+    }
+
+    fn read_index(&mut self, reply: oneshot::Sender<Result<(), ServerError>>) {
+        if self.reads_unconfirmed.len() + self.reads_confirmed.len()
+            >= self.config.reads_pending_max
+        {
+            let _ = reply.send(Err(ServerError::TooManyRequests));
+            return;
+        }
+        self.read_seq += 1;
+        let mut context = Vec::with_capacity(16);
+        context.extend_from_slice(&self.member_id.get().to_be_bytes());
+        context.extend_from_slice(&self.read_seq.to_be_bytes());
+        let context = Bytes::from(context);
+        match self.raw.read_index(context.clone()) {
+            Ok(()) => {
+                self.reads_unconfirmed.insert(context, reply);
+            }
+            Err(error) => {
+                let _ = reply.send(Err(propose_error(error)));
+            }
+        }
+    }
+
+    fn handle_ready(&mut self) -> Result<(), FatalError> {
+        let ready = self.raw.ready();
+        for message in ready.messages.iter().cloned() {
+            self.transport.send(message);
+        }
+        if ready.snapshot.is_some() || !ready.entries.is_empty() || ready.hard_state.is_some() {
+            // Group commit: everything of this Ready reaches the disk with one fsync.
+            self.log.persist_ready(&ready)?;
+            self.log.sync()?;
+        }
+        self.raw.on_persisted(ready.number);
+        for message in ready.persisted_messages.iter().cloned() {
+            self.transport.send(message);
+        }
+        self.apply(&ready)?;
+        for read in &ready.read_states {
+            if let Some(reply) = self.reads_unconfirmed.remove(&read.context) {
+                if read.index == LogIndex(0) {
+                    let _ = reply.send(Err(ServerError::NoLeader));
+                } else {
+                    self.reads_confirmed.push((read.index, reply));
+                }
+            }
+        }
+        self.release_reads();
+        self.publish_status(&ready);
+        Ok(())
+    }
+
+    fn apply(&mut self, ready: &Ready) -> Result<(), FatalError> {
+        let Some(last) = ready.committed_entries.last() else {
+            return Ok(());
+        };
+        let last_index = last.index;
+        let decoded: Vec<(LogIndex, Term, Option<u64>, Option<WriteOp>)> = ready
+            .committed_entries
+            .iter()
+            .map(|entry| {
+                let (seq, op) = self.decode_entry(entry);
+                (entry.index, entry.term, seq, op)
+            })
+            .collect();
+        let responses = {
+            let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
+            store.apply_entries(
+                decoded
+                    .iter()
+                    .map(|(index, _, _, op)| (*index, op.as_ref())),
+            )?
+        };
+        let mut responses = responses.into_iter();
+        for (index, term, seq, op) in decoded {
+            let response = op.as_ref().and_then(|_| responses.next());
+            let Some(waiter) = self.waiters.remove(&index) else {
+                continue;
+            };
+            let result = match response {
+                Some(result) if waiter.term == term && seq == Some(waiter.seq) => {
+                    result.map_err(ServerError::from)
+                }
+                _ => Err(ServerError::LeaderChanged),
+            };
+            let _ = waiter.reply.send(result);
+        }
+        for entry in &ready.committed_entries {
+            if let EntryPayload::ConfChange(cc) = &entry.payload {
+                match self.raw.apply_conf_change(cc) {
+                    Ok(conf_state) => {
+                        self.log.set_conf_state(conf_state)?;
+                    }
+                    Err(error) => tracing::warn!(%error, "refused a configuration change"),
+                }
+            }
+        }
+        self.raw.on_applied(last_index);
+        // Waiters below the applied index whose entries never came (a new leader's log
+        // replaced them) learn it now.
+        while let Some(entry) = self.waiters.first_entry() {
+            if *entry.key() > last_index {
+                break;
+            }
+            let _ = entry.remove().reply.send(Err(ServerError::LeaderChanged));
+        }
+        Ok(())
+    }
+
+    /// The write of a normal entry, with this member's request counter if it proposed it.
+    /// An entry that does not decode is skipped by every member alike and logged.
+    fn decode_entry(&self, entry: &Entry) -> (Option<u64>, Option<WriteOp>) {
+        let EntryPayload::Normal(data) = &entry.payload else {
+            return (None, None);
+        };
+        if data.is_empty() {
+            return (None, None);
+        }
+        let proposal = match ipb::Proposal::decode(data.as_ref()) {
+            Ok(proposal) => proposal,
+            Err(error) => {
+                tracing::error!(index = %entry.index, %error, "skipping an entry that does not decode");
+                return (None, None);
+            }
+        };
+        let seq = proposal
+            .id
+            .filter(|id| id.member_id == self.member_id.get())
+            .map(|id| id.seq);
+        match proposal.request.map(write_op) {
+            Some(Ok(op)) => (seq, Some(op)),
+            Some(Err(error)) => {
+                tracing::error!(index = %entry.index, %error, "skipping an invalid request");
+                (seq, None)
+            }
+            None => (seq, None),
+        }
+    }
+
+    fn release_reads(&mut self) {
+        let applied = self.raw.status().applied;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_confirmed)
+            .into_iter()
+            .partition(|(index, _)| *index <= applied);
+        self.reads_confirmed = waiting;
+        for (_, reply) in ready {
+            let _ = reply.send(Ok(()));
+        }
+    }
+
+    fn publish_status(&mut self, ready: &Ready) {
+        let status = self.raw.status();
+        if let Some(soft) = ready.soft_state {
+            tracing::info!(role = ?soft.role, leader = ?soft.leader, term = %status.term, "raft state changed");
+            if soft.role != Role::Leader {
+                // Reads waiting for this member's leadership will not be confirmed by it.
+                for (_, reply) in self.reads_unconfirmed.drain() {
+                    let _ = reply.send(Err(ServerError::LeaderChanged));
+                }
+            }
+        }
+        self.status.send_replace(NodeStatus {
+            term: status.term,
+            leader: status.leader,
+            role: Some(status.role),
+            commit: status.commit,
+            applied: status.applied,
+        });
+    }
+}
+
+/// The receiving end of the commands of a [`NodeHandle`], for [`Driver::run`].
+pub struct Commands(mpsc::Receiver<Command>);
+
+fn proposal_request(request: ipb::forward_request::Request) -> ipb::proposal::Request {
+    use ipb::forward_request::Request as F;
+    use ipb::proposal::Request as P;
+    match request {
+        F::Put(r) => P::Put(r),
+        F::DeleteRange(r) => P::DeleteRange(r),
+        F::Txn(r) => P::Txn(r),
+        F::Compaction(r) => P::Compaction(r),
+    }
+}
+
+fn write_op(request: ipb::proposal::Request) -> Result<WriteOp, ServerError> {
+    use ipb::proposal::Request as P;
+    Ok(match request {
+        P::Put(r) => WriteOp::Put(kv_convert::put_from_proto(&r)),
+        P::DeleteRange(r) => WriteOp::DeleteRange(kv_convert::delete_from_proto(&r)),
+        P::Txn(r) => WriteOp::Txn(kv_convert::txn_from_proto(&r)?),
+        P::Compaction(r) => WriteOp::Compact(mvcc::Revision(r.revision)),
+    })
+}
+
+fn propose_error(error: ProposeError) -> ServerError {
+    match error {
+        ProposeError::NotLeader { leader_hint: None } => ServerError::NoLeader,
+        ProposeError::NotLeader { leader_hint } => ServerError::NotLeader {
+            leader_hint: leader_hint.map(NodeId::get),
+        },
+        ProposeError::ProposalDropped => ServerError::TooManyRequests,
+        ProposeError::TransferInProgress => ServerError::LeaderChanged,
+        other => ServerError::Unexpected {
+            message: other.to_string(),
+        },
+    }
+}

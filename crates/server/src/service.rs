@@ -1,0 +1,302 @@
+//! The gRPC edges: etcd's `KV` service for clients and the internal `Forward` service between
+//! members. Each handler checks the request's limits, hands it to the node (or, on a member that
+//! does not lead, to the leader through `Forward`), and maps the result; errors become etcd's
+//! statuses through [`crate::error`] only.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chorus_proto::etcdserverpb as pb;
+use chorus_proto::internal as ipb;
+use chorus_raft::NodeId;
+use chorus_storage::mvcc::WriteResponse;
+use prost::Message as _;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::error::ServerError;
+use crate::kv_convert;
+use crate::node::NodeHandle;
+
+/// The limits the edge enforces, from the validated `ServerConfig`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EdgeLimits {
+    /// etcd's `--max-request-bytes`: the largest encoded write request.
+    pub request_bytes_max: u64,
+    /// etcd's `--max-txn-ops`.
+    pub txn_ops_max: usize,
+    /// How long a request may wait for a leader, a proposal or a read index before it fails
+    /// with etcd's "request timed out".
+    pub request_timeout: Duration,
+}
+
+/// Sends writes to the leader's `Forward` service. Channels connect lazily and are kept.
+#[derive(Clone, Debug)]
+pub struct Forwarder {
+    peer_urls: Arc<HashMap<NodeId, String>>,
+    clients: Arc<Mutex<HashMap<NodeId, Channel>>>,
+}
+
+impl Forwarder {
+    /// A forwarder to the members at these peer URLs (`http://host:port`).
+    pub fn new(peer_urls: HashMap<NodeId, String>) -> Self {
+        Forwarder {
+            peer_urls: Arc::new(peer_urls),
+            clients: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn channel(&self, member: NodeId) -> Result<Channel, Status> {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(channel) = clients.get(&member) {
+            return Ok(channel.clone());
+        }
+        let url = self.peer_urls.get(&member).ok_or_else(|| {
+            Status::from(ServerError::Unexpected {
+                message: format!("etcdserver: unknown leader {member}"),
+            })
+        })?;
+        let channel = Endpoint::from_shared(url.clone())
+            .map_err(|e| {
+                Status::from(ServerError::Unexpected {
+                    message: format!("invalid peer URL {url}: {e}"),
+                })
+            })?
+            .connect_timeout(Duration::from_secs(3))
+            .connect_lazy();
+        clients.insert(member, channel.clone());
+        Ok(channel)
+    }
+
+    async fn forward(
+        &self,
+        leader: NodeId,
+        request: ipb::forward_request::Request,
+    ) -> Result<ipb::forward_response::Response, Status> {
+        let mut client = ipb::forward_client::ForwardClient::new(self.channel(leader)?);
+        let response = client
+            .write(ipb::ForwardRequest {
+                request: Some(request),
+            })
+            .await?;
+        response.into_inner().response.ok_or_else(|| {
+            Status::from(ServerError::Unexpected {
+                message: "etcdserver: the leader sent an empty answer".to_string(),
+            })
+        })
+    }
+}
+
+/// The state both services share.
+#[derive(Clone)]
+pub struct Edge {
+    pub node: NodeHandle,
+    pub forwarder: Forwarder,
+    pub limits: EdgeLimits,
+}
+
+fn write_to_proto(response: WriteResponse) -> ipb::forward_response::Response {
+    use ipb::forward_response::Response as R;
+    match response {
+        WriteResponse::Put(r) => R::Put(kv_convert::put_to_proto(&r)),
+        WriteResponse::DeleteRange(r) => R::DeleteRange(kv_convert::delete_to_proto(&r)),
+        WriteResponse::Txn(r) => R::Txn(kv_convert::txn_to_proto(&r)),
+        WriteResponse::Compact(r) => R::Compaction(pb::CompactionResponse {
+            header: kv_convert::header(r.revision),
+        }),
+    }
+}
+
+impl Edge {
+    /// Completes a response header as etcd does: this cluster, this member, the current term.
+    fn fill(&self, header: &mut Option<pb::ResponseHeader>) {
+        let header = header.get_or_insert_with(pb::ResponseHeader::default);
+        header.cluster_id = self.node.cluster_id;
+        header.member_id = self.node.member_id.get();
+        header.raft_term = self.node.status().term.get();
+    }
+
+    /// Waits until a leader is known, for at most the request timeout.
+    async fn leader(&self) -> Result<NodeId, ServerError> {
+        let mut status = self.node.status_watch();
+        let wait = status.wait_for(|s| s.leader.is_some());
+        match tokio::time::timeout(self.limits.request_timeout, wait).await {
+            Ok(Ok(status)) => status.leader.ok_or(ServerError::NoLeader),
+            Ok(Err(_)) => Err(ServerError::Stopped),
+            Err(_) => Err(ServerError::NoLeader),
+        }
+    }
+
+    /// Proposes a write here when this member leads, else forwards it to the leader.
+    async fn write(
+        &self,
+        request: ipb::forward_request::Request,
+    ) -> Result<ipb::forward_response::Response, Status> {
+        let request_bytes = request_len(&request) as u64;
+        if request_bytes > self.limits.request_bytes_max {
+            return Err(ServerError::RequestTooLarge {
+                request_bytes,
+                request_bytes_max: self.limits.request_bytes_max,
+            }
+            .into());
+        }
+        let timeout = self.limits.request_timeout;
+        let work = async {
+            let leader = self.leader().await?;
+            if leader == self.node.member_id {
+                let response = self.node.propose(request).await?;
+                Ok(write_to_proto(response))
+            } else {
+                self.forwarder.forward(leader, request).await
+            }
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(result) => result,
+            Err(_) => Err(ServerError::Timeout.into()),
+        }
+    }
+
+    /// Proposes a write forwarded by another member; this member must lead.
+    async fn write_as_leader(
+        &self,
+        request: ipb::forward_request::Request,
+    ) -> Result<ipb::forward_response::Response, Status> {
+        let timeout = self.limits.request_timeout;
+        match tokio::time::timeout(timeout, self.node.propose(request)).await {
+            Ok(result) => Ok(write_to_proto(result?)),
+            Err(_) => Err(ServerError::Timeout.into()),
+        }
+    }
+
+    async fn range(&self, request: pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
+        let req = kv_convert::range_from_proto(&request)?;
+        if !request.serializable {
+            let barrier = self.node.read_barrier();
+            match tokio::time::timeout(self.limits.request_timeout, barrier).await {
+                Ok(result) => result?,
+                Err(_) => return Err(ServerError::Timeout.into()),
+            }
+        }
+        let response = self
+            .node
+            .read_store(|store| store.range(&req))
+            .map_err(ServerError::from)?;
+        Ok(kv_convert::range_to_proto(&response))
+    }
+}
+
+fn request_len(request: &ipb::forward_request::Request) -> usize {
+    use ipb::forward_request::Request as R;
+    match request {
+        R::Put(r) => r.encoded_len(),
+        R::DeleteRange(r) => r.encoded_len(),
+        R::Txn(r) => r.encoded_len(),
+        R::Compaction(r) => r.encoded_len(),
+    }
+}
+
+/// etcd's `KV` service.
+#[derive(Clone)]
+pub struct KvService(pub Edge);
+
+fn unexpected_kind() -> Status {
+    ServerError::Unexpected {
+        message: "etcdserver: unexpected response kind".to_string(),
+    }
+    .into()
+}
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for KvService {
+    async fn range(
+        &self,
+        request: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
+        let mut response = self.0.range(request.into_inner()).await?;
+        self.0.fill(&mut response.header);
+        Ok(Response::new(response))
+    }
+
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
+        let request = ipb::forward_request::Request::Put(request.into_inner());
+        match self.0.write(request).await? {
+            ipb::forward_response::Response::Put(mut response) => {
+                self.0.fill(&mut response.header);
+                Ok(Response::new(response))
+            }
+            _ => Err(unexpected_kind()),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<pb::DeleteRangeRequest>,
+    ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let request = ipb::forward_request::Request::DeleteRange(request.into_inner());
+        match self.0.write(request).await? {
+            ipb::forward_response::Response::DeleteRange(mut response) => {
+                self.0.fill(&mut response.header);
+                Ok(Response::new(response))
+            }
+            _ => Err(unexpected_kind()),
+        }
+    }
+
+    async fn txn(
+        &self,
+        request: Request<pb::TxnRequest>,
+    ) -> Result<Response<pb::TxnResponse>, Status> {
+        let request = request.into_inner();
+        kv_convert::check_txn_ops(&request, self.0.limits.txn_ops_max)?;
+        // Every transaction goes through the log, even one that only reads: one code path
+        // for compares, and its reads are linearizable like any write.
+        let request = ipb::forward_request::Request::Txn(request);
+        match self.0.write(request).await? {
+            ipb::forward_response::Response::Txn(mut response) => {
+                self.0.fill(&mut response.header);
+                Ok(Response::new(response))
+            }
+            _ => Err(unexpected_kind()),
+        }
+    }
+
+    async fn compact(
+        &self,
+        request: Request<pb::CompactionRequest>,
+    ) -> Result<Response<pb::CompactionResponse>, Status> {
+        let request = ipb::forward_request::Request::Compaction(request.into_inner());
+        match self.0.write(request).await? {
+            ipb::forward_response::Response::Compaction(mut response) => {
+                self.0.fill(&mut response.header);
+                Ok(Response::new(response))
+            }
+            _ => Err(unexpected_kind()),
+        }
+    }
+}
+
+/// The internal `Forward` service: writes that other members hand to this one as leader.
+#[derive(Clone)]
+pub struct ForwardService(pub Edge);
+
+#[tonic::async_trait]
+impl ipb::forward_server::Forward for ForwardService {
+    async fn write(
+        &self,
+        request: Request<ipb::ForwardRequest>,
+    ) -> Result<Response<ipb::ForwardResponse>, Status> {
+        let request = request.into_inner().request.ok_or_else(|| {
+            Status::from(ServerError::Unexpected {
+                message: "etcdserver: a forwarded write without a request".to_string(),
+            })
+        })?;
+        let response = self.0.write_as_leader(request).await?;
+        Ok(Response::new(ipb::ForwardResponse {
+            response: Some(response),
+        }))
+    }
+}
