@@ -27,16 +27,19 @@ use bytes::Bytes;
 use chorus_raft::{
     ConfChange, ConfChangeSingle, ConfChangeTransition, ConfState, Config, Entry, EntryPayload,
     GroupId, HardState, LogIndex, LogStorage, MemStorage, Message, MessageBody, NodeId,
-    ProposeError, RawNode, ReadOnlyOption, ReadState, Ready, Role, Snapshot, Term,
+    ProposeError, RawNode, ReadOnlyOption, ReadState, Ready, Role, Snapshot, SnapshotMeta, Term,
 };
+use chorus_storage::disk::{CrashOptions, TornFill};
+use chorus_storage::wal::{RaftLogStore, WalError, WalPosition};
 
 use crate::history::{History, Instant, OpKind, OpResult, Operation};
 use crate::invariants::RaftChecker;
 use crate::kv::{Command, Key, KvStore, Value};
 use crate::net::{Fate, NetParams, Network, Partition};
-use crate::params::{BugName, Params, ReadMode};
+use crate::params::{BugName, Params, ReadMode, StorageMode};
 use crate::queue::{EventQueue, Time};
 use crate::rng::Rng;
+use crate::storage::{OpenError, SimLog, WalDisk};
 use crate::trace::{TraceHash, fnv1a};
 
 /// The one Raft group of the simulation.
@@ -142,6 +145,8 @@ struct PendingWrite {
     snapshot: Option<Snapshot>,
     persisted_messages: Vec<Message>,
     committed_entries: Vec<Entry>,
+    /// WAL mode: the term of the entry before `entries`, read when they were appended.
+    prev_term: Term,
 }
 
 /// A read waiting for the state machine to reach its read index.
@@ -158,9 +163,16 @@ struct Node {
     id: u64,
     incarnation: u64,
     /// The running core; `None` while crashed.
-    raw: Option<RawNode<MemStorage>>,
-    /// The disk while crashed.
+    raw: Option<RawNode<SimLog>>,
+    /// Mem mode: the disk while crashed.
     disk: Option<MemStorage>,
+    /// WAL mode: the node's disk (always), and the handle through which Readies are persisted
+    /// (while running).
+    wal_disk: Option<WalDisk>,
+    wal_store: Option<RaftLogStore>,
+    /// WAL mode: the disk was corrupted while the node was down; it must refuse to start, and
+    /// stays down for the rest of the run.
+    corrupt: bool,
     kv: KvStore,
     /// The role the core last reported.
     role: Role,
@@ -185,12 +197,16 @@ struct Node {
 
 impl Node {
     /// A node that has not started yet, with its disk.
-    fn boot(id: u64, tick_us: Time, disk: MemStorage) -> Node {
+    fn boot(id: u64, tick_us: Time, disk: MemStorage, mode: StorageMode) -> Node {
+        let wal = mode == StorageMode::Wal;
         Node {
             id,
             incarnation: 0,
             raw: None,
-            disk: Some(disk),
+            disk: (!wal).then_some(disk),
+            wal_disk: wal.then(WalDisk::default),
+            wal_store: None,
+            corrupt: false,
             kv: KvStore::default(),
             role: Role::Follower,
             retired: false,
@@ -238,6 +254,9 @@ pub enum HarnessFault {
     ReadWithoutReadIndex,
     /// Acknowledge a write as soon as it is proposed, before it commits.
     AckWritesOnPropose,
+    /// WAL mode: skip the WAL's `sync` when the simulated fsync completes, then call
+    /// `on_persisted` anyway (a persistence path that acknowledges what is not durable).
+    SkipWalSync,
 }
 
 /// The phase a run is in.
@@ -269,6 +288,12 @@ pub struct Stats {
     /// Simulated microseconds from healing to the first new commit.
     pub heal_to_commit_us: Option<Time>,
     pub linearizability_unknown: u64,
+    /// WAL mode: restarts that recovered the log from the disk.
+    pub wal_recoveries: u64,
+    /// WAL mode: bits flipped in a down node's WAL (each node refused to start, as it must).
+    pub bit_flips: u64,
+    /// WAL mode: fsyncs that failed (each stopped its node).
+    pub fsync_failures: u64,
 }
 
 /// The result of one run.
@@ -321,7 +346,7 @@ impl Simulation {
             // in it: a spare that joins later replays the log from index 1 (or gets a snapshot),
             // and its conf changes apply on top of the genesis configuration.
             let boot = MemStorage::new_with_conf_state(voters.clone());
-            nodes.push(Node::boot(id, tick_us, boot));
+            nodes.push(Node::boot(id, tick_us, boot, params.storage));
         }
         let clients = (0..params.clients).map(|_| Client::default()).collect();
         let net = Network::new(params.net.clone());
@@ -508,14 +533,68 @@ impl Simulation {
         c
     }
 
-    /// Starts (or restarts) a node from its disk.
-    fn start_node(&mut self, id: u64) {
+    /// Opens a stopped node's disk: the log to start from, the snapshot the state machine
+    /// resumes from, and the configuration at that snapshot.
+    fn open_disk(&mut self, id: u64) -> Option<(SimLog, Snapshot, ConfState)> {
+        if self.params.storage == StorageMode::Wal {
+            return self.open_wal(id);
+        }
         let storage = self
             .node(id)
             .disk
             .take()
             .expect("a stopped node has a disk");
         let snapshot = storage.snapshot(LogIndex(0)).unwrap_or_default();
+        let conf_state = storage.conf_state().clone();
+        Some((SimLog::Mem(storage), snapshot, conf_state))
+    }
+
+    /// WAL mode: recovers the node's log from its disk. Every crash so far only lost unsynced
+    /// data or tore the last write (flipped bits are checked where they are flipped), so a
+    /// recovery that fails is a violation: the WAL cannot recover from a legal crash.
+    fn open_wal(&mut self, id: u64) -> Option<(SimLog, Snapshot, ConfState)> {
+        let genesis = ConfState::with_voters((1..=self.params.initial_voters as u64).map(NodeId));
+        let n = self.node(id);
+        let restart = n.incarnation > 0;
+        let disk = n.wal_disk.as_mut().expect("WAL mode");
+        let recovered = match disk.open(&genesis) {
+            Ok(r) => r,
+            Err(e) => {
+                self.violation(format!(
+                    "node {id} cannot recover its WAL after a crash: {e}"
+                ));
+                return None;
+            }
+        };
+        n.wal_store = Some(recovered.store.clone());
+        if restart {
+            self.stats.wal_recoveries += 1;
+        }
+        // The recovered log is what this node holds now; entries a crash kept beyond what was
+        // acknowledged (a later Ready synced with an earlier one, or a torn write) count too.
+        let store = &recovered.store;
+        let (first, last) = (store.first_index(), store.last_index());
+        if let (Ok(first), Ok(last)) = (first, last) {
+            if first <= last {
+                let prev = store.term(first.prev()).unwrap_or(Term(0));
+                match store.entries(first, last.next(), u64::MAX) {
+                    Ok(entries) => self.checker.on_persist_entries(NodeId(id), prev, &entries),
+                    Err(e) => self.violation(format!("node {id}: recovered log unreadable: {e}")),
+                }
+            }
+        }
+        let conf_state = recovered.conf_state.clone();
+        Some((SimLog::Wal(recovered.store), recovered.snapshot, conf_state))
+    }
+
+    /// Starts (or restarts) a node from its disk.
+    fn start_node(&mut self, id: u64) {
+        if self.node(id).corrupt {
+            return;
+        }
+        let Some((storage, snapshot, conf_state)) = self.open_disk(id) else {
+            return;
+        };
         let kv = match KvStore::decode(&snapshot.data) {
             Ok(kv) => kv,
             Err(e) => {
@@ -532,11 +611,12 @@ impl Simulation {
             Ok(raw) => raw,
             Err(e) => {
                 self.violation(format!("node {id} cannot start from its disk: {e}"));
-                self.node(id).disk = Some(storage);
+                if let SimLog::Mem(storage) = storage {
+                    self.node(id).disk = Some(storage);
+                }
                 return;
             }
         };
-        let conf_state = storage.conf_state().clone();
         let tick_us = self.node(id).tick_us;
         let n = self.node(id);
         n.raw = Some(raw);
@@ -560,10 +640,16 @@ impl Simulation {
     }
 
     fn crash(&mut self, id: u64) {
+        if self.params.storage == StorageMode::Wal {
+            self.crash_wal(id);
+            return;
+        }
         let torn = self.rng_disk.chance(self.params.torn_write_p);
         let n = self.node(id);
         let Some(raw) = n.raw.take() else { return };
-        let mut disk = raw.storage().clone();
+        let SimLog::Mem(mut disk) = raw.storage().clone() else {
+            unreachable!("mem mode");
+        };
         let mut torn_entries = Vec::new();
         if torn {
             if let Some(w) = n.pending.front() {
@@ -592,6 +678,86 @@ impl Simulation {
         self.stats.crashes += 1;
         let kept = torn_entries.len();
         self.log(|| format!("node {id} crashes (torn entries kept: {kept})"));
+    }
+
+    /// WAL mode: the node stops and its disk loses what was not synced, except maybe a torn
+    /// prefix of the last write (its data, zeros or garbage). While it is down, a bit of its WAL
+    /// may flip.
+    fn crash_wal(&mut self, id: u64) {
+        let n = self.node(id);
+        if n.raw.take().is_none() {
+            return;
+        }
+        n.wal_store = None;
+        n.incarnation += 1;
+        n.pending.clear();
+        n.read_requests.clear();
+        n.reads.clear();
+        n.writes.clear();
+        n.kv = KvStore::default();
+        let unsynced = n.wal_disk.as_ref().expect("WAL mode").unsynced_bytes();
+        let options = if unsynced > 0 && self.rng_disk.chance(self.params.torn_write_p) {
+            let torn_bytes = self.rng_disk.range_inclusive(1, unsynced);
+            let garbage = TornFill::Garbage {
+                seed: self.rng_disk.below(u64::MAX),
+            };
+            let torn_fill =
+                *self
+                    .rng_disk
+                    .choose(&[TornFill::Data, TornFill::Data, TornFill::Zeros, garbage]);
+            self.stats.torn_writes += 1;
+            CrashOptions {
+                torn_bytes,
+                torn_fill,
+            }
+        } else {
+            CrashOptions::LOSE_UNSYNCED
+        };
+        let disk = self.node(id).wal_disk.as_mut().expect("WAL mode");
+        disk.crash(options);
+        self.stats.crashes += 1;
+        self.log(|| format!("node {id} crashes (unsynced {unsynced} bytes, {options:?})"));
+        self.maybe_flip_bit(id);
+    }
+
+    /// WAL mode: flips a bit of a down node's WAL, which must then refuse to start with
+    /// `Corrupt`. The node stays down for the rest of the run (wiping a voter's disk and letting
+    /// it rejoin empty is not safe in general), so this is done only in runs without membership
+    /// changes and only while the nodes still able to start are more than a majority.
+    fn maybe_flip_bit(&mut self, id: u64) {
+        let p = &self.params;
+        if p.bit_flip_p == 0.0 || p.membership_changes || self.phase != Phase::Safety {
+            return;
+        }
+        let down_for_good = self.nodes.iter().filter(|n| n.corrupt).count();
+        if down_for_good + 1 > (p.nodes - 1) / 2 || !self.rng_disk.chance(p.bit_flip_p) {
+            return;
+        }
+        let rng = &mut self.rng_disk;
+        let disk = self.nodes[id as usize - 1]
+            .wal_disk
+            .as_mut()
+            .expect("WAL mode");
+        let Some((file, offset)) = disk.flip_bit(|n| rng.below(n)) else {
+            return;
+        };
+        let genesis = ConfState::default();
+        match disk.open(&genesis) {
+            Err(OpenError::Wal(WalError::Corrupt { .. })) => {}
+            Err(e) => self.violation(format!(
+                "node {id}: a bit flipped at {}:{offset} gives {e}, not Corrupt",
+                file.display()
+            )),
+            Ok(_) => self.violation(format!(
+                "node {id}: the WAL starts despite a bit flipped at {}:{offset}",
+                file.display()
+            )),
+        }
+        self.log(|| format!("node {id}: bit flipped at {}:{offset}", file.display()));
+        self.stats.bit_flips += 1;
+        let n = self.node(id);
+        n.corrupt = true;
+        n.retired = true;
     }
 
     fn restart(&mut self, id: u64) {
@@ -740,6 +906,11 @@ impl Simulation {
     }
 
     fn handle_ready(&mut self, id: u64, ready: Ready) {
+        let prev_term = if self.params.storage == StorageMode::Wal {
+            self.append_to_wal(id, &ready)
+        } else {
+            Term(0)
+        };
         let Ready {
             number,
             soft_state,
@@ -780,6 +951,7 @@ impl Simulation {
             snapshot,
             persisted_messages,
             committed_entries,
+            prev_term,
         };
         let (fsync_min, fsync_max) = (self.params.fsync_min_us, self.params.fsync_max_us);
         let latency = if needs_fsync {
@@ -806,12 +978,70 @@ impl Simulation {
         );
     }
 
+    /// WAL mode: appends what the Ready persists (buffered, not synced) and returns the term of
+    /// the entry before its entries, for the checker. The application keeps a received
+    /// snapshot's data durably before the WAL records it.
+    fn append_to_wal(&mut self, id: u64, ready: &Ready) -> Term {
+        let n = self.node(id);
+        let store = n.wal_store.clone().expect("a running node has its WAL");
+        if let Some(snapshot) = &ready.snapshot {
+            let disk = n.wal_disk.as_mut().expect("WAL mode");
+            disk.keep_snapshot(snapshot.meta.index, snapshot.data.clone());
+        }
+        if let Err(e) = store.persist_ready(ready) {
+            self.violation(format!(
+                "node {id}: Ready {} does not persist: {e}",
+                ready.number
+            ));
+        }
+        match ready.entries.first() {
+            Some(e) => store.term(e.index.prev()).unwrap_or(Term(0)),
+            None => Term(0),
+        }
+    }
+
+    /// WAL mode: the simulated fsync completes by syncing the WAL. Returns false if the sync
+    /// failed, in which case the node has stopped (a failed fsync is never retried: the kernel
+    /// may have dropped the data) and restarts from its disk later.
+    fn sync_wal(&mut self, id: u64) -> bool {
+        if self.fault == Some(HarnessFault::SkipWalSync) {
+            return true;
+        }
+        // Faults stop when the liveness phase begins.
+        let fail = self.phase == Phase::Safety && self.rng_disk.chance(self.params.fsync_fail_p);
+        let n = self.node(id);
+        let disk = n.wal_disk.as_ref().expect("WAL mode");
+        // Only a sync that reaches the disk can fail (and consume the armed failure).
+        let fail = fail && disk.has_unsynced();
+        if fail {
+            disk.disk.fail_next_sync();
+        }
+        let store = n.wal_store.as_ref().expect("a running node has its WAL");
+        let Err(e) = store.sync() else {
+            return true;
+        };
+        if !fail {
+            self.violation(format!("node {id}: WAL sync failed: {e}"));
+        }
+        self.log(|| format!("node {id}: fsync fails ({e}), the node stops"));
+        self.stats.fsync_failures += 1;
+        self.crash(id);
+        let downtime = self.rng_nemesis.range_inclusive(10_000, 500_000);
+        self.queue
+            .schedule_in(downtime, Event::Restart { node: id });
+        false
+    }
+
     fn on_fsync_done(&mut self, id: u64, incarnation: u64) {
         self.trace.write_u64(id);
         let n = self.node(id);
         if n.incarnation != incarnation || n.raw.is_none() {
             return;
         }
+        if self.params.storage == StorageMode::Wal && !self.sync_wal(id) {
+            return;
+        }
+        let n = self.node(id);
         let write = n
             .pending
             .pop_front()
@@ -826,9 +1056,13 @@ impl Simulation {
         if let Some(snapshot) = write.snapshot {
             self.install_snapshot(id, snapshot);
         }
-        if !write.entries.is_empty() {
+        let wal = self.params.storage == StorageMode::Wal;
+        if !write.entries.is_empty() && wal {
+            self.checker
+                .on_persist_entries(NodeId(id), write.prev_term, &write.entries);
+        } else if !write.entries.is_empty() {
             let raw = self.node(id).raw.as_mut().expect("running node");
-            match raw.storage_mut().append(&write.entries) {
+            match mem_storage(raw).append(&write.entries) {
                 Ok(()) => {
                     let first = write.entries[0].index;
                     let prev = raw.storage().term(first.prev()).unwrap_or(Term(0));
@@ -839,8 +1073,8 @@ impl Simulation {
             }
         }
         let raw = self.node(id).raw.as_mut().expect("running node");
-        if let Some(hs) = write.hard_state {
-            raw.storage_mut().set_hard_state(hs);
+        if let Some(hs) = write.hard_state.filter(|_| !wal) {
+            mem_storage(raw).set_hard_state(hs);
         }
         raw.on_persisted(write.number);
         for m in write.persisted_messages {
@@ -855,11 +1089,14 @@ impl Simulation {
             .on_snapshot(NodeId(id), index, fnv1a(&snapshot.data));
         let kv = KvStore::decode(&snapshot.data);
         let raw = self.node(id).raw.as_mut().expect("running node");
-        if let Err(e) = raw.storage_mut().apply_snapshot(snapshot.clone()) {
-            self.violation(format!(
-                "node {id}: snapshot at {index} does not install: {e}"
-            ));
-            return;
+        // In WAL mode the snapshot reached the WAL when its Ready was taken.
+        if let SimLog::Mem(storage) = raw.storage_mut() {
+            if let Err(e) = storage.apply_snapshot(snapshot.clone()) {
+                self.violation(format!(
+                    "node {id}: snapshot at {index} does not install: {e}"
+                ));
+                return;
+            }
         }
         let Ok(kv) = kv else {
             self.violation(format!("node {id}: snapshot at {index} does not decode"));
@@ -973,6 +1210,7 @@ impl Simulation {
     /// change has the same effect here.
     fn maybe_snapshot(&mut self, id: u64, conf_changed: bool) {
         let (every, lag) = (self.params.snapshot_every, self.params.compact_lag);
+        let wal = self.params.storage == StorageMode::Wal;
         let n = self.node(id);
         let due = n.applied.get() >= n.last_snapshot.get() + every;
         let conf_snapshot = conf_changed && n.applied > n.last_snapshot;
@@ -983,8 +1221,13 @@ impl Simulation {
         let data = n.kv.encode();
         let conf_state = n.conf_state.clone();
         n.last_snapshot = index;
+        if wal {
+            self.snapshot_to_wal(id, index, conf_state, data.clone());
+            self.checker.on_snapshot(NodeId(id), index, fnv1a(&data));
+            return;
+        }
         let raw = n.raw.as_mut().expect("running node");
-        let storage = raw.storage_mut();
+        let storage = mem_storage(raw);
         if let Err(e) = storage.create_snapshot(index, conf_state.clone(), data.clone()) {
             self.violation(format!("node {id}: cannot snapshot at {index}: {e}"));
             return;
@@ -1000,6 +1243,47 @@ impl Simulation {
             }
         }
         self.checker.on_snapshot(NodeId(id), index, fnv1a(&data));
+    }
+
+    /// WAL mode: keeps the snapshot's data, records the snapshot and its configuration in the
+    /// WAL, compacts the log behind it and recycles segments nobody needs.
+    fn snapshot_to_wal(&mut self, id: u64, index: LogIndex, conf_state: ConfState, data: Bytes) {
+        let lag = self.params.compact_lag;
+        let n = self.node(id);
+        let disk = n.wal_disk.as_mut().expect("WAL mode");
+        // A snapshot received from the leader may already be in the WAL ahead of what this node
+        // has applied (it was appended when its Ready was taken); nothing older may follow it.
+        if disk.snapshot_index() >= index {
+            return;
+        }
+        let raw = n.raw.as_ref().expect("running node");
+        let term = match raw.term(index) {
+            Ok(t) => t,
+            Err(e) => {
+                self.violation(format!("node {id}: no term for applied index {index}: {e}"));
+                return;
+            }
+        };
+        let store = n.wal_store.clone().expect("a running node has its WAL");
+        let disk = n.wal_disk.as_mut().expect("WAL mode");
+        disk.keep_snapshot(index, data.clone());
+        let meta = SnapshotMeta {
+            index,
+            term,
+            conf_state: conf_state.clone(),
+        };
+        let mut result = store.set_snapshot(Snapshot { meta, data });
+        result = result.and_then(|_| store.set_conf_state(conf_state));
+        let compact_to = LogIndex(index.get().saturating_sub(lag));
+        let first = store.first_index().unwrap_or(LogIndex(1));
+        if compact_to >= first {
+            result = result.and_then(|_| store.compact(compact_to));
+        }
+        if let Err(e) = result.and_then(|_| disk.purge().map(|_| WalPosition::default())) {
+            self.violation(format!(
+                "node {id}: cannot snapshot at {index} in the WAL: {e}"
+            ));
+        }
     }
 
     fn on_became_leader(&mut self, id: u64) {
@@ -1651,6 +1935,10 @@ impl Simulation {
             .collect();
         for id in members {
             let n = self.node(id);
+            if n.corrupt {
+                // Refused to start on a corrupted disk and stays down (a minority at most).
+                continue;
+            }
             let applied = n.applied;
             if applied < status.commit {
                 self.violation(format!(
@@ -1725,6 +2013,14 @@ fn short(msg: &Message) -> String {
             format!("Snapshot {}/{}", snapshot.meta.index, snapshot.meta.term)
         }
         other => format!("{other:?}"),
+    }
+}
+
+/// The `MemStorage` of a node in mem mode.
+fn mem_storage(raw: &mut RawNode<SimLog>) -> &mut MemStorage {
+    match raw.storage_mut() {
+        SimLog::Mem(storage) => storage,
+        SimLog::Wal(_) => unreachable!("only mem mode writes a MemStorage"),
     }
 }
 

@@ -17,7 +17,7 @@
 //! ```
 //! use chorus_sim::{Overrides, Params, run_seed};
 //!
-//! let params = Params::from_seed(7, &Overrides { nodes: Some(3), bug: None });
+//! let params = Params::from_seed(7, &Overrides { nodes: Some(3), ..Overrides::default() });
 //! let first = run_seed(params.clone(), false);
 //! assert!(first.violations.is_empty(), "{:?}", first.violations);
 //! // A run is a pure function of its seed.
@@ -33,13 +33,14 @@ pub mod net;
 pub mod params;
 pub mod queue;
 pub mod rng;
+pub mod storage;
 pub mod trace;
 
 use std::cell::RefCell;
 use std::panic::{self, AssertUnwindSafe};
 
 pub use cluster::{HarnessFault, Outcome, Simulation, Stats};
-pub use params::{BugName, Overrides, Params};
+pub use params::{BugName, Overrides, Params, StorageMode};
 
 thread_local! {
     /// Where the last panic on this thread happened, filled by [`install_panic_hook`].

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Instant as WallInstant;
 
 use anyhow::{Context, bail};
-use chorus_sim::{BugName, Overrides, Params, install_panic_hook, run_seed};
+use chorus_sim::{BugName, Overrides, Params, StorageMode, install_panic_hook, run_seed};
 use clap::Parser;
 
 /// Deterministic simulation of a Chorus Raft cluster under seeded faults.
@@ -26,6 +26,10 @@ struct Args {
     /// Pin the number of nodes (3 to 7) instead of drawing it from each seed.
     #[arg(long)]
     nodes: Option<usize>,
+    /// Where nodes keep their Raft log: `mem` (a MemStorage copied at each fsync) or `wal` (the
+    /// real write-ahead log on a faulty in-memory disk). Drawn from each seed when absent.
+    #[arg(long, value_name = "MODE")]
+    storage: Option<String>,
     /// Print every event of each run (use with one seed).
     #[arg(long, alias = "trace")]
     verbose: bool,
@@ -75,10 +79,18 @@ fn run() -> anyhow::Result<u64> {
             bail!("--nodes must be between 3 and 7, got {n}");
         }
     }
+    let storage = match args.storage.as_deref() {
+        None => None,
+        Some(text) => Some(
+            StorageMode::parse(text)
+                .with_context(|| format!("parsing --storage {text}: expected mem or wal"))?,
+        ),
+    };
     install_panic_hook();
     let overrides = Overrides {
         nodes: args.nodes,
         bug,
+        storage,
     };
     let started = WallInstant::now();
     let (mut seeds_run, mut violations, mut undecided) = (0u64, 0u64, 0u64);
@@ -95,7 +107,7 @@ fn run() -> anyhow::Result<u64> {
                 "seed={seed} hash={:016x} events={} elections={} crashes={} torn_writes={} \
                  partitions={} transfers={} ops_ok={} ops_indeterminate={} max_commit={} \
                  snapshots_installed={} conf_changes={} heal_to_commit_us={:?} lin_unknown={} \
-                 violations={}",
+                 storage={} wal_recoveries={} bit_flips={} fsync_failures={} violations={}",
                 outcome.trace_hash,
                 s.events,
                 s.elections,
@@ -110,6 +122,10 @@ fn run() -> anyhow::Result<u64> {
                 s.conf_changes_applied,
                 s.heal_to_commit_us,
                 s.linearizability_unknown,
+                params.storage,
+                s.wal_recoveries,
+                s.bit_flips,
+                s.fsync_failures,
                 outcome.violations.len()
             );
         }
@@ -158,6 +174,7 @@ fn print_failure(seed: u64, params: &Params, violations: &[String], args: &Args)
     if let Some(n) = args.nodes {
         replay.push_str(&format!(" --nodes {n}"));
     }
+    replay.push_str(&format!(" --storage {}", params.storage));
     replay.push_str(&format!(" --seed-start {seed} --seeds 1 --verbose"));
     println!("  replay: {replay}");
 }

@@ -19,6 +19,39 @@ pub enum ReadMode {
     Lease,
 }
 
+/// Where a node keeps its Raft log and hard state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageMode {
+    /// A `MemStorage` written at each simulated fsync; a crash keeps a clone of it.
+    Mem,
+    /// The real write-ahead log (`chorus_storage::wal`) on the node's own `FaultyDisk`; a crash
+    /// is `FaultyDisk::crash` and a restart recovers the log from the disk.
+    Wal,
+}
+
+impl StorageMode {
+    /// The command-line spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            StorageMode::Mem => "mem",
+            StorageMode::Wal => "wal",
+        }
+    }
+
+    /// Parses the command-line spelling.
+    pub fn parse(text: &str) -> Option<StorageMode> {
+        [StorageMode::Mem, StorageMode::Wal]
+            .into_iter()
+            .find(|m| m.name() == text)
+    }
+}
+
+impl fmt::Display for StorageMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The deliberately broken rules of the core the simulator can switch on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum BugName {
@@ -64,6 +97,7 @@ impl fmt::Display for BugName {
 pub struct Overrides {
     pub nodes: Option<usize>,
     pub bug: Option<BugName>,
+    pub storage: Option<StorageMode>,
 }
 
 /// Everything one run does, drawn from its seed.
@@ -120,6 +154,13 @@ pub struct Params {
     /// How long the healed cluster gets to make progress and catch up.
     pub liveness_us: Time,
     pub bug: Option<BugName>,
+    /// Where nodes keep their log (drawn last, so that it shifts no other parameter).
+    pub storage: StorageMode,
+    /// In WAL mode: the probability that a crash flips a bit in the node's WAL while it is down
+    /// (the node must then refuse to start); only drawn when a majority survives it.
+    pub bit_flip_p: f64,
+    /// In WAL mode: the probability that a simulated fsync fails (the node must stop).
+    pub fsync_fail_p: f64,
 }
 
 impl Params {
@@ -208,6 +249,13 @@ impl Params {
             safety_us: rng.range_inclusive(2_000_000, 5_000_000),
             liveness_us: 6_000_000,
             bug: overrides.bug,
+            storage: match (overrides.storage, rng.chance(0.5)) {
+                (Some(mode), _) => mode,
+                (None, true) => StorageMode::Wal,
+                (None, false) => StorageMode::Mem,
+            },
+            bit_flip_p: *rng.choose(&[0.0, 0.0, 0.2]),
+            fsync_fail_p: *rng.choose(&[0.0, 0.0, 0.003]),
         }
     }
 
@@ -226,7 +274,7 @@ impl fmt::Display for Params {
              slow={}/{}us partitions={} crashes={} torn={} fsync={}..{}us pipeline={} \
              snapshot_every={} compact_lag={} clients={} keys={} op_timeout={}us \
              membership={} transfers={} leader_fault={} voter_fault={} append_bytes_max={} inflight_max={} \
-             safety={}us liveness={}us bug={}",
+             safety={}us liveness={}us bug={} storage={} bit_flip={} fsync_fail={}",
             self.nodes,
             self.initial_voters,
             self.read_mode,
@@ -262,6 +310,9 @@ impl fmt::Display for Params {
             self.safety_us,
             self.liveness_us,
             self.bug.map_or("none", BugName::name),
+            self.storage,
+            self.bit_flip_p,
+            self.fsync_fail_p,
         )
     }
 }
@@ -297,9 +348,13 @@ mod tests {
         let o = Overrides {
             nodes: Some(7),
             bug: Some(BugName::StaleLeaseRead),
+            storage: Some(StorageMode::Wal),
         };
         let p = Params::from_seed(1, &o);
         assert_eq!(p.nodes, 7);
+        assert_eq!(p.storage, StorageMode::Wal);
+        assert_eq!(StorageMode::parse("mem"), Some(StorageMode::Mem));
+        assert_eq!(StorageMode::parse("disk"), None);
         assert_eq!(p.read_mode, ReadMode::Lease);
         for b in BugName::ALL {
             assert_eq!(BugName::parse(b.name()), Some(b));
