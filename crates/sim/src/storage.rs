@@ -140,7 +140,7 @@ impl WalDisk {
         WalConfig {
             segment_bytes_max: 16 << 10,
             record_bytes_max: 4 << 10,
-            pending_bytes_max: 512,
+            pending_bytes_max: 64,
             ..WalConfig::new(WAL_DIR)
         }
     }
