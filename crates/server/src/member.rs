@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chorus_proto::etcdserverpb::kv_server::KvServer;
+use chorus_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use chorus_proto::internal::forward_server::ForwardServer;
 use chorus_raft::{ConfState, GroupId, LogStorage, NodeId, RawNode};
 use chorus_storage::disk::RealDisk;
@@ -23,7 +24,7 @@ use tracing::Instrument as _;
 
 use crate::config::{MemberUrl, ServerConfig};
 use crate::node::{Driver, DriverInputs, DriverParts, NodeConfig};
-use crate::service::{Edge, EdgeLimits, ForwardService, Forwarder, KvService};
+use crate::service::{Edge, EdgeLimits, ForwardService, Forwarder, KvService, MaintenanceService};
 use crate::transport::{LocalIdentity, PeerService, PeerTransport, TransportConfig};
 
 /// The one Raft group of this first version.
@@ -226,10 +227,12 @@ async fn run_member(
         let kv = KvServer::new(KvService(edge.clone()))
             .max_decoding_message_size((config.request_bytes_max + GRPC_OVERHEAD_BYTES) as usize)
             .max_encoding_message_size(usize::MAX);
+        let maintenance = MaintenanceService(edge.clone());
         let mut stop = stop_rx.clone();
         tasks.spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(kv)
+                .add_service(MaintenanceServer::new(maintenance))
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })

@@ -300,3 +300,101 @@ impl ipb::forward_server::Forward for ForwardService {
         }))
     }
 }
+
+/// The version reported by `Maintenance.Status`: the etcd API version Chorus is compatible with.
+/// etcd clients compare it to decide which features the server has.
+pub const ETCD_API_VERSION: &str = "3.5.0";
+
+/// etcd's `Maintenance` service. Only `Status` is implemented; every other call answers
+/// UNIMPLEMENTED.
+#[derive(Clone)]
+pub struct MaintenanceService(pub Edge);
+
+fn unimplemented(rpc: &str) -> Status {
+    Status::unimplemented(format!("chorus: Maintenance.{rpc} is not implemented yet"))
+}
+
+type SnapshotStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>,
+>;
+
+#[tonic::async_trait]
+impl pb::maintenance_server::Maintenance for MaintenanceService {
+    async fn alarm(
+        &self,
+        _: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
+        Err(unimplemented("Alarm"))
+    }
+
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let edge = &self.0;
+        let status = edge.node.status();
+        let (revision, db_size) = edge.node.read_store(|store| {
+            let file = store.dir().join(chorus_storage::mvcc::ENGINE_FILE);
+            let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+            (store.current_revision(), size)
+        });
+        let mut header = kv_convert::header(revision);
+        edge.fill(&mut header);
+        let db_size = i64::try_from(db_size).unwrap_or(i64::MAX);
+        Ok(Response::new(pb::StatusResponse {
+            header,
+            version: ETCD_API_VERSION.to_string(),
+            db_size,
+            leader: status.leader.map_or(0, NodeId::get),
+            raft_index: status.commit.get(),
+            raft_term: status.term.get(),
+            raft_applied_index: status.applied.get(),
+            db_size_in_use: db_size,
+            ..pb::StatusResponse::default()
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        Err(unimplemented("Defragment"))
+    }
+
+    async fn hash(
+        &self,
+        _: Request<pb::HashRequest>,
+    ) -> Result<Response<pb::HashResponse>, Status> {
+        Err(unimplemented("Hash"))
+    }
+
+    async fn hash_kv(
+        &self,
+        _: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
+        Err(unimplemented("HashKV"))
+    }
+
+    type SnapshotStream = SnapshotStream;
+
+    async fn snapshot(
+        &self,
+        _: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(unimplemented("Snapshot"))
+    }
+
+    async fn move_leader(
+        &self,
+        _: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        Err(unimplemented("MoveLeader"))
+    }
+
+    async fn downgrade(
+        &self,
+        _: Request<pb::DowngradeRequest>,
+    ) -> Result<Response<pb::DowngradeResponse>, Status> {
+        Err(unimplemented("Downgrade"))
+    }
+}

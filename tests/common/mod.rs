@@ -1,0 +1,234 @@
+//! Shared harness of the multi-process tests: starts real `chorus serve` processes on loopback
+//! with free ports and temporary data directories, and talks to them with the generated etcd
+//! client. Timeouts here are failure guards only; no test asserts on timing.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the harness"
+)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chorus_proto::etcdserverpb as pb;
+use pb::kv_client::KvClient;
+use pb::maintenance_client::MaintenanceClient;
+use tonic::transport::Channel;
+
+/// The longest any wait in these tests may take before the test fails.
+pub const GUARD: Duration = Duration::from_secs(60);
+
+/// A port nobody listens on now (the kernel's choice for port 0).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    listener.local_addr().expect("local address").port()
+}
+
+/// One `chorus serve` process and what it needs to be restarted.
+pub struct Member {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub data_dir: PathBuf,
+    args: Vec<String>,
+    log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl Member {
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Starts (or restarts) the process with its data directory and flags.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("open the member log");
+        let child = Command::new(env!("CARGO_BIN_EXE_chorus"))
+            .arg("serve")
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start chorus serve");
+        self.child = Some(child);
+    }
+
+    /// kill -9: no shutdown, no flush; only what was fsynced survives.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// The member's log so far, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A cluster of `chorus serve` processes sharing one temporary directory.
+pub struct Cluster {
+    pub members: Vec<Member>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `size` members with a static `--initial-cluster`, plus `extra` flags for each.
+    pub fn start(size: usize, extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+        let initial_cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let members = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (client, peer))| {
+                let name = format!("m{i}");
+                let data_dir = dir.path().join(format!("{name}.chorus"));
+                let mut args = vec![
+                    format!("--name={name}"),
+                    format!("--data-dir={}", data_dir.display()),
+                    format!("--listen-client-urls=http://127.0.0.1:{client}"),
+                    format!("--advertise-client-urls=http://127.0.0.1:{client}"),
+                    format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+                    format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+                    format!("--initial-cluster={initial_cluster}"),
+                    "--initial-cluster-token=chorus-test".to_string(),
+                    "--heartbeat-interval=50".to_string(),
+                    "--election-timeout=500".to_string(),
+                ];
+                args.extend(extra.iter().map(|s| s.to_string()));
+                let mut member = Member {
+                    name: name.clone(),
+                    client_port: *client,
+                    peer_port: *peer,
+                    log_path: dir.path().join(format!("{name}.log")),
+                    data_dir,
+                    args,
+                    child: None,
+                };
+                member.start();
+                member
+            })
+            .collect();
+        Cluster { members, dir }
+    }
+
+    /// Every member's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("----- {} -----\n{}", m.name, m.log()))
+            .collect()
+    }
+}
+
+pub async fn kv(endpoint: &str) -> KvClient<Channel> {
+    let channel = Channel::from_shared(endpoint.to_string())
+        .expect("endpoint")
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(20))
+        .connect_lazy();
+    KvClient::new(channel)
+}
+
+pub async fn maintenance(endpoint: &str) -> MaintenanceClient<Channel> {
+    let channel = Channel::from_shared(endpoint.to_string())
+        .expect("endpoint")
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(20))
+        .connect_lazy();
+    MaintenanceClient::new(channel)
+}
+
+/// Retries `f` until it succeeds, failing the test after [`GUARD`].
+pub async fn eventually<T, E: std::fmt::Debug, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let start = Instant::now();
+    loop {
+        match f().await {
+            Ok(value) => return value,
+            Err(error) => {
+                if start.elapsed() > GUARD {
+                    panic!("{what}: still failing after {GUARD:?}: {error:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Waits until `endpoint` answers a linearizable read (it has a leader and has caught up).
+pub async fn wait_ready(endpoint: &str) {
+    let mut client = kv(endpoint).await;
+    eventually(&format!("{endpoint} ready"), || {
+        let mut client = client.clone();
+        async move {
+            client
+                .range(pb::RangeRequest {
+                    key: "ready-probe".into(),
+                    ..Default::default()
+                })
+                .await
+        }
+    })
+    .await;
+    let _ = &mut client;
+}
+
+pub fn put(key: &str, value: &str) -> pb::PutRequest {
+    pb::PutRequest {
+        key: key.to_string().into(),
+        value: value.to_string().into(),
+        ..Default::default()
+    }
+}
+
+pub fn get(key: &str) -> pb::RangeRequest {
+    pb::RangeRequest {
+        key: key.to_string().into(),
+        ..Default::default()
+    }
+}
+
+/// `[prefix, prefix + 1)`: every key with the prefix, as etcd's `--prefix`.
+pub fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// The data directory of a member, for tests that look inside.
+pub fn data_dir(member: &Member) -> &Path {
+    &member.data_dir
+}
