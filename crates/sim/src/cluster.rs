@@ -1256,16 +1256,16 @@ impl Simulation {
         if disk.snapshot_index() >= index {
             return;
         }
-        let raw = n.raw.as_ref().expect("running node");
-        let term = match raw.term(index) {
+        // The stored log, not the core's view: the core may already hold a newer snapshot from
+        // the leader, not yet handed out in a Ready, and answer Compacted for older indices.
+        let store = n.wal_store.clone().expect("a running node has its WAL");
+        let term = match store.term(index) {
             Ok(t) => t,
             Err(e) => {
                 self.violation(format!("node {id}: no term for applied index {index}: {e}"));
                 return;
             }
         };
-        let store = n.wal_store.clone().expect("a running node has its WAL");
-        let disk = n.wal_disk.as_mut().expect("WAL mode");
         disk.keep_snapshot(index, data.clone());
         let meta = SnapshotMeta {
             index,
