@@ -11,6 +11,12 @@
 //! the write in flight: a prefix of its entries reaches the disk, its hard state does not (a
 //! write-ahead log that truncates a torn tail at recovery ends in exactly that state).
 //!
+//! That is the mem storage mode. In the WAL mode (`StorageMode::Wal`, see [`crate::storage`]),
+//! the node's log is a real `RaftLogStore` on its own `FaultyDisk`: a Ready is appended to the
+//! WAL when it is taken, the fsync completion syncs the WAL before `on_persisted`, a crash is the
+//! faulty disk's crash (unsynced bytes lost, maybe a torn prefix kept as data, zeros or garbage)
+//! and a restart recovers the WAL from the disk.
+//!
 //! Readies are persisted in order (a FIFO disk queue). Committed entries of a Ready are applied
 //! after that Ready is persisted, which keeps "restore the snapshot, then apply" in order.
 //!
