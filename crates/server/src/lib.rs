@@ -37,6 +37,7 @@ pub mod kv_convert;
 pub mod member;
 pub mod node;
 pub mod service;
+pub mod snap;
 pub mod transport;
 
 pub use config::{ConfigError, ServerArgs, ServerConfig};

@@ -18,25 +18,31 @@
 //! Reads: a linearizable read asks Raft for a read index (ReadIndex, §6.4 of the Raft thesis)
 //! and proceeds once the applied index reaches it; the edge then reads the store locally.
 //!
-//! What is not here: Raft snapshots (log compaction and InstallSnapshot), membership changes at
-//! runtime, leases.
+//! Snapshots: every `--snapshot-count` applied entries the driver writes an MVCC snapshot file,
+//! records it in the WAL and compacts the log; a snapshot received from the leader replaces the
+//! store (see [`crate::snap`]).
+//!
+//! What is not here: membership changes at runtime, leases.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use chorus_proto::internal as ipb;
 use chorus_raft::{
-    Entry, EntryPayload, LogIndex, Message, NodeId, ProposeError, RawNode, Ready, Role, Term,
+    Entry, EntryPayload, LogIndex, LogStorage, Message, NodeId, ProposeError, RawNode, Ready, Role,
+    Term,
 };
-use chorus_storage::mvcc::{self, MvccError, MvccStore, WriteOp, WriteResponse};
+use chorus_storage::mvcc::{self, MvccConfig, MvccError, MvccStore, WriteOp, WriteResponse};
 use chorus_storage::wal::RaftLogStore;
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::ServerError;
 use crate::kv_convert;
+use crate::snap::{self, SnapFiles};
 use crate::transport::{PeerTransport, TransportReport};
 
 /// The limits of the driver. Validate with [`NodeConfig::validate`].
@@ -199,6 +205,7 @@ pub struct Driver {
     reads_unconfirmed: HashMap<Bytes, oneshot::Sender<Result<(), ServerError>>>,
     /// Reads with a read index, waiting for the applied index to reach it.
     reads_confirmed: Vec<(LogIndex, oneshot::Sender<Result<(), ServerError>>)>,
+    snapshots: SnapshotPolicy,
 }
 
 /// Everything the driver's task listens to.
@@ -215,6 +222,28 @@ pub enum FatalError {
     Wal(#[from] chorus_storage::wal::WalError),
     #[error("applying committed entries failed: {0}")]
     Apply(#[from] MvccError),
+    #[error("snapshot: {0}")]
+    Snapshot(String),
+}
+
+fn snapshot_error(context: &str) -> impl FnOnce(std::io::Error) -> FatalError + '_ {
+    move |e| FatalError::Snapshot(format!("{context}: {e}"))
+}
+
+/// When to take a Raft snapshot and how much log to keep behind it.
+#[derive(Clone, Debug)]
+pub struct SnapshotPolicy {
+    /// etcd's `--snapshot-count`: applied entries between two snapshots.
+    pub snapshot_count: u64,
+    /// Entries kept in the log below a snapshot, so that a follower slightly behind catches up
+    /// from the log rather than with a whole snapshot (etcd's `SnapshotCatchUpEntries`).
+    pub catchup_entries: u64,
+    /// Where the snapshot files and the store directories live.
+    pub files: SnapFiles,
+    pub member_dir: PathBuf,
+    pub mvcc_config: MvccConfig,
+    /// The index of the latest snapshot (0 for none).
+    pub last_index: LogIndex,
 }
 
 /// Parts the driver is built from.
@@ -226,6 +255,7 @@ pub struct DriverParts {
     pub transport: PeerTransport,
     pub member_id: NodeId,
     pub cluster_id: u64,
+    pub snapshots: SnapshotPolicy,
 }
 
 impl Driver {
@@ -258,6 +288,7 @@ impl Driver {
             read_seq: 0,
             reads_unconfirmed: HashMap::new(),
             reads_confirmed: Vec::new(),
+            snapshots: parts.snapshots,
         };
         (driver, handle, Commands(commands_rx))
     }
@@ -376,6 +407,13 @@ impl Driver {
         for message in ready.messages.iter().cloned() {
             self.transport.send(message);
         }
+        if let Some(snapshot) = &ready.snapshot {
+            // The data first: once the WAL records the snapshot, its data must be on disk.
+            self.snapshots
+                .files
+                .save(&snapshot.meta, &snapshot.data)
+                .map_err(snapshot_error("save a received snapshot"))?;
+        }
         if ready.snapshot.is_some() || !ready.entries.is_empty() || ready.hard_state.is_some() {
             // Group commit: everything of this Ready reaches the disk with one fsync.
             self.log.persist_ready(&ready)?;
@@ -385,7 +423,11 @@ impl Driver {
         for message in ready.persisted_messages.iter().cloned() {
             self.transport.send(message);
         }
+        if let Some(snapshot) = &ready.snapshot {
+            self.restore(snapshot)?;
+        }
         self.apply(&ready)?;
+        self.maybe_snapshot()?;
         for read in &ready.read_states {
             if let Some(reply) = self.reads_unconfirmed.remove(&read.context) {
                 if read.index == LogIndex(0) {
@@ -454,6 +496,93 @@ impl Driver {
             }
             let _ = entry.remove().reply.send(Err(ServerError::LeaderChanged));
         }
+        Ok(())
+    }
+
+    /// Replaces the store with the one in a snapshot received from the leader (before the
+    /// entries that follow it are applied).
+    fn restore(&mut self, snapshot: &chorus_raft::Snapshot) -> Result<(), FatalError> {
+        let policy = &self.snapshots;
+        let restored = snap::restore_store(
+            &policy.member_dir,
+            policy.mvcc_config.clone(),
+            &snapshot.meta,
+            snapshot.data.clone(),
+        )?;
+        let old_dir = {
+            let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
+            let old_dir = store.dir().to_path_buf();
+            *store = restored;
+            old_dir
+        };
+        snap::remove_store_dir(&old_dir);
+        self.snapshots.last_index = snapshot.meta.index;
+        tracing::info!(index = %snapshot.meta.index, term = %snapshot.meta.term, "restored the store from a snapshot");
+        // Proposals waiting at indexes the snapshot covers will never be applied here.
+        while let Some(entry) = self.waiters.first_entry() {
+            if *entry.key() > snapshot.meta.index {
+                break;
+            }
+            let _ = entry.remove().reply.send(Err(ServerError::LeaderChanged));
+        }
+        Ok(())
+    }
+
+    /// Every `snapshot_count` applied entries: snapshot the store into a file, record it in the
+    /// WAL, and compact the log up to `catchup_entries` below it.
+    fn maybe_snapshot(&mut self) -> Result<(), FatalError> {
+        let status = self.raw.status();
+        let applied = status.applied;
+        let since = applied
+            .get()
+            .saturating_sub(self.snapshots.last_index.get());
+        if since < self.snapshots.snapshot_count {
+            return Ok(());
+        }
+        let term = self
+            .raw
+            .term(applied)
+            .map_err(|e| FatalError::Snapshot(format!("term of the applied index: {e}")))?;
+        let data = {
+            let store = self.store.read().unwrap_or_else(|e| e.into_inner());
+            assert_eq!(
+                store.applied_index(),
+                applied,
+                "the store applied what Raft did"
+            );
+            let mut data = Vec::new();
+            for chunk in store.snapshot()? {
+                data.extend_from_slice(&chunk?);
+            }
+            Bytes::from(data)
+        };
+        let meta = chorus_raft::SnapshotMeta {
+            index: applied,
+            term,
+            conf_state: status.conf_state,
+        };
+        let files = &self.snapshots.files;
+        files
+            .save(&meta, &data)
+            .map_err(snapshot_error("save a snapshot"))?;
+        self.log.set_snapshot(chorus_raft::Snapshot {
+            meta: meta.clone(),
+            data,
+        })?;
+        let compact_to = applied.get().saturating_sub(self.snapshots.catchup_entries);
+        let first = self
+            .log
+            .first_index()
+            .map_err(|e| FatalError::Snapshot(e.to_string()))?;
+        if compact_to >= first.get() {
+            self.log.compact(LogIndex(compact_to))?;
+        }
+        self.log.sync()?;
+        files
+            .purge_except(&meta)
+            .map_err(snapshot_error("remove old snapshots"))?;
+        self.snapshots.last_index = applied;
+        tracing::info!(index = %applied, %term, compacted_to = compact_to, "took a snapshot");
         Ok(())
     }
 
