@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The simulator's CI checks: a clean run of many seeds, then proof that each injected bug of the
-# core is caught within 2,000 seeds. Run from anywhere; respects CARGO_TARGET_DIR.
+# The simulator's CI checks: a clean run of many seeds (mixed storage modes, then all on the WAL),
+# then proof that each injected bug of the core is caught within 2,000 seeds. Run from anywhere; respects CARGO_TARGET_DIR.
 #   SIM_SEEDS      seeds of the clean run (default 500)
 #   SIM_BUG_SEEDS  seeds allowed to catch each injected bug (default 2000)
 set -euo pipefail
@@ -16,6 +16,11 @@ sim="$target/release/chorus-sim"
 
 echo "== chorus-sim: $seeds seeds"
 "$sim" --seeds "$seeds"
+
+# The default run draws the storage mode per seed; this one puts every node on the real WAL and a
+# faulty disk (crashes, torn writes, bit flips, failed fsyncs).
+echo "== chorus-sim: $seeds seeds, --storage wal"
+"$sim" --seeds "$seeds" --storage wal
 
 status=0
 for bug in double-vote commit-old-term stale-lease-read forget-vote-on-restart; do
