@@ -13,6 +13,19 @@ SIM_BUG_SEEDS="${SIM_BUG_SEEDS:-2000}"
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# The multi-process tests drive a real `chorus serve` with etcd's own client, etcdctl 3.4 from
+# Debian's etcd-client package. Install it when it is missing and we may (root with apt-get);
+# otherwise those tests fail and say so (CHORUS_SKIP_ETCDCTL=1 skips them deliberately).
+if ! command -v etcdctl >/dev/null 2>&1 && [[ "${CHORUS_SKIP_ETCDCTL:-0}" != 1 ]]; then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    step "installing etcdctl (Debian package etcd-client)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-client >/dev/null
+  else
+    echo "etcdctl is missing: install Debian's etcd-client, or set CHORUS_SKIP_ETCDCTL=1" >&2
+  fi
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
