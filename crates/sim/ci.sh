@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The simulator's CI checks: a clean run of many seeds (mixed storage modes, then all on the WAL),
-# then proof that each injected bug of the core is caught within 2,000 seeds. Run from anywhere; respects CARGO_TARGET_DIR.
+# then proof that each injected bug of the core is caught within 2,000 seeds. Run from anywhere;
+# respects CARGO_TARGET_DIR.
 #   SIM_SEEDS      seeds of the clean run (default 500)
 #   SIM_BUG_SEEDS  seeds allowed to catch each injected bug (default 2000)
 set -euo pipefail

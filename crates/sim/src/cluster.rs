@@ -203,14 +203,14 @@ struct Node {
 
 impl Node {
     /// A node that has not started yet, with its disk.
-    fn boot(id: u64, tick_us: Time, disk: MemStorage, mode: StorageMode) -> Node {
-        let wal = mode == StorageMode::Wal;
+    fn boot(id: u64, tick_us: Time, disk: MemStorage, params: &Params) -> Node {
+        let wal = params.storage == StorageMode::Wal;
         Node {
             id,
             incarnation: 0,
             raw: None,
             disk: (!wal).then_some(disk),
-            wal_disk: wal.then(WalDisk::default),
+            wal_disk: wal.then(|| WalDisk::new(params.wal_buffer_bytes)),
             wal_store: None,
             corrupt: false,
             kv: KvStore::default(),
@@ -352,7 +352,7 @@ impl Simulation {
             // in it: a spare that joins later replays the log from index 1 (or gets a snapshot),
             // and its conf changes apply on top of the genesis configuration.
             let boot = MemStorage::new_with_conf_state(voters.clone());
-            nodes.push(Node::boot(id, tick_us, boot, params.storage));
+            nodes.push(Node::boot(id, tick_us, boot, &params));
         }
         let clients = (0..params.clients).map(|_| Client::default()).collect();
         let net = Network::new(params.net.clone());

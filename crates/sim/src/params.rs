@@ -161,6 +161,9 @@ pub struct Params {
     pub bit_flip_p: f64,
     /// In WAL mode: the probability that a simulated fsync fails (the node must stop).
     pub fsync_fail_p: f64,
+    /// In WAL mode: the WAL's write buffer (`pending_bytes_max`); 1 hands every record to the
+    /// disk at once, unsynced, which leaves more for a crash to tear.
+    pub wal_buffer_bytes: usize,
 }
 
 impl Params {
@@ -256,6 +259,7 @@ impl Params {
             },
             bit_flip_p: *rng.choose(&[0.0, 0.0, 0.2]),
             fsync_fail_p: *rng.choose(&[0.0, 0.0, 0.003]),
+            wal_buffer_bytes: *rng.choose(&[1, 64, 4096]),
         }
     }
 
@@ -274,7 +278,7 @@ impl fmt::Display for Params {
              slow={}/{}us partitions={} crashes={} torn={} fsync={}..{}us pipeline={} \
              snapshot_every={} compact_lag={} clients={} keys={} op_timeout={}us \
              membership={} transfers={} leader_fault={} voter_fault={} append_bytes_max={} inflight_max={} \
-             safety={}us liveness={}us bug={} storage={} bit_flip={} fsync_fail={}",
+             safety={}us liveness={}us bug={} storage={} bit_flip={} fsync_fail={} wal_buffer={}",
             self.nodes,
             self.initial_voters,
             self.read_mode,
@@ -313,6 +317,7 @@ impl fmt::Display for Params {
             self.storage,
             self.bit_flip_p,
             self.fsync_fail_p,
+            self.wal_buffer_bytes,
         )
     }
 }

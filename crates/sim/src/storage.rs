@@ -131,17 +131,26 @@ pub struct WalDisk {
     pub disk: FaultyDisk,
     wal: Option<SharedWal>,
     snapshots: BTreeMap<LogIndex, Bytes>,
+    buffer_bytes: usize,
 }
 
 impl WalDisk {
-    fn config() -> WalConfig {
-        // Small segments, records and write buffer, so that runs rotate segments, split entry
-        // batches and hand partial batches to the disk between syncs (more to tear at a crash).
+    fn config(&self) -> WalConfig {
+        // Small segments and records, so that runs rotate and purge segments and split entry
+        // batches; the write buffer comes from the seed.
         WalConfig {
             segment_bytes_max: 16 << 10,
             record_bytes_max: 4 << 10,
-            pending_bytes_max: 64,
+            pending_bytes_max: self.buffer_bytes,
             ..WalConfig::new(WAL_DIR)
+        }
+    }
+
+    /// An empty disk whose WAL buffers `buffer_bytes` before handing records to the disk.
+    pub fn new(buffer_bytes: usize) -> WalDisk {
+        WalDisk {
+            buffer_bytes: buffer_bytes.max(1),
+            ..WalDisk::default()
         }
     }
 
@@ -150,7 +159,7 @@ impl WalDisk {
     pub fn open(&mut self, genesis: &ConfState) -> Result<Recovered, OpenError> {
         self.wal = None;
         let disk: Arc<dyn Disk> = Arc::new(self.disk.clone());
-        let wal = Wal::open(disk, Self::config()).map_err(OpenError::Wal)?;
+        let wal = Wal::open(disk, self.config()).map_err(OpenError::Wal)?;
         let fresh = wal.group(GROUP).map_err(OpenError::Wal)?.is_none();
         let meta = match wal.group(GROUP).map_err(OpenError::Wal)? {
             Some(log) => log.snapshot_meta().clone(),
