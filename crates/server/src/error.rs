@@ -333,6 +333,54 @@ impl From<ServerError> for Status {
 
 #[cfg(test)]
 mod tests {
+
+    /// Goal: the MVCC store's request errors reach clients with etcd's codes and messages.
+    /// Method: each request error converted and compared with the table's row.
+    #[test]
+    fn mvcc_request_errors_map_to_etcd() {
+        use chorus_storage::mvcc::{MvccError as M, Revision};
+        let cases = [
+            (
+                M::Compacted {
+                    compact_revision: Revision(5),
+                },
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted",
+            ),
+            (
+                M::FutureRevision {
+                    current_revision: Revision(5),
+                },
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision is a future revision",
+            ),
+            (
+                M::DuplicateKey { key: "k".into() },
+                Code::InvalidArgument,
+                "etcdserver: duplicate key given in txn request",
+            ),
+            (
+                M::KeyNotFound { key: "k".into() },
+                Code::InvalidArgument,
+                "etcdserver: key not found",
+            ),
+            (
+                M::TooManyOps { ops_max: 2 },
+                Code::InvalidArgument,
+                "etcdserver: too many operations in txn request",
+            ),
+            (
+                M::EmptyKey,
+                Code::InvalidArgument,
+                "etcdserver: key is not provided",
+            ),
+        ];
+        for (error, code, message) in cases {
+            let status = Status::from(ServerError::from(error));
+            assert_eq!(status.code(), code, "{message}");
+            assert_eq!(status.message(), message);
+        }
+    }
     use super::*;
 
     /// One row per variant: the code and the message etcd's `rpctypes` table gives it.
