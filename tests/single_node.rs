@@ -195,3 +195,25 @@ async fn single_member_restart_keeps_acknowledged_writes() {
         .into_inner();
     assert_eq!(next.header.unwrap().revision, last_revision + 1);
 }
+
+/// Goal: SIGTERM stops a member gracefully (exit status 0) and what it acknowledged is there
+/// when it starts again. Method: write, SIGTERM, check the exit status, restart, read back.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_gracefully() {
+    let mut cluster = Cluster::start(1, &[]);
+    let endpoint = cluster.members[0].endpoint();
+    wait_ready(&endpoint).await;
+    let mut client = kv(&endpoint).await;
+    client.put(put("before", "sigterm")).await.unwrap();
+    assert!(
+        cluster.members[0].terminate(),
+        "non-zero exit after SIGTERM\n{}",
+        cluster.logs()
+    );
+    assert!(cluster.members[0].log().contains("shutting down"));
+    cluster.members[0].start();
+    wait_ready(&endpoint).await;
+    let mut client = kv(&endpoint).await;
+    let got = client.range(get("before")).await.unwrap().into_inner();
+    assert_eq!(value_of(&got), vec![b"sigterm".as_slice()]);
+}

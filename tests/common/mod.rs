@@ -68,6 +68,29 @@ impl Member {
         }
     }
 
+    /// Sends SIGTERM (through the `kill` command) and waits for the process to exit; returns
+    /// whether it exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        let mut child = self.child.take().expect("the member is running");
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+        let start = Instant::now();
+        loop {
+            if let Some(exit) = child.try_wait().expect("wait for the member") {
+                return exit.success();
+            }
+            if start.elapsed() > GUARD {
+                let _ = child.kill();
+                panic!("{} did not stop after SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
