@@ -174,7 +174,7 @@ fn print_failure(seed: u64, params: &Params, violations: &[String], args: &Args)
     if let Some(n) = args.nodes {
         replay.push_str(&format!(" --nodes {n}"));
     }
-    replay.push_str(&format!(" --storage {}", params.storage));
     replay.push_str(&format!(" --seed-start {seed} --seeds 1 --verbose"));
+    replay.push_str(&format!(" --storage {}", params.storage));
     println!("  replay: {replay}");
 }

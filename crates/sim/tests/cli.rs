@@ -25,13 +25,17 @@ fn a_clean_run_ends_with_the_summary_line_and_exits_zero() {
 
 #[test]
 fn usage_errors_exit_two() {
-    // Goal: bad options are errors, not runs. Method: an unknown bug and an out-of-range size.
+    // Goal: bad options are errors, not runs. Method: an unknown bug, an out-of-range size and an
+    // unknown storage mode.
     let (code, _, stderr) = sim(&["--seeds", "1", "--inject-bug", "no-such-bug"]);
     assert_eq!(code, 2);
     assert!(stderr.contains("known bugs are"), "{stderr}");
     let (code, _, stderr) = sim(&["--seeds", "1", "--nodes", "9"]);
     assert_eq!(code, 2);
     assert!(stderr.contains("between 3 and 7"), "{stderr}");
+    let (code, _, stderr) = sim(&["--seeds", "1", "--storage", "tape"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("expected mem or wal"), "{stderr}");
 }
 
 #[cfg(feature = "inject-bugs")]
@@ -48,6 +52,9 @@ fn an_injected_bug_is_reported_with_its_seed_and_replay_command() {
         "{stdout}"
     );
     assert!(stdout.contains("caught by seed"), "{stdout}");
+    // The storage mode is a parameter of the seed and part of the replay command.
+    assert!(stdout.contains(" storage="), "{stdout}");
+    assert!(stdout.contains("--verbose --storage "), "{stdout}");
     assert!(
         stdout
             .lines()
