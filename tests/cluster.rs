@@ -60,7 +60,8 @@ async fn read_all(endpoint: &str, prefix: &str, serializable: bool) -> BTreeMap<
 /// Goal: a write through any member is visible to a linearizable read from every member at
 /// once (no stale reads right after the acknowledgement). Method: three members; for each
 /// round, write through member i (followers forward to the leader), then read the key back
-/// linearizably from all three, without any pause in between.
+/// linearizably from all three, without any pause in between. Then `Cluster.MemberList`
+/// must describe the three members.
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_through_any_member_read_back_from_every_member() {
     let cluster = Cluster::start(3, &[]);
@@ -105,6 +106,35 @@ async fn writes_through_any_member_read_back_from_every_member() {
         leaders.iter().all(|l| *l == leaders[0] && *l != 0),
         "{leaders:?}"
     );
+
+    // Cluster.MemberList from any member names every member with its peer and client URLs.
+    let channel = tonic::transport::Channel::from_shared(cluster.members[1].endpoint())
+        .unwrap()
+        .connect_lazy();
+    let mut client = pb::cluster_client::ClusterClient::new(channel);
+    let list = client
+        .member_list(pb::MemberListRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut listed: Vec<(String, Vec<String>, Vec<String>)> = list
+        .members
+        .iter()
+        .map(|m| (m.name.clone(), m.peer_ur_ls.clone(), m.client_ur_ls.clone()))
+        .collect();
+    listed.sort();
+    let expected: Vec<(String, Vec<String>, Vec<String>)> = cluster
+        .members
+        .iter()
+        .map(|m| {
+            (
+                m.name.clone(),
+                vec![format!("http://127.0.0.1:{}", m.peer_port)],
+                vec![m.endpoint()],
+            )
+        })
+        .collect();
+    assert_eq!(listed, expected);
 }
 
 /// Goal: killing the leader with kill -9 in the middle of writes loses no acknowledged write; a

@@ -45,8 +45,8 @@ fn etcdctl_available() -> bool {
     );
 }
 
-/// Goal: etcdctl's put, get, get --prefix, del and del --prefix work against Chorus and print
-/// what they print against etcd. Method: one member; each command's output compared with the
+/// Goal: etcdctl's put, get, get --prefix, del, del --prefix, endpoint status and member list
+/// work against Chorus and print what they print against etcd. Method: one member; each command's output compared with the
 /// text etcdctl prints for etcd.
 #[tokio::test(flavor = "multi_thread")]
 async fn etcdctl_put_get_del_prefix() {
@@ -80,4 +80,10 @@ async fn etcdctl_put_get_del_prefix() {
     let bare = endpoint.trim_start_matches("http://");
     let status = etcdctl(bare, &["endpoint", "status", "-w", "json"]);
     assert!(status.contains("\"leader\""), "{status}");
+    let members = etcdctl(&endpoint, &["member", "list"]);
+    let expected = format!(
+        ", started, m0, http://127.0.0.1:{}, {}, false\n",
+        cluster.members[0].peer_port, endpoint
+    );
+    assert!(members.ends_with(&expected), "{members}");
 }

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chorus_proto::etcdserverpb::cluster_server::ClusterServer;
 use chorus_proto::etcdserverpb::kv_server::KvServer;
 use chorus_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use chorus_proto::internal::forward_server::ForwardServer;
@@ -25,7 +26,10 @@ use tracing::Instrument as _;
 
 use crate::config::{MemberUrl, ServerConfig};
 use crate::node::{Driver, DriverInputs, DriverParts, NodeConfig, SnapshotPolicy};
-use crate::service::{Edge, EdgeLimits, ForwardService, Forwarder, KvService, MaintenanceService};
+use crate::service::{
+    ClusterService, Edge, EdgeLimits, ForwardService, Forwarder, KvService, MaintenanceService,
+    Membership,
+};
 use crate::snap::{self, SnapFiles};
 use crate::transport::{LocalIdentity, PeerService, PeerTransport, TransportConfig};
 
@@ -255,6 +259,21 @@ async fn run_member(
         },
     };
 
+    let membership = Arc::new(Membership {
+        members: members
+            .iter()
+            .map(|(name, id)| {
+                let urls = config.initial_cluster.get(name).into_iter().flatten();
+                (*id, name.clone(), urls.map(ToString::to_string).collect())
+            })
+            .collect(),
+        name: config.name.clone(),
+        client_urls: config
+            .advertise_client_urls
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+    });
     let (stop_tx, stop_rx) = watch::channel(false);
     let peer_listener = bind(&config.listen_peer_urls[0]).await?;
     let mut client_listeners = Vec::new();
@@ -275,7 +294,10 @@ async fn run_member(
     tasks.spawn(serve_peers(
         peer_listener,
         peer_service,
-        ForwardService(edge.clone()),
+        ForwardService {
+            edge: edge.clone(),
+            membership: membership.clone(),
+        },
         transport_config,
         stop_rx.clone(),
     ));
@@ -284,11 +306,16 @@ async fn run_member(
             .max_decoding_message_size((config.request_bytes_max + GRPC_OVERHEAD_BYTES) as usize)
             .max_encoding_message_size(usize::MAX);
         let maintenance = MaintenanceService(edge.clone());
+        let cluster = ClusterService {
+            edge: edge.clone(),
+            membership: membership.clone(),
+        };
         let mut stop = stop_rx.clone();
         tasks.spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(kv)
                 .add_service(MaintenanceServer::new(maintenance))
+                .add_service(ClusterServer::new(cluster))
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })

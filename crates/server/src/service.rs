@@ -47,7 +47,7 @@ impl Forwarder {
         }
     }
 
-    fn channel(&self, member: NodeId) -> Result<Channel, Status> {
+    pub(crate) fn channel(&self, member: NodeId) -> Result<Channel, Status> {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(channel) = clients.get(&member) {
             return Ok(channel.clone());
@@ -279,9 +279,13 @@ impl pb::kv_server::Kv for KvService {
     }
 }
 
-/// The internal `Forward` service: writes that other members hand to this one as leader.
+/// The internal `Forward` service: writes that other members hand to this one as leader, and
+/// this member's description.
 #[derive(Clone)]
-pub struct ForwardService(pub Edge);
+pub struct ForwardService {
+    pub edge: Edge,
+    pub membership: Arc<Membership>,
+}
 
 #[tonic::async_trait]
 impl ipb::forward_server::Forward for ForwardService {
@@ -294,9 +298,20 @@ impl ipb::forward_server::Forward for ForwardService {
                 message: "etcdserver: a forwarded write without a request".to_string(),
             })
         })?;
-        let response = self.0.write_as_leader(request).await?;
+        let response = self.edge.write_as_leader(request).await?;
         Ok(Response::new(ipb::ForwardResponse {
             response: Some(response),
+        }))
+    }
+
+    async fn member_info(
+        &self,
+        _: Request<ipb::MemberInfoRequest>,
+    ) -> Result<Response<ipb::MemberInfoResponse>, Status> {
+        Ok(Response::new(ipb::MemberInfoResponse {
+            member_id: self.edge.node.member_id.get(),
+            name: self.membership.name.clone(),
+            client_urls: self.membership.client_urls.clone(),
         }))
     }
 }
@@ -396,5 +411,114 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         _: Request<pb::DowngradeRequest>,
     ) -> Result<Response<pb::DowngradeResponse>, Status> {
         Err(unimplemented("Downgrade"))
+    }
+}
+
+/// The static membership of the cluster (from `--initial-cluster`; runtime changes are not
+/// implemented yet) and this member's client URLs.
+#[derive(Clone, Debug, Default)]
+pub struct Membership {
+    /// Every member: id, name and peer URLs.
+    pub members: Vec<(NodeId, String, Vec<String>)>,
+    /// This member's name and `--advertise-client-urls`.
+    pub name: String,
+    pub client_urls: Vec<String>,
+}
+
+/// etcd's `Cluster` service. `MemberList` answers from the static membership, with each
+/// member's client URLs as the member itself reports them (empty for a member that does not
+/// answer within a second). Membership changes answer UNIMPLEMENTED.
+#[derive(Clone)]
+pub struct ClusterService {
+    pub edge: Edge,
+    pub membership: Arc<Membership>,
+}
+
+/// How long `MemberList` waits for a member to tell its client URLs.
+pub const MEMBER_INFO_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl ClusterService {
+    async fn client_urls(&self, member: NodeId) -> Vec<String> {
+        if member == self.edge.node.member_id {
+            return self.membership.client_urls.clone();
+        }
+        let Ok(channel) = self.edge.forwarder.channel(member) else {
+            return Vec::new();
+        };
+        let mut client = ipb::forward_client::ForwardClient::new(channel);
+        let call = client.member_info(ipb::MemberInfoRequest {});
+        match tokio::time::timeout(MEMBER_INFO_TIMEOUT, call).await {
+            Ok(Ok(info)) if info.get_ref().member_id == member.get() => {
+                info.into_inner().client_urls
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for ClusterService {
+    async fn member_add(
+        &self,
+        _: Request<pb::MemberAddRequest>,
+    ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        Err(Status::unimplemented(
+            "chorus: Cluster.MemberAdd is not implemented yet",
+        ))
+    }
+
+    async fn member_remove(
+        &self,
+        _: Request<pb::MemberRemoveRequest>,
+    ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        Err(Status::unimplemented(
+            "chorus: Cluster.MemberRemove is not implemented yet",
+        ))
+    }
+
+    async fn member_update(
+        &self,
+        _: Request<pb::MemberUpdateRequest>,
+    ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        Err(Status::unimplemented(
+            "chorus: Cluster.MemberUpdate is not implemented yet",
+        ))
+    }
+
+    async fn member_list(
+        &self,
+        _: Request<pb::MemberListRequest>,
+    ) -> Result<Response<pb::MemberListResponse>, Status> {
+        // One member after another: at most a second per member that does not answer.
+        let mut client_urls = Vec::with_capacity(self.membership.members.len());
+        for (id, _, _) in &self.membership.members {
+            client_urls.push(self.client_urls(*id).await);
+        }
+        let members = self
+            .membership
+            .members
+            .iter()
+            .zip(client_urls)
+            .map(|((id, name, peer_urls), client_urls)| pb::Member {
+                id: id.get(),
+                name: name.clone(),
+                peer_ur_ls: peer_urls.clone(),
+                client_ur_ls: client_urls,
+                is_learner: false,
+            })
+            .collect();
+        let revision = self.edge.node.read_store(|store| store.current_revision());
+        let mut header = kv_convert::header(revision);
+        self.edge.fill(&mut header);
+        Ok(Response::new(pb::MemberListResponse { header, members }))
+    }
+
+    async fn member_promote(
+        &self,
+        _: Request<pb::MemberPromoteRequest>,
+    ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        Err(Status::unimplemented(
+            "chorus: Cluster.MemberPromote is not implemented yet",
+        ))
     }
 }
