@@ -377,6 +377,10 @@ fn files_declare_etcds_package_names() {
     let index = Index::load();
     let expected = BTreeMap::from([
         ("chorus/peer.proto".to_owned(), "chorus.peer.v1".to_owned()),
+        (
+            "chorus/internal.proto".to_owned(),
+            "chorus.internal.v1".to_owned(),
+        ),
         ("etcd/auth.proto".to_owned(), "authpb".to_owned()),
         ("etcd/kv.proto".to_owned(), "mvccpb".to_owned()),
         ("etcd/rpc.proto".to_owned(), "etcdserverpb".to_owned()),
