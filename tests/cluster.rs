@@ -6,7 +6,10 @@ mod common;
 use std::collections::BTreeMap;
 
 use chorus_proto::etcdserverpb as pb;
-use common::{Cluster, eventually, get, kv, maintenance, prefix_end, put, wait_ready};
+use common::{
+    Cluster, eventually, get, kv, maintenance, prefix_end, put, put_retrying, range_retrying,
+    wait_ready,
+};
 
 /// The index of the member that leads, as every running member's `Maintenance.Status` agrees.
 async fn leader_index(cluster: &Cluster) -> usize {
@@ -40,11 +43,10 @@ async fn leader_index(cluster: &Cluster) -> usize {
 }
 
 async fn read_all(endpoint: &str, prefix: &str, serializable: bool) -> BTreeMap<String, String> {
-    let mut client = kv(endpoint).await;
     let mut request = get(prefix);
     request.range_end = prefix_end(prefix).into();
     request.serializable = serializable;
-    let response = client.range(request).await.unwrap().into_inner();
+    let response = range_retrying(endpoint, request).await;
     response
         .kvs
         .iter()
@@ -72,11 +74,9 @@ async fn writes_through_any_member_read_back_from_every_member() {
         let writer = &cluster.members[round % 3];
         let key = format!("lin/{round:03}");
         let value = format!("v{round}");
-        let mut client = kv(&writer.endpoint()).await;
-        client.put(put(&key, &value)).await.unwrap();
+        put_retrying(&writer.endpoint(), &key, &value).await;
         for reader in &cluster.members {
-            let mut client = kv(&reader.endpoint()).await;
-            let got = client.range(get(&key)).await.unwrap().into_inner();
+            let got = range_retrying(&reader.endpoint(), get(&key)).await;
             assert_eq!(
                 got.kvs.first().map(|kv| kv.value.as_ref()),
                 Some(value.as_bytes()),
@@ -235,8 +235,7 @@ async fn leader_kill_loses_no_acknowledged_write_and_restart_catches_up() {
         assert_eq!(got.get(key), Some(value), "restarted member: {key}");
     }
     // And the restarted member takes writes again.
-    let mut client = kv(&endpoint).await;
-    client.put(put("after/restart", "yes")).await.unwrap();
+    put_retrying(&endpoint, "after/restart", "yes").await;
 }
 
 /// Goal: with a small --snapshot-count the leader snapshots and compacts its log, a follower
@@ -254,12 +253,9 @@ async fn lagging_follower_catches_up_by_snapshot_and_restarts_keep_data() {
     let leader = leader_index(&cluster).await;
     let follower = (leader + 1) % 3;
     cluster.members[follower].kill();
-    let mut client = kv(&cluster.members[leader].endpoint()).await;
     for i in 0..100 {
-        client
-            .put(put(&format!("snap/{i:03}"), &format!("v{i}")))
-            .await
-            .unwrap();
+        let endpoint = cluster.members[leader].endpoint();
+        put_retrying(&endpoint, &format!("snap/{i:03}"), &format!("v{i}")).await;
     }
     cluster.members[follower].start();
     let endpoint = cluster.members[follower].endpoint();

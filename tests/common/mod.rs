@@ -255,3 +255,27 @@ pub fn prefix_end(prefix: &str) -> Vec<u8> {
 pub fn data_dir(member: &Member) -> &Path {
     &member.data_dir
 }
+
+/// Puts `key = value` through `endpoint`, retrying until acknowledged (an election on a busy
+/// machine may refuse a write for a moment). Repeating the same put is harmless to the checks,
+/// which look at the final value of keys written once each.
+pub async fn put_retrying(endpoint: &str, key: &str, value: &str) -> pb::PutResponse {
+    let client = kv(endpoint).await;
+    eventually(&format!("put {key} through {endpoint}"), || {
+        let mut client = client.clone();
+        let request = put(key, value);
+        async move { client.put(request).await.map(tonic::Response::into_inner) }
+    })
+    .await
+}
+
+/// A range read through `endpoint`, retrying on errors (never on a wrong answer).
+pub async fn range_retrying(endpoint: &str, request: pb::RangeRequest) -> pb::RangeResponse {
+    let client = kv(endpoint).await;
+    eventually(&format!("range through {endpoint}"), || {
+        let mut client = client.clone();
+        let request = request.clone();
+        async move { client.range(request).await.map(tonic::Response::into_inner) }
+    })
+    .await
+}
