@@ -192,7 +192,7 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
     on_bound: impl FnOnce(Bound),
 ) -> Result<(), MemberError> {
-    let span = tracing::info_span!("member", name = %config.name, member_id = %config.member_id());
+    let span = tracing::info_span!(parent: None, "member", name = %config.name, member_id = %config.member_id());
     run_member(config, shutdown, on_bound)
         .instrument(span)
         .await
