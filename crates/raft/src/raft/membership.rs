@@ -65,14 +65,7 @@ impl<S: LogStorage> Raft<S> {
         if self.maybe_commit() {
             self.bcast_append();
         } else {
-            let peers: Vec<NodeId> = self
-                .tracker
-                .progress
-                .keys()
-                .copied()
-                .filter(|id| *id != self.id)
-                .collect();
-            for to in peers {
+            for to in self.peers() {
                 self.maybe_send_append(to, false);
             }
         }

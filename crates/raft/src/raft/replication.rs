@@ -65,16 +65,19 @@ impl<S: LogStorage> Raft<S> {
 
     /// Sends appends (or empty ones, to carry the commit index) to every other member.
     pub(crate) fn bcast_append(&mut self) {
-        let peers: Vec<NodeId> = self
-            .tracker
+        for to in self.peers() {
+            self.maybe_send_append(to, true);
+        }
+    }
+
+    /// Every tracked member (voters and learners) except this node, in id order.
+    pub(crate) fn peers(&self) -> Vec<NodeId> {
+        self.tracker
             .progress
             .keys()
             .copied()
             .filter(|id| *id != self.id)
-            .collect();
-        for to in peers {
-            self.maybe_send_append(to, true);
-        }
+            .collect()
     }
 
     /// Sends the next append to `to` if its progress allows. Returns whether a message was sent.
