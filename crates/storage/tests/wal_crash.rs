@@ -450,26 +450,13 @@ fn run_with_sync_failure(disk: &FaultyDisk, config: &WalConfig, ops: &[Op], nth:
     };
     let mut syncs = 0;
     for op in ops {
-        let model = outcome.images.last().expect("never empty").clone();
         if matches!(op, Op::Sync | Op::Purge) {
             syncs += 1;
             if syncs == nth {
                 disk.fail_next_sync();
             }
         }
-        let result = match op {
-            Op::Sync => wal.sync().map(|_| ()),
-            Op::Purge => wal.purge().map(|_| ()),
-            _ => {
-                let record = record_of(&model, op).expect("a state op");
-                let mut next = model;
-                model_apply(&mut next, op);
-                outcome.images.push(next);
-                outcome.attempted += 1;
-                wal.append(&record).map(|_| ())
-            }
-        };
-        match result {
+        match perform(&mut wal, &mut outcome, op) {
             Ok(()) if matches!(op, Op::Sync) => outcome.acked = outcome.attempted,
             Ok(()) => {}
             Err(err) => {

@@ -185,6 +185,24 @@ pub struct Outcome {
     pub error: Option<WalError>,
 }
 
+/// Hands one op to the WAL. A state-changing op first records the model image it leads to, so
+/// `outcome.images` always holds the state the WAL may have reached.
+pub fn perform(wal: &mut Wal, outcome: &mut Outcome, op: &Op) -> Result<(), WalError> {
+    let model = outcome.images.last().expect("never empty").clone();
+    match op {
+        Op::Sync => wal.sync().map(|_| ()),
+        Op::Purge => wal.purge().map(|_| ()),
+        _ => {
+            let record = record_of(&model, op).expect("a state op");
+            let mut next = model;
+            model_apply(&mut next, op);
+            outcome.images.push(next);
+            outcome.attempted += 1;
+            wal.append(&record).map(|_| ())
+        }
+    }
+}
+
 /// Runs `ops` on a WAL over `disk`, stopping at the first error.
 pub fn run(disk: &FaultyDisk, config: &WalConfig, ops: &[Op]) -> Outcome {
     let mut outcome = Outcome {
@@ -201,20 +219,7 @@ pub fn run(disk: &FaultyDisk, config: &WalConfig, ops: &[Op]) -> Outcome {
         }
     };
     for op in ops {
-        let model = outcome.images.last().expect("never empty").clone();
-        let result = match op {
-            Op::Sync => wal.sync().map(|_| ()),
-            Op::Purge => wal.purge().map(|_| ()),
-            _ => {
-                let record = record_of(&model, op).expect("a state op");
-                let mut next = model;
-                model_apply(&mut next, op);
-                outcome.images.push(next);
-                outcome.attempted += 1;
-                wal.append(&record).map(|_| ())
-            }
-        };
-        match result {
+        match perform(&mut wal, &mut outcome, op) {
             // A purge syncs only when it deletes something, so only `Sync` acknowledges.
             Ok(()) if matches!(op, Op::Sync) => outcome.acked = outcome.attempted,
             Ok(()) => {}
