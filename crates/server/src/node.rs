@@ -539,8 +539,19 @@ impl Driver {
         if since < self.snapshots.snapshot_count {
             return Ok(());
         }
+        // The WAL may already record a newer snapshot from the leader that this Ready's
+        // entries have not reached yet (crates/sim/FOUND.md): no local snapshot below it.
+        let recorded = self
+            .log
+            .snapshot_meta()
+            .map_err(|e| FatalError::Snapshot(format!("read the recorded snapshot: {e}")))?;
+        if recorded.index >= applied {
+            return Ok(());
+        }
+        // The term comes from the stored log, not from the core: the core may hold a newer
+        // snapshot not yet handed out and answer `Compacted` for indexes the log still has.
         let term = self
-            .raw
+            .log
             .term(applied)
             .map_err(|e| FatalError::Snapshot(format!("term of the applied index: {e}")))?;
         let data = {

@@ -128,6 +128,11 @@ impl RaftLogStore {
         Ok(position)
     }
 
+    /// The metadata of the latest snapshot the WAL records (index 0 when there is none).
+    pub fn snapshot_meta(&self) -> Result<SnapshotMeta, StorageError> {
+        self.read(|log| Ok(log.snapshot_meta().clone()))
+    }
+
     /// Discards the entries up to and including `index`.
     pub fn compact(&self, index: LogIndex) -> Result<WalPosition, WalError> {
         let mut wal = self.lock();
