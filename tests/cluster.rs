@@ -321,3 +321,102 @@ async fn read_all_checked(
         })
         .collect())
 }
+
+/// Goal: HashKV lets an operator check that members hold the same data, and MoveLeader hands
+/// leadership to the chosen voter with etcd's errors for the wrong member or target. Method:
+/// writes and a compaction on 3 members; HashKV at one revision on each member must agree;
+/// MoveLeader sent to a follower, with an unknown target, then to the leader for a follower.
+#[tokio::test(flavor = "multi_thread")]
+async fn hash_kv_agrees_across_members_and_move_leader_moves_it() {
+    let cluster = Cluster::start(3, &[]);
+    let endpoints: Vec<String> = cluster.members.iter().map(|m| m.endpoint()).collect();
+    for endpoint in &endpoints {
+        wait_ready(endpoint).await;
+    }
+    let mut revision = 0;
+    for i in 0..30 {
+        let response = put_retrying(&endpoints[i % 3], &format!("h{i}"), &format!("{i}")).await;
+        revision = response.header.unwrap().revision;
+    }
+    let client = kv(&endpoints[0]).await;
+    eventually("compact", || {
+        let mut client = client.clone();
+        async move {
+            client
+                .compact(pb::CompactionRequest {
+                    revision: revision - 10,
+                    physical: false,
+                })
+                .await
+        }
+    })
+    .await;
+    put_retrying(&endpoints[1], "after", "x").await;
+    let mut hashes = Vec::new();
+    for endpoint in &endpoints {
+        // A linearizable read first: the member has applied everything acknowledged.
+        range_retrying(endpoint, get("after")).await;
+        let mut maintenance = maintenance(endpoint).await;
+        let hash = maintenance
+            .hash_kv(pb::HashKvRequest { revision })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(hash.hash_revision, revision);
+        assert_eq!(hash.compact_revision, revision - 10);
+        hashes.push(hash.hash);
+    }
+    assert!(
+        hashes.iter().all(|h| *h == hashes[0]),
+        "members disagree: {hashes:?}"
+    );
+    // A revision above the current one is etcd's future-revision error.
+    let future = maintenance(&endpoints[0])
+        .await
+        .hash_kv(pb::HashKvRequest {
+            revision: revision + 1000,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(future.code(), tonic::Code::OutOfRange);
+
+    let leader = leader_index(&cluster).await;
+    let follower = (leader + 1) % 3;
+    let member_id = |i: usize| {
+        let endpoint = endpoints[i].clone();
+        async move {
+            maintenance(&endpoint)
+                .await
+                .status(pb::StatusRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .header
+                .unwrap()
+                .member_id
+        }
+    };
+    let target = member_id(follower).await;
+    let refused = maintenance(&endpoints[follower])
+        .await
+        .move_leader(pb::MoveLeaderRequest {
+            target_id: member_id(leader).await,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.message(), "etcdserver: not leader");
+    let bad = maintenance(&endpoints[leader])
+        .await
+        .move_leader(pb::MoveLeaderRequest { target_id: 12345 })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.message(), "etcdserver: bad leader transferee");
+    maintenance(&endpoints[leader])
+        .await
+        .move_leader(pb::MoveLeaderRequest { target_id: target })
+        .await
+        .unwrap_or_else(|e| panic!("move leader: {e}\n{}", cluster.logs()));
+    assert_eq!(leader_index(&cluster).await, follower);
+    // The cluster serves writes under its new leader.
+    put_retrying(&endpoints[leader], "moved", "yes").await;
+}

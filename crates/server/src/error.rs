@@ -185,6 +185,8 @@ pub enum ServerError {
     /// A leadership transfer to a member that cannot take it.
     #[error("etcdserver: bad leader transferee")]
     BadLeaderTransferee,
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    TimeoutLeaderTransfer,
 
     // ----- Downgrade ----------------------------------------------------------------------
     /// UNAVAILABLE as in etcd 3.5.
@@ -278,6 +280,7 @@ impl ServerError {
             | E::TimeoutDueToLeaderFail
             | E::TimeoutDueToConnectionLost
             | E::TimeoutWaitAppliedIndex
+            | E::TimeoutLeaderTransfer
             | E::Unhealthy
             | E::NotSupportedForLearner
             | E::ClusterVersionUnavailable => Code::Unavailable,
@@ -660,6 +663,11 @@ mod tests {
                 "etcdserver: bad leader transferee",
             ),
             (
+                E::TimeoutLeaderTransfer,
+                C::Unavailable,
+                "etcdserver: request timed out, leader transfer took too long",
+            ),
+            (
                 E::ClusterVersionUnavailable,
                 C::Unavailable,
                 "etcdserver: cluster version not found during downgrade",
@@ -743,7 +751,7 @@ mod tests {
 
     /// The number of variants of `ServerError`. The exhaustive match below fails to compile
     /// when a variant is added, which sends the author here to update the count and the table.
-    const VARIANT_COUNT: usize = 63;
+    const VARIANT_COUNT: usize = 64;
 
     #[allow(dead_code, reason = "exists only to be checked for exhaustiveness")]
     fn exhaustive(error: &ServerError) {
@@ -804,6 +812,7 @@ mod tests {
             | E::Corrupt
             | E::NotSupportedForLearner
             | E::BadLeaderTransferee
+            | E::TimeoutLeaderTransfer
             | E::ClusterVersionUnavailable
             | E::WrongDowngradeVersionFormat
             | E::InvalidDowngradeTargetVersion

@@ -34,6 +34,7 @@
 pub mod config;
 pub mod error;
 pub mod kv_convert;
+pub mod maintenance;
 pub mod member;
 pub mod node;
 pub mod service;

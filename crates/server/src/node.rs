@@ -131,6 +131,11 @@ enum Command {
     ReadBarrier {
         reply: oneshot::Sender<Result<(), ServerError>>,
     },
+    /// Starts handing leadership to a voter (etcd's MoveLeader); answers once started.
+    TransferLeader {
+        to: NodeId,
+        reply: oneshot::Sender<Result<(), ServerError>>,
+    },
 }
 
 /// The edge's handle on the driver. Cheap to clone.
@@ -164,6 +169,22 @@ impl NodeHandle {
         let (reply, rx) = oneshot::channel();
         self.enqueue(Command::ReadBarrier { reply })?;
         rx.await.map_err(|_| ServerError::Stopped)?
+    }
+
+    /// Asks the driver, which must lead, to hand leadership to the voter `to`. Answers once
+    /// the transfer started; watch [`NodeHandle::status_watch`] for its end.
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), ServerError> {
+        let (reply, rx) = oneshot::channel();
+        self.enqueue(Command::TransferLeader { to, reply })?;
+        rx.await.map_err(|_| ServerError::Stopped)?
+    }
+
+    /// Runs `f` on the store with exclusive access, blocking the driver's applies meanwhile.
+    /// Only for maintenance that leaves the contents unchanged (defragmentation); writes go
+    /// through Raft.
+    pub fn maintain_store<T>(&self, f: impl FnOnce(&mut MvccStore) -> T) -> T {
+        let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
+        f(&mut store)
     }
 
     pub fn status(&self) -> NodeStatus {
@@ -340,7 +361,26 @@ impl Driver {
         match command {
             Command::Propose { request, reply } => self.propose(request, reply),
             Command::ReadBarrier { reply } => self.read_index(reply),
+            Command::TransferLeader { to, reply } => {
+                let _ = reply.send(self.transfer_leader(to));
+            }
         }
+    }
+
+    fn transfer_leader(&mut self, to: NodeId) -> Result<(), ServerError> {
+        let status = self.raw.status();
+        if status.role != Role::Leader {
+            return Err(ServerError::NotLeader {
+                leader_hint: status.leader.map(NodeId::get),
+            });
+        }
+        if !status.conf_state.voters.contains(&to) {
+            return Err(ServerError::BadLeaderTransferee);
+        }
+        if to != self.member_id {
+            self.raw.transfer_leader(to);
+        }
+        Ok(())
     }
 
     fn propose(

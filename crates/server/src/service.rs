@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::ServerError;
 use crate::kv_convert;
+use crate::maintenance;
 use crate::node::NodeHandle;
 
 /// The limits the edge enforces, from the validated `ServerConfig`.
@@ -110,7 +111,7 @@ fn write_to_proto(response: WriteResponse) -> ipb::forward_response::Response {
 
 impl Edge {
     /// Completes a response header as etcd does: this cluster, this member, the current term.
-    fn fill(&self, header: &mut Option<pb::ResponseHeader>) {
+    pub(crate) fn fill(&self, header: &mut Option<pb::ResponseHeader>) {
         let header = header.get_or_insert_with(pb::ResponseHeader::default);
         header.cluster_id = self.node.cluster_id;
         header.member_id = self.node.member_id.get();
@@ -320,8 +321,8 @@ impl ipb::forward_server::Forward for ForwardService {
 /// etcd clients compare it to decide which features the server has.
 pub const ETCD_API_VERSION: &str = "3.5.0";
 
-/// etcd's `Maintenance` service. Only `Status` is implemented; every other call answers
-/// UNIMPLEMENTED.
+/// etcd's `Maintenance` service: `Status` here, the other calls in [`crate::maintenance`].
+/// Alarm and Downgrade answer UNIMPLEMENTED.
 #[derive(Clone)]
 pub struct MaintenanceService(pub Edge);
 
@@ -373,21 +374,23 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         _: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
-        Err(unimplemented("Defragment"))
+        maintenance::defragment(&self.0).await.map(Response::new)
     }
 
     async fn hash(
         &self,
         _: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
-        Err(unimplemented("Hash"))
+        maintenance::hash(&self.0).await.map(Response::new)
     }
 
     async fn hash_kv(
         &self,
-        _: Request<pb::HashKvRequest>,
+        request: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
-        Err(unimplemented("HashKV"))
+        maintenance::hash_kv(&self.0, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     type SnapshotStream = SnapshotStream;
@@ -396,14 +399,16 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         _: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(unimplemented("Snapshot"))
+        Ok(Response::new(Box::pin(maintenance::snapshot(&self.0))))
     }
 
     async fn move_leader(
         &self,
-        _: Request<pb::MoveLeaderRequest>,
+        request: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
-        Err(unimplemented("MoveLeader"))
+        maintenance::move_leader(&self.0, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn downgrade(

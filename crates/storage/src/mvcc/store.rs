@@ -385,6 +385,20 @@ impl MvccStore {
     pub fn record_count(&self) -> MvccResult<u64> {
         self.read_table()?.len().map_err(engine)
     }
+
+    /// The size of the engine's file on disk, in bytes (etcd's `dbSize`).
+    pub fn file_size(&self) -> u64 {
+        std::fs::metadata(self.dir().join(ENGINE_FILE)).map_or(0, |m| m.len())
+    }
+
+    /// etcd's Defragment: rewrites the engine's file so that the space freed by compactions
+    /// and deletions is returned to the file system. The contents are unchanged. Fails with an
+    /// engine error while a read transaction (a snapshot being taken) is open; try again.
+    /// Returns whether the engine compacted anything.
+    pub fn defragment(&mut self) -> MvccResult<bool> {
+        self.check_not_failed()?;
+        self.db.compact().map_err(engine)
+    }
 }
 
 /// The key's version just before `kv` was written, if a read at that revision is still allowed.
