@@ -21,7 +21,6 @@ use chorus_storage::mvcc::{MvccConfig, MvccStore};
 use chorus_storage::wal::{RaftLogStore, Wal, WalConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::Instrument as _;
 
 use crate::config::{MemberUrl, ServerConfig};
@@ -66,6 +65,12 @@ pub struct Bound {
 
 fn peer_url(urls: &[MemberUrl]) -> Option<String> {
     urls.first().map(|u| format!("http://{}", u.authority()))
+}
+
+/// Accepted connections send small messages (heartbeats, answers) at once: without
+/// TCP_NODELAY, Nagle's algorithm and delayed acknowledgements hold them for ~40 ms.
+pub(crate) fn nodelay(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 async fn bind(url: &MemberUrl) -> Result<TcpListener, MemberError> {
@@ -316,7 +321,7 @@ async fn run_member(
                 .add_service(kv)
                 .add_service(MaintenanceServer::new(maintenance))
                 .add_service(ClusterServer::new(cluster))
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                .serve_with_incoming_shutdown(nodelay(listener), async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
                 .await
@@ -385,7 +390,7 @@ async fn serve_peers(
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .add_service(peer_service.into_server())
         .add_service(ForwardServer::new(forward))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(nodelay(listener), async move {
             let _ = stop.wait_for(|s| *s).await;
         })
         .await

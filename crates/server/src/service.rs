@@ -65,6 +65,7 @@ impl Forwarder {
                 })
             })?
             .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true)
             .connect_lazy();
         clients.insert(member, channel.clone());
         Ok(channel)

@@ -14,7 +14,6 @@ use chorus_proto::peer as pb;
 use chorus_proto::peer::peer_server::{Peer, PeerServer};
 use chorus_raft::{Message, MessageBody};
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{DecodeError, message_from_proto};
@@ -317,7 +316,7 @@ pub async fn serve(
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .add_service(service.into_server())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        .serve_with_incoming_shutdown(crate::member::nodelay(listener), async {
             let _ = drained.await;
         });
     tokio::pin!(server);
