@@ -5,6 +5,7 @@
 //!   `./default.chorus`.
 //! - `chorus dev` runs a local 3-member cluster in this process, on the ports of etcd's
 //!   Procfile, with its data in a temporary directory unless `--data-dir` is given.
+//! - `chorus bench WORKLOAD [options]` load-tests etcd v3 endpoints (see `chorus-bench`).
 //!
 //! Both stop gracefully on Ctrl-C (SIGINT) and SIGTERM.
 
@@ -34,6 +35,8 @@ enum Command {
     Serve(Box<ServerArgs>),
     /// Run a local 3-member cluster in this process, for development.
     Dev(DevArgs),
+    /// Load-test any etcd v3 endpoints (Chorus or etcd) and report throughput and latency.
+    Bench(Box<chorus_bench::BenchArgs>),
 }
 
 #[derive(clap::Args, Debug)]
@@ -62,6 +65,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::Dev(args) => runtime.block_on(dev(args)),
+        Command::Bench(args) => runtime.block_on(bench(*args)),
     }
 }
 
@@ -116,6 +120,18 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     chorus_server::member::run(config, shutdown_signal())
         .await
         .context("run the member")
+}
+
+async fn bench(args: chorus_bench::BenchArgs) -> anyhow::Result<()> {
+    let report = chorus_bench::run(&args)
+        .await
+        .context("run the benchmark")?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{report}");
+    }
+    Ok(())
 }
 
 fn dev_config(base: &std::path::Path, index: usize) -> anyhow::Result<ServerConfig> {

@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# Side-by-side comparison of Chorus and etcd 3.4 on this machine: one 3-member cluster of each
+# on loopback, both fsyncing every commit (their defaults), the same load generator
+# (`chorus bench`) and the same workloads against each, one table with both results and their
+# ratios, and the machine they ran on.
+#
+# Usage: bench/compare-etcd.sh                 (every workload, 15 s each)
+#        DURATION=30s bench/compare-etcd.sh    (longer runs)
+#        WORKLOADS="put range" bench/compare-etcd.sh
+#        MEMORY_KEYS=1000000 bench/compare-etcd.sh   (also: resident memory after writing that
+#                                                     many 256-byte values to each)
+# Installs etcd 3.4 (Debian package etcd-server) when it is missing and this runs as root.
+# Writes the table to stdout and to $OUT (default: bench/results/latest.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION="${DURATION:-15s}"
+WORKLOADS="${WORKLOADS:-put range range-serializable put-1 range-1 txn-cas mixed watch lease}"
+MEMORY_KEYS="${MEMORY_KEYS:-0}"
+OUT="${OUT:-bench/results/latest.md}"
+
+if ! command -v etcd >/dev/null 2>&1; then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing etcd (Debian package etcd-server)" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
+  else
+    echo "etcd is not installed: apt-get install etcd-server" >&2
+    exit 1
+  fi
+fi
+
+cargo build --release --quiet
+CHORUS="$PWD/target/release/chorus"
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# start_cluster SYSTEM BINARY BASE_PORT: 3 members, clients on BASE+1..3, peers on BASE+11..13.
+start_cluster() {
+  local system=$1 binary=$2 base=$3 cluster="" i
+  for i in 1 2 3; do
+    cluster+="${system}${i}=http://127.0.0.1:$((base + 10 + i)),"
+  done
+  cluster="${cluster%,}"
+  for i in 1 2 3; do
+    "$binary" --name "${system}${i}" --data-dir "$WORK/${system}${i}" \
+      --listen-client-urls "http://127.0.0.1:$((base + i))" \
+      --advertise-client-urls "http://127.0.0.1:$((base + i))" \
+      --listen-peer-urls "http://127.0.0.1:$((base + 10 + i))" \
+      --initial-advertise-peer-urls "http://127.0.0.1:$((base + 10 + i))" \
+      --initial-cluster "$cluster" --initial-cluster-token "bench-$system" \
+      --initial-cluster-state new >"$WORK/${system}${i}.log" 2>&1 &
+    PIDS+=($!)
+    eval "${system^^}_PID_$i=$!"
+  done
+}
+
+endpoints() { echo "http://127.0.0.1:$(($1 + 1)),http://127.0.0.1:$(($1 + 2)),http://127.0.0.1:$(($1 + 3))"; }
+
+wait_ready() {
+  local eps=$1 tries=0
+  until "$CHORUS" bench put --endpoints "$eps" --total 1 --no-progress >/dev/null 2>&1; do
+    tries=$((tries + 1))
+    if [[ $tries -gt 100 ]]; then echo "cluster at $eps did not become ready" >&2; exit 1; fi
+    sleep 0.2
+  done
+}
+
+ETCD_BASE=40000
+CHORUS_BASE=41000
+start_cluster etcd etcd "$ETCD_BASE"
+# chorus serve takes etcd's flags.
+CHORUS_SERVE="$WORK/chorus-serve"
+printf '#!/bin/sh\nexec %q serve "$@"\n' "$CHORUS" >"$CHORUS_SERVE"
+chmod +x "$CHORUS_SERVE"
+start_cluster chorus "$CHORUS_SERVE" "$CHORUS_BASE"
+ETCD_EPS=$(endpoints $ETCD_BASE)
+CHORUS_EPS=$(endpoints $CHORUS_BASE)
+wait_ready "$ETCD_EPS"
+wait_ready "$CHORUS_EPS"
+
+# The options of each workload (same for both systems).
+workload_args() {
+  case $1 in
+    put) echo "put --conns 30 --clients 300" ;;
+    range) echo "range --conns 30 --clients 300" ;;
+    range-serializable) echo "range-serializable --conns 30 --clients 300" ;;
+    put-1) echo "put --conns 1 --clients 1" ;;
+    range-1) echo "range --conns 1 --clients 1" ;;
+    txn-cas) echo "txn-cas --conns 10 --clients 100 --key-space 1000" ;;
+    mixed) echo "mixed --conns 30 --clients 300 --read-ratio 0.9" ;;
+    watch) echo "watch --conns 10 --clients 10 --watchers 100 --rate 1000" ;;
+    lease) echo "lease --conns 10 --clients 100" ;;
+    *) echo "unknown workload $1" >&2; exit 1 ;;
+  esac
+}
+
+for w in $WORKLOADS; do
+  for system in etcd chorus; do
+    eps=$ETCD_EPS
+    [[ $system == chorus ]] && eps=$CHORUS_EPS
+    # shellcheck disable=SC2046
+    if ! "$CHORUS" bench $(workload_args "$w") --endpoints "$eps" --duration "$DURATION" \
+      --json --no-progress >"$WORK/$system-$w.json" 2>"$WORK/$system-$w.err"; then
+      echo "{\"failed\": $(python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().strip().splitlines()[0][:300]))' <"$WORK/$system-$w.err")}" >"$WORK/$system-$w.json"
+    fi
+    echo "ran $w against $system" >&2
+  done
+done
+
+rss_kib() { # the summed resident memory of a system's three processes
+  local total=0 pid
+  for pid in "$@"; do
+    total=$((total + $(awk '/VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+if [[ $MEMORY_KEYS -gt 0 ]]; then
+  for system in etcd chorus; do
+    eps=$ETCD_EPS
+    [[ $system == chorus ]] && eps=$CHORUS_EPS
+    "$CHORUS" bench put --endpoints "$eps" --conns 30 --clients 300 --total "$MEMORY_KEYS" \
+      --sequential-keys --key-space "$MEMORY_KEYS" --key-size 16 --val-size 256 --no-progress \
+      --json >"$WORK/$system-memory.json"
+  done
+fi
+ETCD_RSS=$(rss_kib "$ETCD_PID_1" "$ETCD_PID_2" "$ETCD_PID_3")
+CHORUS_RSS=$(rss_kib "$CHORUS_PID_1" "$CHORUS_PID_2" "$CHORUS_PID_3")
+
+mkdir -p "$(dirname "$OUT")"
+python3 - "$WORK" "$WORKLOADS" "$DURATION" "$ETCD_RSS" "$CHORUS_RSS" "$MEMORY_KEYS" \
+  "$(etcd --version | head -1)" "$(git rev-parse --short HEAD)" <<'PY' | tee "$OUT"
+import json, os, platform, sys
+work, workloads, duration, etcd_rss, chorus_rss, memory_keys, etcd_version, commit = sys.argv[1:]
+
+def load(system, w):
+    with open(os.path.join(work, f"{system}-{w}.json")) as f:
+        return json.load(f)
+
+def cell(r, key):
+    if "failed" in r:
+        return "failed"
+    if key == "throughput":
+        return f"{r['throughput']:,.0f}"
+    return f"{r['latency'][key]:.2f}"
+
+def ratio(a, b, key, higher_better):
+    if "failed" in a or "failed" in b:
+        return "-"
+    x = a["throughput"] if key == "throughput" else a["latency"][key]
+    y = b["throughput"] if key == "throughput" else b["latency"][key]
+    if x == 0 or y == 0:
+        return "-"
+    return f"{y / x:.2f}x"
+
+cores = os.cpu_count()
+mem_kib = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal"))
+print(f"Chorus {commit} vs {etcd_version}; 3 members each on loopback, fsync on; "
+      f"`chorus bench` for both, {duration} per workload.")
+print(f"Machine: {cores} cores, {mem_kib / 1048576:.1f} GiB memory, {platform.platform()}, "
+      f"CPU {next((l.split(':')[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), '?')}.")
+print()
+print("| workload | etcd req/s | chorus req/s | throughput ratio | etcd p50 ms | chorus p50 ms "
+      "| etcd p99 ms | chorus p99 ms | p99 ratio (chorus/etcd) | errors etcd / chorus |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+for w in workloads.split():
+    e, c = load("etcd", w), load("chorus", w)
+    errors = " / ".join(str(r.get("requests_failed", "-")) for r in (e, c))
+    print(f"| {w} | {cell(e, 'throughput')} | {cell(c, 'throughput')} | "
+          f"{ratio(e, c, 'throughput', True)} | {cell(e, 'p50_ms')} | {cell(c, 'p50_ms')} | "
+          f"{cell(e, 'p99_ms')} | {cell(c, 'p99_ms')} | {ratio(e, c, 'p99_ms', False)} | {errors} |")
+for w in workloads.split():
+    for system in ("etcd", "chorus"):
+        r = load(system, w)
+        if "failed" in r:
+            print(f"\n{system} {w} failed: {r['failed']}")
+        elif r.get("delivery"):
+            d = r["delivery"]
+            print(f"\n{system} {w}: {d['count']} of {r['deliveries_expected']} events delivered, "
+                  f"delivery p50 {d['p50_ms']:.2f} ms, p99 {d['p99_ms']:.2f} ms")
+print()
+print(f"Resident memory of the 3 members after the runs"
+      f"{f' (including {memory_keys} 256-byte values)' if memory_keys != '0' else ''}: "
+      f"etcd {int(etcd_rss) / 1024:.0f} MiB, chorus {int(chorus_rss) / 1024:.0f} MiB.")
+PY
