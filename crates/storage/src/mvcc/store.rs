@@ -42,6 +42,13 @@ pub struct MvccConfig {
     /// Whether a commit waits for the disk (fsync). Only tests and benchmarks of the in-memory
     /// work turn this off: without it a crash loses acknowledged writes.
     pub commit_sync: bool,
+    /// With `commit_sync`, the longest time between two durable commits; the commits in between
+    /// are crash-consistent but reach the disk with the next durable one. Zero makes every
+    /// commit durable. A Raft member may set it because its WAL, not the store, keeps what was
+    /// committed: after a crash the store reopens at its last durable applied index and the
+    /// entries after it are applied again from the WAL (the log is only compacted below a
+    /// snapshot whose data is already on disk).
+    pub commit_sync_interval: std::time::Duration,
 }
 
 impl Default for MvccConfig {
@@ -51,6 +58,7 @@ impl Default for MvccConfig {
             snapshot_chunk_bytes_max: 1 << 20,
             txn_ops_max: 128,
             commit_sync: true,
+            commit_sync_interval: std::time::Duration::ZERO,
         }
     }
 }
@@ -138,6 +146,8 @@ pub struct MvccStore {
     /// Set when a write failed half-way: the index may be ahead of the engine, so the store
     /// refuses writes and the node must stop and reopen it.
     pub(crate) failed: bool,
+    /// When the last durable commit began (see `MvccConfig::commit_sync_interval`).
+    pub(crate) last_durable: Option<std::time::Instant>,
 }
 
 impl std::fmt::Debug for MvccStore {
@@ -215,6 +225,7 @@ impl MvccStore {
             core,
             dir: dir.to_path_buf(),
             failed: false,
+            last_durable: None,
         })
     }
 
@@ -397,7 +408,20 @@ impl MvccStore {
     /// Returns whether the engine compacted anything.
     pub fn defragment(&mut self) -> MvccResult<bool> {
         self.check_not_failed()?;
+        // A durable commit first: the engine keeps the last durable state alive (as a read of
+        // it) while commits without durability follow it, and compaction needs none alive.
+        self.sync()?;
         self.db.compact().map_err(engine)
+    }
+
+    /// Makes every commit so far durable (see `MvccConfig::commit_sync_interval`), for example
+    /// before a clean shutdown.
+    pub fn sync(&mut self) -> MvccResult<()> {
+        self.check_not_failed()?;
+        let txn = self.db.begin_write().map_err(engine)?;
+        txn.commit().map_err(engine)?;
+        self.last_durable = Some(std::time::Instant::now());
+        Ok(())
     }
 }
 

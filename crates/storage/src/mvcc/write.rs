@@ -41,7 +41,17 @@ impl MvccStore {
             return Err(MvccError::Failed);
         }
         let mut txn = self.db.begin_write().map_err(engine)?;
-        if !self.config.commit_sync {
+        let now = std::time::Instant::now();
+        let durable = self.config.commit_sync
+            && self
+                .last_durable
+                .is_none_or(|last| now.duration_since(last) >= self.config.commit_sync_interval);
+        if durable {
+            self.last_durable = Some(now);
+        } else if self.config.commit_sync {
+            // Reaches the disk with the next durable commit, at most the interval later.
+            txn.set_durability(Durability::None);
+        } else {
             txn.set_durability(Durability::Eventual);
         }
         Ok(WriteBatch {
