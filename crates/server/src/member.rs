@@ -40,6 +40,10 @@ pub const GROUP_ID: GroupId = GroupId(1);
 /// "request is too large" rather than a transport error.
 pub const GRPC_OVERHEAD_BYTES: u64 = 512 * 1024;
 
+/// The longest time between two durable commits of the MVCC store (etcd's backend commits
+/// every 100 ms too). Applies in between are not fsynced; see `MvccConfig::commit_sync_interval`.
+pub const MVCC_SYNC_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Why a member could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 #[error("{context}: {detail}")]
@@ -113,6 +117,8 @@ fn open_storage(
     }
     let mvcc_config = MvccConfig {
         txn_ops_max: config.txn_ops_max as usize,
+        // The WAL holds what was committed; the store need not reach the disk on every apply.
+        commit_sync_interval: MVCC_SYNC_INTERVAL,
         ..MvccConfig::default()
     };
     let files =
@@ -146,6 +152,7 @@ fn open_storage(
         })
         .map_err(fail("hand the snapshot to the log"))?;
     }
+    reconcile_commit(&log, store.applied_index())?;
     let member_id = config.member_id();
     let mut raft_config = chorus_raft::Config::new(member_id, GROUP_ID);
     raft_config.election_ticks = u32::try_from(config.election_ticks()).unwrap_or(u32::MAX);
@@ -165,6 +172,37 @@ fn open_storage(
         last_index: snapshot_meta.index,
     };
     Ok((log, store, raw, policy))
+}
+
+/// The driver does not sync a Ready that only moves the commit index, so after a crash the
+/// WAL's commit index may be below what the store applied (the store only ever applies entries
+/// that were synced and committed). Raise it to the applied index, as Raft would learn it again
+/// from the leader.
+fn reconcile_commit(log: &RaftLogStore, applied: chorus_raft::LogIndex) -> Result<(), MemberError> {
+    let state = log.initial_state().map_err(fail("read the WAL state"))?;
+    if applied <= state.hard_state.commit {
+        return Ok(());
+    }
+    let last = log
+        .last_index()
+        .map_err(fail("read the WAL's last index"))?;
+    if last < applied {
+        return Err(MemberError {
+            context: "check the data directory".into(),
+            detail: format!(
+                "the store applied index {applied} but the WAL ends at {last}: the WAL is \
+                 missing entries the store applied"
+            ),
+        });
+    }
+    tracing::info!(commit = %state.hard_state.commit, %applied, "raising the WAL's commit index to the applied index");
+    log.set_hard_state(chorus_raft::HardState {
+        commit: applied,
+        ..state.hard_state
+    })
+    .map_err(fail("record the commit index"))?;
+    log.sync().map_err(fail("sync the WAL"))?;
+    Ok(())
 }
 
 /// etcd keeps 5000 entries below a snapshot for slow followers. With a `--snapshot-count`

@@ -227,6 +227,9 @@ pub struct Driver {
     /// Reads with a read index, waiting for the applied index to reach it.
     reads_confirmed: Vec<(LogIndex, oneshot::Sender<Result<(), ServerError>>)>,
     snapshots: SnapshotPolicy,
+    /// The term and vote last made durable: a change of either must be synced before any
+    /// message that depends on it is sent.
+    synced_hard_state: chorus_raft::HardState,
 }
 
 /// Everything the driver's task listens to.
@@ -288,6 +291,12 @@ impl Driver {
             ..NodeStatus::default()
         };
         let (status, status_rx) = watch::channel(status_now);
+        let raft_status = parts.raw.status();
+        let synced_hard_state = chorus_raft::HardState {
+            term: raft_status.term,
+            vote: raft_status.vote,
+            commit: raft_status.commit,
+        };
         let store = Arc::new(RwLock::new(parts.store));
         let handle = NodeHandle {
             commands,
@@ -310,6 +319,7 @@ impl Driver {
             reads_unconfirmed: HashMap::new(),
             reads_confirmed: Vec::new(),
             snapshots: parts.snapshots,
+            synced_hard_state,
         };
         (driver, handle, Commands(commands_rx))
     }
@@ -333,13 +343,13 @@ impl Driver {
                 },
                 n = commands.recv_many(&mut batch, self.config.proposal_batch_max) => {
                     if n == 0 {
-                        return Ok(());
+                        return self.stop();
                     }
                     for command in batch.drain(..) {
                         self.handle_command(command);
                     }
                 }
-                _ = inputs.shutdown.changed() => return Ok(()),
+                _ = inputs.shutdown.changed() => return self.stop(),
             }
             // Take whatever else arrived meanwhile before the Ready, up to the batch limit.
             while let Ok(message) = inputs.inbound.try_recv() {
@@ -349,6 +359,14 @@ impl Driver {
                 self.handle_ready()?;
             }
         }
+    }
+
+    /// A clean stop: the store's last applies reach the disk, so the next start replays
+    /// nothing from the WAL.
+    fn stop(&mut self) -> Result<(), FatalError> {
+        let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
+        store.sync()?;
+        Ok(())
     }
 
     fn step(&mut self, message: Message) {
@@ -455,9 +473,20 @@ impl Driver {
                 .map_err(snapshot_error("save a received snapshot"))?;
         }
         if ready.snapshot.is_some() || !ready.entries.is_empty() || ready.hard_state.is_some() {
-            // Group commit: everything of this Ready reaches the disk with one fsync.
+            // Group commit: everything of this Ready reaches the disk with one fsync. A Ready
+            // that only moves the commit index is written but not synced (the commit index may
+            // be learnt again after a crash; at start the applied index of the store, which
+            // only covers synced entries, raises it again, see member.rs).
             self.log.persist_ready(&ready)?;
-            self.log.sync()?;
+            let term_or_vote = ready.hard_state.is_some_and(|hs| {
+                (hs.term, hs.vote) != (self.synced_hard_state.term, self.synced_hard_state.vote)
+            });
+            if ready.snapshot.is_some() || !ready.entries.is_empty() || term_or_vote {
+                self.log.sync()?;
+                if let Some(hs) = ready.hard_state {
+                    self.synced_hard_state = hs;
+                }
+            }
         }
         self.raw.on_persisted(ready.number);
         for message in ready.persisted_messages.iter().cloned() {
