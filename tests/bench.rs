@@ -25,7 +25,10 @@ fn bench(args: &[&str]) -> (bool, String, String) {
 /// The value of a numeric field of the JSON report (a flat `"name": number` lookup).
 fn field(json: &str, name: &str) -> f64 {
     let pattern = format!("\"{name}\": ");
-    let at = json.find(&pattern).unwrap_or_else(|| panic!("no {name} in {json}")) + pattern.len();
+    let at = json
+        .find(&pattern)
+        .unwrap_or_else(|| panic!("no {name} in {json}"))
+        + pattern.len();
     json[at..]
         .split(&[',', '\n', '}'][..])
         .next()
@@ -93,12 +96,21 @@ async fn bench_issues_and_counts_the_requests_asked() {
 fn bench_refuses_bad_options() {
     let (ok, _, err) = bench(&["put", "--key-size", "2", "--key-space", "1000"]);
     assert!(!ok);
-    assert!(err.contains("--key-size 2 cannot name 1000 distinct keys"), "{err}");
+    assert!(
+        err.contains("--key-size 2 cannot name 1000 distinct keys"),
+        "{err}"
+    );
     let (ok, _, err) = bench(&["put", "--total", "5", "--duration", "1s"]);
     assert!(!ok);
-    assert!(err.contains("give --total or --duration, not both"), "{err}");
+    assert!(
+        err.contains("give --total or --duration, not both"),
+        "{err}"
+    );
     let port = common::free_port();
     let (ok, _, err) = bench(&["put", "--endpoints", &format!("http://127.0.0.1:{port}")]);
     assert!(!ok);
-    assert!(err.contains(&format!("connect to http://127.0.0.1:{port}")), "{err}");
+    assert!(
+        err.contains(&format!("connect to http://127.0.0.1:{port}")),
+        "{err}"
+    );
 }

@@ -327,3 +327,40 @@ async fn snapshot_stream_restores_and_defragment_keeps_data() {
     let got = client.range(get("after")).await.unwrap().into_inner();
     assert_eq!(value_of(&got), vec![b"defrag".as_slice()]);
 }
+
+/// Goal: `--auto-compaction-mode periodic` compacts history older than the retention and keeps
+/// the rest, as etcd. Method: a 2 s retention while a key is rewritten every 50 ms for 5 s;
+/// then the oldest revisions answer etcd's compacted error and the last second still reads.
+#[tokio::test(flavor = "multi_thread")]
+async fn periodic_auto_compaction_keeps_the_retention() {
+    let cluster = Cluster::start(
+        1,
+        &[
+            "--auto-compaction-mode=periodic",
+            "--auto-compaction-retention=2s",
+        ],
+    );
+    let endpoint = cluster.members[0].endpoint();
+    wait_ready(&endpoint).await;
+    let mut client = kv(&endpoint).await;
+    let start = std::time::Instant::now();
+    let mut revision = 0;
+    while start.elapsed() < std::time::Duration::from_secs(5) {
+        let response = client.put(put("ticker", "x")).await.unwrap().into_inner();
+        revision = response.header.unwrap().revision;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut old = get("ticker");
+    old.revision = 2;
+    let error = client.range(old).await.unwrap_err();
+    assert_eq!(
+        error.message(),
+        "etcdserver: mvcc: required revision has been compacted",
+        "{}",
+        cluster.logs()
+    );
+    // About 20 revisions per second: the last half second is well within the retention.
+    let mut recent = get("ticker");
+    recent.revision = revision - 10;
+    client.range(recent).await.unwrap();
+}

@@ -31,6 +31,7 @@
 //! assert_eq!(status.message(), "etcdserver: mvcc: required revision has been compacted");
 //! ```
 
+pub mod compactor;
 pub mod config;
 pub mod error;
 pub mod kv_convert;

@@ -366,6 +366,11 @@ async fn run_member(
                 .map_err(fail("serve clients"))
         });
     }
+    let compactor = crate::compactor::run(edge.clone(), config.auto_compaction, stop_rx.clone());
+    tasks.spawn(async move {
+        compactor.await;
+        Ok(())
+    });
     let inputs = DriverInputs {
         inbound,
         reports,

@@ -131,7 +131,7 @@ impl Edge {
     }
 
     /// Proposes a write here when this member leads, else forwards it to the leader.
-    async fn write(
+    pub(crate) async fn write(
         &self,
         request: ipb::forward_request::Request,
     ) -> Result<ipb::forward_response::Response, Status> {
