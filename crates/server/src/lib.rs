@@ -33,6 +33,7 @@
 
 pub mod compactor;
 pub mod config;
+pub mod coordination;
 pub mod error;
 pub mod kv_convert;
 pub mod maintenance;

@@ -15,6 +15,8 @@ use chorus_proto::etcdserverpb::cluster_server::ClusterServer;
 use chorus_proto::etcdserverpb::kv_server::KvServer;
 use chorus_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use chorus_proto::internal::forward_server::ForwardServer;
+use chorus_proto::v3electionpb::election_server::ElectionServer;
+use chorus_proto::v3lockpb::lock_server::LockServer;
 use chorus_raft::{ConfState, GroupId, LogStorage, NodeId, RawNode};
 use chorus_storage::disk::RealDisk;
 use chorus_storage::mvcc::{MvccConfig, MvccStore};
@@ -24,6 +26,7 @@ use tokio::sync::watch;
 use tracing::Instrument as _;
 
 use crate::config::{MemberUrl, ServerConfig};
+use crate::coordination::{ElectionService, LockService};
 use crate::node::{Driver, DriverInputs, DriverParts, NodeConfig, SnapshotPolicy};
 use crate::service::{
     ClusterService, Edge, EdgeLimits, ForwardService, Forwarder, KvService, MaintenanceService,
@@ -353,12 +356,15 @@ async fn run_member(
             edge: edge.clone(),
             membership: membership.clone(),
         };
+        let (lock_edge, election_edge) = (edge.clone(), edge.clone());
         let mut stop = stop_rx.clone();
         tasks.spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(kv)
                 .add_service(MaintenanceServer::new(maintenance))
                 .add_service(ClusterServer::new(cluster))
+                .add_service(LockServer::new(LockService(lock_edge)))
+                .add_service(ElectionServer::new(ElectionService(election_edge)))
                 .serve_with_incoming_shutdown(nodelay(listener), async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })

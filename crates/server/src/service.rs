@@ -171,7 +171,10 @@ impl Edge {
         }
     }
 
-    async fn range(&self, request: pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
+    pub(crate) async fn range(
+        &self,
+        request: pb::RangeRequest,
+    ) -> Result<pb::RangeResponse, Status> {
         let req = kv_convert::range_from_proto(&request)?;
         if !request.serializable {
             let barrier = self.node.read_barrier();
