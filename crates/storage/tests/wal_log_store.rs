@@ -375,3 +375,75 @@ fn a_raw_node_runs_on_the_wal_and_restarts_from_it() {
     let restarted = RawNode::new(&raft_config, store).expect("restart");
     assert_eq!(restarted.status().term, before.term);
 }
+
+/// Snapshot data read back from the files of a test, counting the reads.
+#[derive(Debug, Default)]
+struct Files {
+    data: Mutex<std::collections::HashMap<u64, Bytes>>,
+    reads: Mutex<u32>,
+}
+
+impl chorus_storage::wal::SnapshotSource for Files {
+    fn load(&self, meta: &SnapshotMeta) -> std::io::Result<Bytes> {
+        *self.reads.lock().unwrap() += 1;
+        self.data
+            .lock()
+            .unwrap()
+            .get(&meta.index.get())
+            .cloned()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such snapshot"))
+    }
+}
+
+/// Goal: with a snapshot source, the log store serves a snapshot's data from the source each
+/// time it is asked and keeps none in memory; a missing file is an I/O error, not stale data.
+/// Method: record a snapshot whose data lives only in the source; ask twice; then record a newer
+/// snapshot the source does not have.
+#[test]
+fn snapshot_data_comes_from_the_source_not_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = open(dir.path(), 1 << 20);
+    let log = RaftLogStore::new(wal, G1);
+    let files = Arc::new(Files::default());
+    log.set_snapshot_source(files.clone());
+    log.append(&entries(1, 10, 1, "e")).expect("append");
+    let meta = SnapshotMeta {
+        index: LogIndex(8),
+        term: Term(1),
+        conf_state: voters(&[1]),
+    };
+    files
+        .data
+        .lock()
+        .unwrap()
+        .insert(8, Bytes::from_static(b"the store at 8"));
+    log.set_snapshot(Snapshot {
+        meta: meta.clone(),
+        // What a caller might still pass: ignored, the source is the truth.
+        data: Bytes::new(),
+    })
+    .expect("record");
+    for _ in 0..2 {
+        let snapshot = log.snapshot(LogIndex(5)).expect("available");
+        assert_eq!(snapshot.meta, meta);
+        assert_eq!(snapshot.data.as_ref(), b"the store at 8");
+    }
+    assert_eq!(
+        *files.reads.lock().unwrap(),
+        2,
+        "read each time, never cached"
+    );
+    let newer = SnapshotMeta {
+        index: LogIndex(10),
+        ..meta
+    };
+    log.set_snapshot(Snapshot {
+        meta: newer,
+        data: Bytes::from_static(b"not kept"),
+    })
+    .expect("record");
+    assert!(matches!(
+        log.snapshot(LogIndex(9)),
+        Err(StorageError::Io(_))
+    ));
+}

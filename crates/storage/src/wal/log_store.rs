@@ -17,10 +17,12 @@ use super::{GroupLog, SharedWal, Wal, WalError, WalPosition};
 /// Writes are durable only after [`RaftLogStore::sync`] (or a `sync` of the shared WAL by
 /// anyone): a node persists the Readies of all its groups and then syncs once.
 ///
-/// The WAL keeps snapshot metadata only. The snapshot's data is held here in memory, as handed to
-/// [`apply_snapshot`](Self::apply_snapshot) or [`set_snapshot`](Self::set_snapshot); after a
-/// restart the application hands it back with `set_snapshot` (it owns the durable copy). Until
-/// then [`LogStorage::snapshot`] answers `SnapshotTemporarilyUnavailable`.
+/// The WAL keeps snapshot metadata only. The application owns the durable copy of the data.
+/// With a [`SnapshotSource`] (see [`set_snapshot_source`](Self::set_snapshot_source)) the data
+/// is read from it each time a follower needs it and never kept in memory; without one, the data
+/// handed to [`apply_snapshot`](Self::apply_snapshot) or [`set_snapshot`](Self::set_snapshot) is
+/// held here (and after a restart the application hands it back with `set_snapshot`). Until the
+/// data is available [`LogStorage::snapshot`] answers `SnapshotTemporarilyUnavailable`.
 ///
 /// Clones share everything: give one to the `RawNode`, keep one to persist its Readies.
 #[derive(Clone, Debug)]
@@ -28,6 +30,13 @@ pub struct RaftLogStore {
     group: GroupId,
     wal: SharedWal,
     snapshot_data: Arc<Mutex<Option<(LogIndex, Bytes)>>>,
+    source: Arc<Mutex<Option<Arc<dyn SnapshotSource>>>>,
+}
+
+/// Where the data of a recorded snapshot can be read again (the application's snapshot files).
+pub trait SnapshotSource: Send + Sync + std::fmt::Debug {
+    /// The data of the snapshot `meta`.
+    fn load(&self, meta: &SnapshotMeta) -> std::io::Result<Bytes>;
 }
 
 fn storage_error(err: WalError) -> StorageError {
@@ -41,7 +50,25 @@ impl RaftLogStore {
             group,
             wal,
             snapshot_data: Arc::new(Mutex::new(None)),
+            source: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// Reads snapshot data from `source` when a follower needs it, instead of keeping it in
+    /// memory (a snapshot is as large as the whole store).
+    pub fn set_snapshot_source(&self, source: Arc<dyn SnapshotSource>) {
+        *self.source.lock().unwrap_or_else(|e| e.into_inner()) = Some(source);
+        *self.snapshot_data.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn keep_data(&self, index: LogIndex, data: Bytes) {
+        let has_source = self
+            .source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        *self.snapshot_data.lock().unwrap_or_else(|e| e.into_inner()) =
+            (!has_source).then_some((index, data));
     }
 
     /// The group this log belongs to.
@@ -100,8 +127,7 @@ impl RaftLogStore {
             group: self.group,
             meta: snapshot.meta,
         })?;
-        *self.snapshot_data.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((index, snapshot.data));
+        self.keep_data(index, snapshot.data);
         Ok(position)
     }
 
@@ -123,8 +149,7 @@ impl RaftLogStore {
                 meta,
             })?
         };
-        *self.snapshot_data.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((index, snapshot.data));
+        self.keep_data(index, snapshot.data);
         Ok(position)
     }
 
@@ -206,6 +231,20 @@ impl LogStorage for RaftLogStore {
         let meta: SnapshotMeta = self.read(|log| Ok(log.snapshot_meta().clone()))?;
         if meta.index < request_index {
             return Err(StorageError::SnapshotTemporarilyUnavailable);
+        }
+        let source = self
+            .source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(source) = source.filter(|_| meta.index > LogIndex(0)) {
+            return match source.load(&meta) {
+                Ok(data) => Ok(Snapshot { meta, data }),
+                Err(error) => Err(StorageError::Io(format!(
+                    "read the data of snapshot {}: {error}",
+                    meta.index
+                ))),
+            };
         }
         let data = self.snapshot_data.lock().unwrap_or_else(|e| e.into_inner());
         match &*data {

@@ -52,7 +52,7 @@ use chorus_raft::{Entry, GroupId, LogIndex};
 
 use crate::disk::Disk;
 use codec::{FRAME_HEADER_BYTES, Record};
-pub use log_store::RaftLogStore;
+pub use log_store::{RaftLogStore, SnapshotSource};
 pub use memtable::GroupLog;
 use memtable::Mode;
 
