@@ -126,34 +126,34 @@ fn open_storage(
     };
     let files =
         SnapFiles::open(member_dir.join("snap")).map_err(fail("open the snapshot directory"))?;
+    // Followers far behind get the snapshot read back from its file, never kept in memory.
+    log.set_snapshot_source(Arc::new(files.clone()));
     let mut store = snap::open_store(&member_dir, mvcc_config.clone()).map_err(fail(format!(
         "open the MVCC store in {}",
         member_dir.display()
     )))?;
     if snapshot_meta.index.get() > 0 {
-        let data = files
-            .load(&snapshot_meta)
-            .map_err(fail("load the data of the snapshot the WAL records"))?;
+        if !files.exists(&snapshot_meta) {
+            return Err(MemberError {
+                context: "check the data directory".into(),
+                detail: format!(
+                    "the WAL records snapshot {} but its data file is missing",
+                    snapshot_meta.index
+                ),
+            });
+        }
         if store.applied_index() < snapshot_meta.index {
+            let data = files
+                .load(&snapshot_meta)
+                .map_err(fail("load the data of the snapshot the WAL records"))?;
             // A crash came between recording a received snapshot and switching the store.
             tracing::info!(index = %snapshot_meta.index, "restoring the store from the snapshot");
             let old_dir = store.dir().to_path_buf();
             drop(store);
-            store = snap::restore_store(
-                &member_dir,
-                mvcc_config.clone(),
-                &snapshot_meta,
-                data.clone(),
-            )
-            .map_err(fail("restore the store from the snapshot"))?;
+            store = snap::restore_store(&member_dir, mvcc_config.clone(), &snapshot_meta, data)
+                .map_err(fail("restore the store from the snapshot"))?;
             snap::remove_store_dir(&old_dir);
         }
-        // Followers far behind get this snapshot; the log store holds its data in memory.
-        log.set_snapshot(chorus_raft::Snapshot {
-            meta: snapshot_meta.clone(),
-            data,
-        })
-        .map_err(fail("hand the snapshot to the log"))?;
     }
     reconcile_commit(&log, store.applied_index())?;
     let member_id = config.member_id();

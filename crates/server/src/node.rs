@@ -623,31 +623,29 @@ impl Driver {
             .log
             .term(applied)
             .map_err(|e| FatalError::Snapshot(format!("term of the applied index: {e}")))?;
-        let data = {
-            let store = self.store.read().unwrap_or_else(|e| e.into_inner());
-            assert_eq!(
-                store.applied_index(),
-                applied,
-                "the store applied what Raft did"
-            );
-            let mut data = Vec::new();
-            for chunk in store.snapshot()? {
-                data.extend_from_slice(&chunk?);
-            }
-            Bytes::from(data)
-        };
         let meta = chorus_raft::SnapshotMeta {
             index: applied,
             term,
             conf_state: status.conf_state,
         };
         let files = &self.snapshots.files;
+        let snapshot = {
+            let store = self.store.read().unwrap_or_else(|e| e.into_inner());
+            assert_eq!(
+                store.applied_index(),
+                applied,
+                "the store applied what Raft did"
+            );
+            store.snapshot()?
+        };
+        // Streamed to its file chunk by chunk: a snapshot is as large as the store. The log
+        // store reads it back from the file when a follower needs it.
         files
-            .save(&meta, &data)
+            .save_chunks(&meta, snapshot)
             .map_err(snapshot_error("save a snapshot"))?;
         self.log.set_snapshot(chorus_raft::Snapshot {
             meta: meta.clone(),
-            data,
+            data: Bytes::new(),
         })?;
         let compact_to = applied.get().saturating_sub(self.snapshots.catchup_entries);
         let first = self

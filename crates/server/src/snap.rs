@@ -62,6 +62,30 @@ impl SnapFiles {
         write_durably(&self.path(meta), data)
     }
 
+    /// Stores the snapshot `meta` durably from its chunks, without holding it in memory.
+    pub fn save_chunks<E: std::fmt::Display>(
+        &self,
+        meta: &SnapshotMeta,
+        chunks: impl IntoIterator<Item = Result<Bytes, E>>,
+    ) -> io::Result<()> {
+        let path = self.path(meta);
+        let tmp = path.with_extension("tmp");
+        let mut file = io::BufWriter::new(File::create(&tmp)?);
+        for chunk in chunks {
+            let chunk = chunk.map_err(|e| io::Error::other(e.to_string()))?;
+            file.write_all(&chunk)?;
+        }
+        let file = file.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        sync_dir(&self.dir)
+    }
+
+    /// Whether the data file of the snapshot `meta` exists.
+    pub fn exists(&self, meta: &SnapshotMeta) -> bool {
+        self.path(meta).is_file()
+    }
+
     /// The data of the snapshot `meta`.
     pub fn load(&self, meta: &SnapshotMeta) -> io::Result<Bytes> {
         let path = self.path(meta);
@@ -188,5 +212,11 @@ mod tests {
         assert_eq!(reopened.applied_index(), LogIndex(7));
         let got = reopened.range(&RangeRequest::key("k")).unwrap();
         assert_eq!(got.kvs[0].value.as_ref(), b"v");
+    }
+}
+
+impl chorus_storage::wal::SnapshotSource for SnapFiles {
+    fn load(&self, meta: &SnapshotMeta) -> io::Result<Bytes> {
+        SnapFiles::load(self, meta)
     }
 }
