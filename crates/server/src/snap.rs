@@ -157,6 +157,12 @@ pub fn remove_store_dir(dir: &Path) {
     }
 }
 
+impl chorus_storage::wal::SnapshotSource for SnapFiles {
+    fn load(&self, meta: &SnapshotMeta) -> io::Result<Bytes> {
+        SnapFiles::load(self, meta)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,11 +218,5 @@ mod tests {
         assert_eq!(reopened.applied_index(), LogIndex(7));
         let got = reopened.range(&RangeRequest::key("k")).unwrap();
         assert_eq!(got.kvs[0].value.as_ref(), b"v");
-    }
-}
-
-impl chorus_storage::wal::SnapshotSource for SnapFiles {
-    fn load(&self, meta: &SnapshotMeta) -> io::Result<Bytes> {
-        SnapFiles::load(self, meta)
     }
 }
