@@ -31,6 +31,7 @@
 //! assert_eq!(status.message(), "etcdserver: mvcc: required revision has been compacted");
 //! ```
 
+pub mod alarm;
 pub mod compactor;
 pub mod config;
 pub mod coordination;
