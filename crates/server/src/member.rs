@@ -290,6 +290,7 @@ async fn run_member(
             .map_err(fail("read the peer address"))?,
     };
 
+    let watch = crate::watch::server(edge.node.clone(), &config).map_err(fail("start watch"))?;
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(serve_peers(
         peer_listener,
@@ -311,11 +312,13 @@ async fn run_member(
             membership: membership.clone(),
         };
         let mut stop = stop_rx.clone();
+        let watch_server = watch.clone();
         tasks.spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(kv)
                 .add_service(MaintenanceServer::new(maintenance))
                 .add_service(ClusterServer::new(cluster))
+                .add_service(watch_server)
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
