@@ -78,6 +78,8 @@ pub struct Hub {
     config: WatchConfig,
     /// Set when the node stops: streams end then, so that the servers can shut down.
     stopped: watch::Sender<bool>,
+    /// Serializes [`Hub::advance`]: each batch is fanned out once.
+    advancing: Mutex<()>,
 }
 
 /// A stream's registration; dropping it removes the stream and all its watchers.
@@ -125,6 +127,7 @@ impl Hub {
             node,
             config,
             stopped: watch::Sender::new(false),
+            advancing: Mutex::new(()),
         })
     }
 
@@ -184,6 +187,7 @@ impl Hub {
         start_revision: i64,
         spec: WatchSpec,
     ) -> Result<(i64, Revision), WatchError> {
+        self.advance();
         let mut state = self.lock();
         let revision = state.revision;
         let Some(slot) = state.streams.get_mut(&stream) else {
@@ -230,6 +234,7 @@ impl Hub {
     /// Queues a progress response for `watch_id` (-1: all of the stream's watchers) when the
     /// watcher (all of them) is synced. Returns whether it was queued.
     pub fn queue_progress(&self, stream: u64, watch_id: i64) -> bool {
+        self.advance();
         let state = self.lock();
         let Some(slot) = state.streams.get(&stream) else {
             return false;
@@ -313,8 +318,12 @@ impl Hub {
         w.synced = w.next > revision;
     }
 
-    /// Reads and fans out every revision the store has applied beyond the hub's.
+    /// Reads and fans out every revision the store has applied beyond the hub's. The hub's
+    /// task calls it on each applied change; streams call it before answering with the
+    /// revision (created and progress responses), so that the revision they report is the
+    /// store's, as etcd's.
     pub fn advance(&self) {
+        let _advancing = self.advancing.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             let (from, with_prev_kv) = {
                 let state = self.lock();
@@ -443,6 +452,7 @@ fn offer(
         match tx.try_send(outbound) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::debug!(watch_id, %revision, "a stream is full: its watcher catches up later");
                 w.synced = false;
                 w.next = *revision;
                 return true;

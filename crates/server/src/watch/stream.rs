@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 use super::hub::{CatchUp, Hub, Outbound, StreamHandle};
-use super::select::{WatchSpec, fragments};
+use super::select::{WatchSpec, fragments, pack};
 
 /// The client is gone (its response stream was dropped).
 #[derive(Debug)]
@@ -259,23 +259,51 @@ impl StreamTask {
                     spec,
                 } => {
                     let events = spec.select(&batch.events);
-                    if !events.is_empty() {
-                        self.mark_sent(watch_id);
-                        // The header revision is what the response brings the watcher up to.
-                        let upto = current.min(Revision(batch.next.get() - 1));
-                        let response = pb::WatchResponse {
-                            header: self.header(upto),
-                            watch_id,
-                            events,
-                            ..Default::default()
-                        };
-                        self.send(response, spec.fragment).await?;
-                    }
+                    // The last header revision is what the batch brings the watcher up to.
+                    let upto = current.min(Revision(batch.next.get() - 1));
+                    self.send_history(watch_id, events, upto, spec.fragment)
+                        .await?;
                     self.hub
                         .advance_unsynced(self.handle.id, watch_id, batch.next);
                 }
             }
         }
+    }
+
+    /// Sends events read from the history in responses of whole revisions near the size limit;
+    /// each header carries the revision its response brings the watcher up to.
+    async fn send_history(
+        &mut self,
+        watch_id: i64,
+        events: Vec<chorus_proto::mvccpb::Event>,
+        upto: Revision,
+        fragment: bool,
+    ) -> Result<(), Closed> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.mark_sent(watch_id);
+        let runs = pack(events, self.hub.config().response_bytes_max);
+        let count = runs.len();
+        for (i, run) in runs.into_iter().enumerate() {
+            let revision = if i + 1 == count {
+                upto
+            } else {
+                Revision(
+                    run.last()
+                        .and_then(|e| e.kv.as_ref())
+                        .map_or(0, |kv| kv.mod_revision),
+                )
+            };
+            let response = pb::WatchResponse {
+                header: self.header(revision),
+                watch_id,
+                events: run,
+                ..Default::default()
+            };
+            self.send(response, fragment).await?;
+        }
+        Ok(())
     }
 
     /// etcd's progress ticker: watchers that asked for notifications and got no events since
