@@ -252,6 +252,13 @@ async fn watch_keys_prefixes_filters_and_cancel() {
     let (responses, _) = stream.until_progress().await;
     let expected = BTreeMap::from([(no_delete_id, vec![(PUT, s("foo"), s("3"), r5, None)])]);
     assert_eq!(by_watch(&responses), expected);
+
+    // An open watch stream does not hold up a graceful stop; the client sees its stream end.
+    let mut cluster = cluster;
+    assert!(cluster.members[0].terminate(), "{}", cluster.logs());
+    assert!(!cluster.members[0].log().contains("did not stop"), "{}", cluster.logs());
+    let end = tokio::time::timeout(GUARD, stream.rx.message()).await;
+    assert!(matches!(end, Ok(Ok(None)) | Ok(Err(_))), "{end:?}");
 }
 
 /// Goal: a watch from a past revision replays the history in order, a start revision below

@@ -733,6 +733,9 @@ mod tests {
         }
         assert!(f.hub.queue_progress(stream.id, -1));
         assert!(f.hub.queue_progress(stream.id, 9));
+        // A closed stream frees its watchers; the other stream keeps its own.
+        drop(other);
+        assert_eq!(f.hub.lock().streams.len(), 1);
         let progress = queued(&mut stream);
         let p = "<progress>".to_string();
         assert_eq!(

@@ -3,8 +3,9 @@
 //! sends progress notifications.
 //!
 //! Ordering per watcher: the hub queues a watcher's events only while it is synced, and a
-//! watcher becomes unsynced only when its events stop being queued. So the task first forwards
-//! everything queued (`drain`), then reads the history from the watcher's `next` revision; the
+//! watcher becomes unsynced only when its events stop being queued. So once the task has seen a
+//! watcher unsynced, it forwards everything queued (`drain`) before sending the history it read
+//! from the watcher's `next` revision; the
 //! created response is sent before the new watcher is synced, and a canceled response after the
 //! watcher's queued events. Progress responses go through the same queue as events, under the hub
 //! lock, so that their revision never runs ahead of the events queued before them.
@@ -233,9 +234,12 @@ impl StreamTask {
 
     /// Reads the history for every unsynced watcher of the stream until all are synced.
     async fn catch_up(&mut self) -> Result<(), Closed> {
-        self.drain().await?;
         loop {
-            match self.hub.catch_up_read(self.handle.id) {
+            let step = self.hub.catch_up_read(self.handle.id);
+            // The watcher read was unsynced under the hub lock, so everything the hub queued
+            // for it is in the buffer now: forward that before its history.
+            self.drain().await?;
+            match step {
                 CatchUp::AllSynced => return Ok(()),
                 CatchUp::Compacted {
                     watch_id,
