@@ -112,6 +112,10 @@ pub struct ServerArgs {
     /// TOML file whose keys are the flag names [env: CHORUS_CONFIG_FILE]
     #[arg(long)]
     pub config_file: Option<PathBuf>,
+    /// Time between progress notifications of watchers that asked for them, as `10m`, `5s`
+    /// or `500ms` [default: 10m]
+    #[arg(long)]
+    pub experimental_watch_progress_notify_interval: Option<String>,
 }
 
 /// The names of every option, as flag, file key and (upper-cased) environment variable.
@@ -136,6 +140,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "log-level",
     "log-format",
     "config-file",
+    "experimental-watch-progress-notify-interval",
 ];
 
 /// The prefix of the environment variables that set options.
@@ -177,6 +182,7 @@ impl ServerArgs {
             text(&self.log_level),
             text(&self.log_format),
             path(&self.config_file),
+            text(&self.experimental_watch_progress_notify_interval),
         ];
         debug_assert_eq!(values.len(), OPTION_NAMES.len());
         OPTION_NAMES
@@ -382,6 +388,8 @@ pub struct ServerConfig {
     pub log_level: LogLevel,
     pub log_format: LogFormat,
     pub config_file: Option<PathBuf>,
+    /// `--experimental-watch-progress-notify-interval`.
+    pub watch_progress_notify_interval: Duration,
 }
 
 /// The value of each option with its source, after precedence has been applied.
@@ -697,6 +705,7 @@ impl ServerConfig {
                 &[("json", LogFormat::Json), ("text", LogFormat::Text)],
             )?,
             config_file: l.get("config-file").map(|(p, _)| PathBuf::from(p)),
+            watch_progress_notify_interval: watch_progress_notify_interval(l)?,
             name,
         })
     }
@@ -828,6 +837,21 @@ impl ServerConfig {
     pub fn election_ticks(&self) -> u64 {
         self.election_timeout_ms / self.heartbeat_interval_ms
     }
+}
+
+/// etcd's `--experimental-watch-progress-notify-interval`: a duration with its unit, above zero.
+fn watch_progress_notify_interval(l: &Layered) -> Result<Duration, ConfigError> {
+    let option = "experimental-watch-progress-notify-interval";
+    let (text, source) = l.text_or(option, "10m");
+    let invalid = |reason: String| Layered::invalid(option, &text, &source, reason);
+    if text.trim().parse::<u64>().is_ok() {
+        return Err(invalid("give a unit, as in 10m, 5s or 500ms".to_string()));
+    }
+    let interval = parse_period(&text).map_err(invalid)?;
+    if interval.is_zero() {
+        return Err(invalid("must be above zero".to_string()));
+    }
+    Ok(interval)
 }
 
 fn auto_compaction(l: &Layered) -> Result<AutoCompaction, ConfigError> {

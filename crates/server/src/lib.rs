@@ -12,6 +12,7 @@
 //!   one fsync, applies committed entries to the MVCC store and answers waiting requests.
 //! - [`service`] and [`kv_convert`]: the etcd `KV` gRPC service and the internal `Forward`
 //!   service that hands writes to the leader.
+//! - [`watch`]: etcd's `Watch` service, fed by one hub per member that fans out new events.
 //! - [`member`]: starts a whole member (storage, Raft, transport, servers) and stops it.
 //!
 //! ```
@@ -43,6 +44,7 @@ pub mod node;
 pub mod service;
 pub mod snap;
 pub mod transport;
+pub mod watch;
 
 pub use config::{ConfigError, ServerArgs, ServerConfig};
 pub use error::ServerError;

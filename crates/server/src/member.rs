@@ -336,6 +336,7 @@ async fn run_member(
             .map_err(fail("read the peer address"))?,
     };
 
+    let watch = crate::watch::server(edge.node.clone(), &config).map_err(fail("start watch"))?;
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(serve_peers(
         peer_listener,
@@ -358,6 +359,7 @@ async fn run_member(
         };
         let (lock_edge, election_edge) = (edge.clone(), edge.clone());
         let mut stop = stop_rx.clone();
+        let watch_server = watch.clone();
         tasks.spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(kv)
@@ -365,6 +367,7 @@ async fn run_member(
                 .add_service(ClusterServer::new(cluster))
                 .add_service(LockServer::new(LockService(lock_edge)))
                 .add_service(ElectionServer::new(ElectionService(election_edge)))
+                .add_service(watch_server)
                 .serve_with_incoming_shutdown(nodelay(listener), async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })

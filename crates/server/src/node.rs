@@ -201,6 +201,24 @@ impl NodeHandle {
         let store = self.store.read().unwrap_or_else(|e| e.into_inner());
         f(&store)
     }
+
+    /// A handle on a bare store with no driver behind it, and the sender of its status: for
+    /// tests of the layers that only read the store and follow the status.
+    #[cfg(test)]
+    pub(crate) fn detached(
+        store: Arc<RwLock<MvccStore>>,
+    ) -> (NodeHandle, watch::Sender<NodeStatus>) {
+        let (commands, _) = mpsc::channel(1);
+        let (status_tx, status) = watch::channel(NodeStatus::default());
+        let handle = NodeHandle {
+            commands,
+            status,
+            store,
+            member_id: NodeId(1),
+            cluster_id: 7,
+        };
+        (handle, status_tx)
+    }
 }
 
 /// A proposal waiting for its entry to be applied.

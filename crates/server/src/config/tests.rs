@@ -70,6 +70,7 @@ fn defaults_match_etcd() {
         log_level: LogLevel::Info,
         log_format: LogFormat::Text,
         config_file: None,
+        watch_progress_notify_interval: std::time::Duration::from_secs(600),
     };
     assert_eq!(config, expected);
     assert_eq!(config.election_ticks(), 10);
@@ -764,4 +765,28 @@ fn member_and_cluster_ids_agree_across_members() {
     // Pinned values: the ids are stored on disk, so the derivation must never change.
     // FNV-1a 64 of "a\0", computed independently of this code.
     assert_eq!(stable_id([b"a".as_slice()]), 0x089b_e207_b544_f1e4);
+}
+
+// Goal: etcd's watch progress interval flag takes a duration with a unit, defaults to ten
+// minutes, and refuses zero and bare numbers. Method: resolve with each value.
+#[test]
+fn watch_progress_notify_interval_flag() {
+    let flag = "--experimental-watch-progress-notify-interval";
+    let interval =
+        |value: &str| resolve(&[flag, value], &[], None).map(|c| c.watch_progress_notify_interval);
+    assert_eq!(
+        interval("250ms").unwrap(),
+        std::time::Duration::from_millis(250)
+    );
+    assert_eq!(
+        interval("1m30s").unwrap(),
+        std::time::Duration::from_secs(90)
+    );
+    for bad in ["0s", "5", "soon"] {
+        let error = interval(bad).expect_err(bad).to_string();
+        assert!(
+            error.contains("experimental-watch-progress-notify-interval"),
+            "{error}"
+        );
+    }
 }
