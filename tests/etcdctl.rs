@@ -200,7 +200,10 @@ async fn etcdctl_watch_history_and_prefix() {
     let endpoint = cluster.members[0].endpoint();
     wait_ready(&endpoint).await;
     let revision = |out: String| -> i64 {
-        let text = out.split("\"revision\":").nth(1).expect("a revision in the header");
+        let text = out
+            .split("\"revision\":")
+            .nth(1)
+            .expect("a revision in the header");
         let digits: String = text.chars().take_while(char::is_ascii_digit).collect();
         digits.parse().expect("a number")
     };
@@ -212,7 +215,9 @@ async fn etcdctl_watch_history_and_prefix() {
     let printed = etcdctl_watch(&endpoint, &["foo", &rev], 9);
     assert_eq!(
         printed,
-        ["PUT", "foo", "bar", "PUT", "foo", "baz", "DELETE", "foo", ""]
+        [
+            "PUT", "foo", "bar", "PUT", "foo", "baz", "DELETE", "foo", ""
+        ]
     );
 
     // A prefix watch from the next revision, so that it cannot miss the writes below.

@@ -256,7 +256,11 @@ async fn watch_keys_prefixes_filters_and_cancel() {
     // An open watch stream does not hold up a graceful stop; the client sees its stream end.
     let mut cluster = cluster;
     assert!(cluster.members[0].terminate(), "{}", cluster.logs());
-    assert!(!cluster.members[0].log().contains("did not stop"), "{}", cluster.logs());
+    assert!(
+        !cluster.members[0].log().contains("did not stop"),
+        "{}",
+        cluster.logs()
+    );
     let end = tokio::time::timeout(GUARD, stream.rx.message()).await;
     assert!(matches!(end, Ok(Ok(None)) | Ok(Err(_))), "{end:?}");
 }

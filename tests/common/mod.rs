@@ -279,3 +279,34 @@ pub async fn range_retrying(endpoint: &str, request: pb::RangeRequest) -> pb::Ra
     })
     .await
 }
+
+/// The index of the member that leads, as every running member's `Maintenance.Status` agrees.
+pub async fn leader_index(cluster: &Cluster) -> usize {
+    eventually("find the leader", || async {
+        let mut leaders = Vec::new();
+        for member in cluster.members.iter().filter(|m| m.is_running()) {
+            let mut client = maintenance(&member.endpoint()).await;
+            let status = client
+                .status(pb::StatusRequest {})
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner();
+            leaders.push((status.leader, status.header.unwrap_or_default().member_id));
+        }
+        let leader = leaders[0].0;
+        if leader == 0 || leaders.iter().any(|(l, _)| *l != leader) {
+            return Err(format!("no agreed leader yet: {leaders:?}"));
+        }
+        leaders
+            .iter()
+            .position(|(_, me)| *me == leader)
+            .map(|_| ())
+            .ok_or("the leader is not among the running members".to_string())?;
+        let running: Vec<usize> = (0..cluster.members.len())
+            .filter(|i| cluster.members[*i].is_running())
+            .collect();
+        let at = leaders.iter().position(|(_, me)| *me == leader).unwrap();
+        Ok::<usize, String>(running[at])
+    })
+    .await
+}

@@ -80,9 +80,9 @@ impl AlarmSet {
 pub fn grows_store(request: &ipb::forward_request::Request) -> bool {
     use ipb::forward_request::Request as R;
     match request {
-        R::Put(_) => true,
+        R::Put(_) | R::LeaseGrant(_) => true,
         R::Txn(txn) => txn_puts(txn),
-        R::DeleteRange(_) | R::Compaction(_) => false,
+        R::DeleteRange(_) | R::Compaction(_) | R::LeaseRevoke(_) => false,
     }
 }
 

@@ -321,6 +321,12 @@ impl From<chorus_storage::mvcc::MvccError> for ServerError {
                 ops_max,
             },
             M::EmptyKey => ServerError::EmptyKey,
+            M::LeaseNotFound { lease } => ServerError::LeaseNotFound {
+                lease_id: lease.get(),
+            },
+            M::LeaseExists { lease } => ServerError::LeaseExist {
+                lease_id: lease.get(),
+            },
             other => ServerError::Unexpected {
                 message: other.to_string(),
             },

@@ -38,6 +38,7 @@ pub mod config;
 pub mod coordination;
 pub mod error;
 pub mod kv_convert;
+pub mod lease;
 pub mod maintenance;
 pub mod member;
 pub mod node;

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use chorus_proto::etcdserverpb::cluster_server::ClusterServer;
 use chorus_proto::etcdserverpb::kv_server::KvServer;
+use chorus_proto::etcdserverpb::lease_server::LeaseServer;
 use chorus_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use chorus_proto::internal::forward_server::ForwardServer;
 use chorus_proto::v3electionpb::election_server::ElectionServer;
@@ -27,6 +28,7 @@ use tracing::Instrument as _;
 
 use crate::config::{MemberUrl, ServerConfig};
 use crate::coordination::{ElectionService, LockService};
+use crate::lease::{self, LeaseService, Lessor};
 use crate::node::{Driver, DriverInputs, DriverParts, NodeConfig, SnapshotPolicy};
 use crate::service::{
     ClusterService, Edge, EdgeLimits, ForwardService, Forwarder, KvService, MaintenanceService,
@@ -292,6 +294,9 @@ async fn run_member(
         member_id,
         cluster_id,
         snapshots,
+        lessor: Arc::new(Lessor::new(Duration::from_millis(
+            config.election_timeout_ms,
+        ))),
     });
     let edge = Edge {
         node: handle,
@@ -358,6 +363,10 @@ async fn run_member(
             membership: membership.clone(),
         };
         let (lock_edge, election_edge) = (edge.clone(), edge.clone());
+        let lease = LeaseService {
+            edge: edge.clone(),
+            min_ttl: lease::min_ttl(Duration::from_millis(config.election_timeout_ms)),
+        };
         let mut stop = stop_rx.clone();
         let watch_server = watch.clone();
         tasks.spawn(async move {
@@ -368,6 +377,7 @@ async fn run_member(
                 .add_service(LockServer::new(LockService(lock_edge)))
                 .add_service(ElectionServer::new(ElectionService(election_edge)))
                 .add_service(watch_server)
+                .add_service(LeaseServer::new(lease))
                 .serve_with_incoming_shutdown(nodelay(listener), async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
@@ -378,6 +388,11 @@ async fn run_member(
     let compactor = crate::compactor::run(edge.clone(), config.auto_compaction, stop_rx.clone());
     tasks.spawn(async move {
         compactor.await;
+        Ok(())
+    });
+    let expiry = lease::expire_leases(edge.clone(), stop_rx.clone());
+    tasks.spawn(async move {
+        expiry.await;
         Ok(())
     });
     let inputs = DriverInputs {

@@ -42,6 +42,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::ServerError;
 use crate::kv_convert;
+use crate::lease::Lessor;
 use crate::snap::{self, SnapFiles};
 use crate::transport::{PeerTransport, TransportReport};
 
@@ -146,6 +147,8 @@ pub struct NodeHandle {
     store: Arc<RwLock<MvccStore>>,
     pub member_id: NodeId,
     pub cluster_id: u64,
+    /// The lease deadlines, kept while this member leads.
+    pub lessor: Arc<Lessor>,
 }
 
 impl NodeHandle {
@@ -216,6 +219,7 @@ impl NodeHandle {
             store,
             member_id: NodeId(1),
             cluster_id: 7,
+            lessor: Arc::new(Lessor::new(Duration::ZERO)),
         };
         (handle, status_tx)
     }
@@ -231,6 +235,7 @@ struct Waiter {
 /// The driver's state. Owned by its task.
 pub struct Driver {
     config: NodeConfig,
+    lessor: Arc<Lessor>,
     raw: RawNode<RaftLogStore>,
     log: RaftLogStore,
     store: Arc<RwLock<MvccStore>>,
@@ -298,6 +303,7 @@ pub struct DriverParts {
     pub member_id: NodeId,
     pub cluster_id: u64,
     pub snapshots: SnapshotPolicy,
+    pub lessor: Arc<Lessor>,
 }
 
 impl Driver {
@@ -322,9 +328,11 @@ impl Driver {
             store: store.clone(),
             member_id: parts.member_id,
             cluster_id: parts.cluster_id,
+            lessor: parts.lessor.clone(),
         };
         let driver = Driver {
             config: parts.config,
+            lessor: parts.lessor,
             raw: parts.raw,
             log: parts.log,
             store,
@@ -553,6 +561,9 @@ impl Driver {
         let mut responses = responses.into_iter();
         for (index, term, seq, op) in decoded {
             let response = op.as_ref().and_then(|_| responses.next());
+            if let (Some(op), Some(result)) = (&op, &response) {
+                self.note_lease(op, result);
+            }
             let Some(waiter) = self.waiters.remove(&index) else {
                 continue;
             };
@@ -586,6 +597,15 @@ impl Driver {
         Ok(())
     }
 
+    /// Tells the lessor about an applied grant or revocation.
+    fn note_lease(&self, op: &WriteOp, result: &Result<WriteResponse, MvccError>) {
+        match (op, result) {
+            (WriteOp::LeaseGrant(grant), Ok(_)) => self.lessor.granted(grant.id, grant.ttl),
+            (WriteOp::LeaseRevoke(id), _) => self.lessor.revoked(*id),
+            _ => {}
+        }
+    }
+
     /// Replaces the store with the one in a snapshot received from the leader (before the
     /// entries that follow it are applied).
     fn restore(&mut self, snapshot: &chorus_raft::Snapshot) -> Result<(), FatalError> {
@@ -603,6 +623,12 @@ impl Driver {
             old_dir
         };
         snap::remove_store_dir(&old_dir);
+        let leases = self
+            .store
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .leases();
+        self.lessor.restored(leases);
         self.snapshots.last_index = snapshot.meta.index;
         tracing::info!(index = %snapshot.meta.index, term = %snapshot.meta.term, "restored the store from a snapshot");
         // Proposals waiting at indexes the snapshot covers will never be applied here.
@@ -727,6 +753,18 @@ impl Driver {
         let status = self.raw.status();
         if let Some(soft) = ready.soft_state {
             tracing::info!(role = ?soft.role, leader = ?soft.leader, term = %status.term, "raft state changed");
+            if soft.role == Role::Leader {
+                if !self.lessor.is_primary() {
+                    let leases = self
+                        .store
+                        .read()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .leases();
+                    self.lessor.promote(leases);
+                }
+            } else {
+                self.lessor.demote();
+            }
             if soft.role != Role::Leader {
                 // Reads waiting for this member's leadership will not be confirmed by it.
                 for (_, reply) in self.reads_unconfirmed.drain() {
@@ -755,6 +793,8 @@ fn proposal_request(request: ipb::forward_request::Request) -> ipb::proposal::Re
         F::DeleteRange(r) => P::DeleteRange(r),
         F::Txn(r) => P::Txn(r),
         F::Compaction(r) => P::Compaction(r),
+        F::LeaseGrant(r) => P::LeaseGrant(r),
+        F::LeaseRevoke(r) => P::LeaseRevoke(r),
     }
 }
 
@@ -765,6 +805,20 @@ fn write_op(request: ipb::proposal::Request) -> Result<WriteOp, ServerError> {
         P::DeleteRange(r) => WriteOp::DeleteRange(kv_convert::delete_from_proto(&r)),
         P::Txn(r) => WriteOp::Txn(kv_convert::txn_from_proto(&r)?),
         P::Compaction(r) => WriteOp::Compact(mvcc::Revision(r.revision)),
+        P::LeaseGrant(r) => {
+            // The member that took the grant chose the id and settled the TTL; an entry that
+            // breaks this is refused by every member alike.
+            if r.id == 0 || r.ttl < 1 {
+                return Err(ServerError::Unexpected {
+                    message: format!("a lease grant with id {} and TTL {}", r.id, r.ttl),
+                });
+            }
+            WriteOp::LeaseGrant(mvcc::LeaseGrantRequest {
+                id: mvcc::LeaseId(r.id),
+                ttl: r.ttl,
+            })
+        }
+        P::LeaseRevoke(r) => WriteOp::LeaseRevoke(mvcc::LeaseId(r.id)),
     })
 }
 

@@ -107,6 +107,15 @@ fn write_to_proto(response: WriteResponse) -> ipb::forward_response::Response {
         WriteResponse::Compact(r) => R::Compaction(pb::CompactionResponse {
             header: kv_convert::header(r.revision),
         }),
+        WriteResponse::LeaseGrant(r) => R::LeaseGrant(pb::LeaseGrantResponse {
+            header: kv_convert::header(r.revision),
+            id: r.id.get(),
+            ttl: r.ttl,
+            error: String::new(),
+        }),
+        WriteResponse::LeaseRevoke(r) => R::LeaseRevoke(pb::LeaseRevokeResponse {
+            header: kv_convert::header(r.revision),
+        }),
     }
 }
 
@@ -119,8 +128,28 @@ impl Edge {
         header.raft_term = self.node.status().term.get();
     }
 
+    /// [`Edge::fill`], with the store's current revision as the header's revision.
+    pub(crate) fn fill_current(&self, header: &mut Option<pb::ResponseHeader>) {
+        let revision = self.node.read_store(|store| store.current_revision());
+        header
+            .get_or_insert_with(pb::ResponseHeader::default)
+            .revision = revision.get();
+        self.fill(header);
+    }
+
+    /// Runs `work` for at most the request timeout; past it, etcd's "request timed out".
+    pub(crate) async fn within_timeout<T>(
+        &self,
+        work: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        match tokio::time::timeout(self.limits.request_timeout, work).await {
+            Ok(result) => result,
+            Err(_) => Err(ServerError::Timeout.into()),
+        }
+    }
+
     /// Waits until a leader is known, for at most the request timeout.
-    async fn leader(&self) -> Result<NodeId, ServerError> {
+    pub(crate) async fn leader(&self) -> Result<NodeId, ServerError> {
         let mut status = self.node.status_watch();
         let wait = status.wait_for(|s| s.leader.is_some());
         match tokio::time::timeout(self.limits.request_timeout, wait).await {
@@ -198,6 +227,8 @@ fn request_len(request: &ipb::forward_request::Request) -> usize {
         R::DeleteRange(r) => r.encoded_len(),
         R::Txn(r) => r.encoded_len(),
         R::Compaction(r) => r.encoded_len(),
+        R::LeaseGrant(r) => r.encoded_len(),
+        R::LeaseRevoke(r) => r.encoded_len(),
     }
 }
 
@@ -307,6 +338,26 @@ impl ipb::forward_server::Forward for ForwardService {
         Ok(Response::new(ipb::ForwardResponse {
             response: Some(response),
         }))
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<pb::LeaseKeepAliveRequest>,
+    ) -> Result<Response<pb::LeaseKeepAliveResponse>, Status> {
+        let response = self
+            .edge
+            .lease_keep_alive_as_leader(request.into_inner().id)?;
+        Ok(Response::new(response))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<pb::LeaseTimeToLiveRequest>,
+    ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        let response = self
+            .edge
+            .lease_time_to_live_as_leader(&request.into_inner())?;
+        Ok(Response::new(response))
     }
 
     async fn member_info(

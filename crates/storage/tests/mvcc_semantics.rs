@@ -43,6 +43,14 @@ fn keys(resp: &RangeResponse) -> Vec<String> {
         .collect()
 }
 
+fn grant(store: &mut MvccStore, id: i64, ttl: i64) -> LeaseGrantResponse {
+    let req = LeaseGrantRequest {
+        id: LeaseId(id),
+        ttl,
+    };
+    store.lease_grant(&req).unwrap()
+}
+
 fn del(store: &mut MvccStore, k: &str, end: &str) -> DeleteRangeResponse {
     store
         .delete_range(&DeleteRangeRequest::range(b(k), b(end)))
@@ -151,6 +159,8 @@ fn delete_revisions() {
 #[test]
 fn put_options() {
     let (_dir, mut store) = open();
+    grant(&mut store, 7, 10);
+    grant(&mut store, 9, 10);
     let first = store
         .put(&PutRequest {
             prev_kv: true,
@@ -610,6 +620,7 @@ fn cmp(key: &str, result: CompareResult, target: CompareTarget) -> Compare {
 #[test]
 fn txn_compares() {
     let (_dir, mut store) = open();
+    grant(&mut store, 5, 10);
     put(&mut store, "a", "1"); // 2
     put(&mut store, "a", "2"); // 3: a version 2, create 2, mod 3
     store
@@ -881,6 +892,9 @@ fn event_history() {
 #[test]
 fn keys_by_lease() {
     let (_dir, mut store) = open();
+    for id in [1, 2] {
+        grant(&mut store, id, 10);
+    }
     let leased = |k: &str, lease| PutRequest {
         lease: LeaseId(lease),
         ..PutRequest::new(b(k), b("v"))
@@ -896,6 +910,82 @@ fn keys_by_lease() {
     assert_eq!(store.keys_with_lease(LeaseId(2)), vec![b("b")]);
 }
 
+// Goal: grants and revocations follow etcd: a lease id is granted once, a put or a txn put
+// naming a lease that is not granted is refused (and changes nothing), a revocation deletes
+// every key of the lease at one revision (none when it has no keys) and forgets the lease.
+// Method: the answers and the store after each step.
+#[test]
+fn lease_grants_and_revocations() {
+    let (_dir, mut store) = open();
+    let granted = grant(&mut store, 5, 30);
+    assert_eq!((granted.id, granted.ttl), (LeaseId(5), 30));
+    assert_eq!(granted.revision, Revision(1), "a grant makes no revision");
+    let again = store.lease_grant(&LeaseGrantRequest {
+        id: LeaseId(5),
+        ttl: 9,
+    });
+    assert!(matches!(
+        again,
+        Err(MvccError::LeaseExists { lease: LeaseId(5) })
+    ));
+    assert_eq!(
+        store.lease_ttl(LeaseId(5)),
+        Some(30),
+        "the first grant stands"
+    );
+
+    let leased = |k: &str, lease| PutRequest {
+        lease: LeaseId(lease),
+        ..PutRequest::new(b(k), b("v"))
+    };
+    store.put(&leased("a", 5)).unwrap();
+    store.put(&leased("b", 5)).unwrap();
+    put(&mut store, "c", "free");
+    let refused = store.put(&leased("d", 6));
+    assert!(matches!(
+        refused,
+        Err(MvccError::LeaseNotFound { lease: LeaseId(6) })
+    ));
+    let txn = TxnRequest {
+        success: vec![RequestOp::Put(leased("e", 6))],
+        ..TxnRequest::default()
+    };
+    assert!(matches!(
+        store.txn(&txn),
+        Err(MvccError::LeaseNotFound { .. })
+    ));
+    // The failure branch is not taken: its lease is not checked.
+    let txn = TxnRequest {
+        failure: vec![RequestOp::Put(leased("e", 6))],
+        ..TxnRequest::default()
+    };
+    assert!(store.txn(&txn).unwrap().succeeded);
+    assert_eq!(
+        store.current_revision(),
+        Revision(4),
+        "refused writes make no revision"
+    );
+
+    let revoked = store.lease_revoke(LeaseId(5)).unwrap();
+    assert_eq!((revoked.revision, revoked.deleted), (Revision(5), 2));
+    let events = store.events(Revision(5), 10, false).unwrap().events;
+    let deleted: Vec<(Bytes, Revision)> = events
+        .iter()
+        .map(|e| (e.kv.key.clone(), e.kv.mod_revision))
+        .collect();
+    assert_eq!(deleted, vec![(b("a"), Revision(5)), (b("b"), Revision(5))]);
+    assert_eq!(store.lease_ttl(LeaseId(5)), None);
+    assert!(store.keys_with_lease(LeaseId(5)).is_empty());
+    assert!(matches!(
+        store.lease_revoke(LeaseId(5)),
+        Err(MvccError::LeaseNotFound { .. })
+    ));
+    grant(&mut store, 7, 10);
+    let empty = store.lease_revoke(LeaseId(7)).unwrap();
+    assert_eq!((empty.revision, empty.deleted), (Revision(5), 0));
+    assert!(store.leases().is_empty());
+}
+
 // Goal: a batch applies many writes in one engine transaction with the applied index, and a
 // reopened store has the same data, revisions, compaction and applied index (with fsync on).
 // Method: apply a batch, compact, drop, reopen, compare ranges, hashes and history.
@@ -905,6 +995,8 @@ fn restart_keeps_everything() {
     let durable = MvccConfig::default();
     let (hash, all) = {
         let mut store = MvccStore::open(dir.path(), durable.clone()).unwrap();
+        grant(&mut store, 1, 10);
+        grant(&mut store, 2, 20);
         let mut batch = store.begin().unwrap();
         for i in 0..20 {
             let key = format!("k{:02}", i % 7);
@@ -945,6 +1037,7 @@ fn restart_keeps_everything() {
         store.keys_with_lease(LeaseId(1)),
         vec![b("k02"), b("k05"), b("k06")]
     );
+    assert_eq!(store.leases(), vec![(LeaseId(1), 10), (LeaseId(2), 20)]);
     let at = RangeRequest {
         revision: Revision(10),
         ..RangeRequest::range(b("\0"), b("\0"))
@@ -989,6 +1082,9 @@ fn populated() -> (tempfile::TempDir, MvccStore) {
         ..config()
     };
     let mut store = MvccStore::open(dir.path(), small_chunks).unwrap();
+    for id in [3, 1, -4] {
+        grant(&mut store, id, 30 + id);
+    }
     let mut batch = store.begin().unwrap();
     for i in 0..300u32 {
         let value = format!("{i}-{}", "x".repeat((i % 50) as usize));
@@ -1056,6 +1152,10 @@ fn snapshot_round_trip() {
     assert_eq!(restored.compact_revision(), Revision(100));
     assert_eq!(restored.applied_index(), LogIndex(301));
     assert_eq!(restored.hash().unwrap(), hash);
+    assert_eq!(
+        restored.leases(),
+        vec![(LeaseId(-4), 26), (LeaseId(1), 31), (LeaseId(3), 33)]
+    );
     assert_eq!(restored.range(&all).unwrap(), before);
     assert_eq!(restored.events(Revision(100), 1000, true).unwrap(), history);
     assert_eq!(restored.range(&at_150).unwrap().kvs, before_at_150);
@@ -1221,12 +1321,17 @@ fn hash_kv_compares_members_at_a_revision() {
     );
 }
 
-// Goal: a batch sees the lease attachments of its own earlier writes, so a lease revoke can find
-// and delete its keys in one batch. Method: attach in a batch, list, delete, commit.
+// Goal: a batch sees the grants and lease attachments of its own earlier writes, so a grant,
+// puts and a revocation apply in one batch. Method: grant, attach, list, revoke, commit.
 #[test]
 fn lease_revoke_in_one_batch() {
     let (_dir, mut store) = open();
     let mut batch = store.begin().unwrap();
+    let lease = LeaseGrantRequest {
+        id: LeaseId(3),
+        ttl: 10,
+    };
+    batch.lease_grant(&lease).unwrap();
     for k in ["a", "b"] {
         let req = PutRequest {
             lease: LeaseId(3),
@@ -1234,14 +1339,13 @@ fn lease_revoke_in_one_batch() {
         };
         batch.put(&req).unwrap();
     }
-    let keys = batch.keys_with_lease(LeaseId(3));
-    assert_eq!(keys, vec![b("a"), b("b")]);
-    for key in keys {
-        batch.delete_range(&DeleteRangeRequest::key(key)).unwrap();
-    }
+    assert_eq!(batch.keys_with_lease(LeaseId(3)), vec![b("a"), b("b")]);
+    let revoked = batch.lease_revoke(LeaseId(3)).unwrap();
+    assert_eq!((revoked.revision, revoked.deleted), (Revision(4), 2));
     assert!(batch.keys_with_lease(LeaseId(3)).is_empty());
     batch.commit().unwrap();
-    assert_eq!(store.current_revision(), Revision(5));
+    assert_eq!(store.current_revision(), Revision(4));
+    assert!(store.leases().is_empty());
     assert_eq!(
         store.range(&RangeRequest::range("\0", "\0")).unwrap().count,
         0

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::types::Revision;
+use super::types::{LeaseId, Revision};
 
 /// What went wrong in an MVCC operation.
 ///
@@ -35,6 +35,12 @@ pub enum MvccError {
     /// An empty key in a range, put, delete or compare.
     #[error("etcdserver: key is not provided")]
     EmptyKey,
+    /// A put attaches, or a revocation names, a lease the store does not hold.
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound { lease: LeaseId },
+    /// A grant names a lease the store already holds.
+    #[error("etcdserver: lease already exists")]
+    LeaseExists { lease: LeaseId },
 
     /// The embedded engine failed.
     #[error("mvcc engine: {0}")]
@@ -79,6 +85,8 @@ impl MvccError {
                 | MvccError::LeaseProvided
                 | MvccError::TooManyOps { .. }
                 | MvccError::EmptyKey
+                | MvccError::LeaseNotFound { .. }
+                | MvccError::LeaseExists { .. }
         )
     }
 }

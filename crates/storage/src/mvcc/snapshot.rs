@@ -7,13 +7,15 @@
 //! Stream format (integers big-endian), cut into chunks at record boundaries:
 //!
 //! ```text
-//! magic "CHMVCC01" | current_revision u64 | compact_revision u64 | applied_index u64
+//! magic "CHMVCC02" | current_revision u64 | compact_revision u64 | applied_index u64
+//! { 0x03 | lease id i64 | granted TTL i64 } ...          (ascending ids, before any record)
 //! { 0x01 | record id (16 bytes) | length u32 | record } ...
-//! 0x02 | record count u64 | crc32c u32 of every byte before it
+//! 0x02 | record count u64 | lease count u64 | crc32c u32 of every byte before it
 //! ```
 //!
-//! The restore side trusts nothing: it checks the magic, every length, the order of the ids,
-//! every record's encoding, the count and the checksum, and commits only when all hold.
+//! The restore side trusts nothing: it checks the magic, every length, the order of the ids and
+//! of the leases, every record's encoding and every lease, the counts and the checksum, and
+//! commits only when all hold. Format version 1 (no leases) is refused by its magic.
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -25,18 +27,21 @@ use redb::{Database, ReadOnlyTable, WriteTransaction};
 use super::codec::{RECORD_ID_BYTES, Record, RecordId};
 use super::error::{MvccError, MvccResult, engine};
 use super::store::{
-    ENGINE_FILE, META, META_APPLIED, META_COMPACTED, META_CURRENT, MvccConfig, MvccStore, RECORDS,
+    ENGINE_FILE, LEASES, META, META_APPLIED, META_COMPACTED, META_CURRENT, MvccConfig, MvccStore,
+    RECORDS,
 };
 use super::types::Revision;
 use super::view::{RecordKey, RecordValue};
 
-/// The first bytes of a snapshot stream (format version 1).
-pub const SNAPSHOT_MAGIC: [u8; 8] = *b"CHMVCC01";
+/// The first bytes of a snapshot stream (format version 2: with the granted leases).
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"CHMVCC02";
 const HEADER_BYTES: usize = SNAPSHOT_MAGIC.len() + 3 * 8;
 const TAG_RECORD: u8 = 1;
 const TAG_END: u8 = 2;
+const TAG_LEASE: u8 = 3;
+const LEASE_BYTES: usize = 1 + 8 + 8;
 const RECORD_HEAD_BYTES: usize = 1 + RECORD_ID_BYTES + 4;
-const END_BYTES: usize = 1 + 8 + 4;
+const END_BYTES: usize = 1 + 8 + 8 + 4;
 
 /// What a snapshot covers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,14 +91,19 @@ fn bad(detail: String) -> MvccError {
 /// A snapshot being streamed. Iterate it (or call [`Snapshot::next_chunk`]) for the chunks.
 pub struct Snapshot {
     table: ReadOnlyTable<RecordKey, RecordValue>,
+    leases: ReadOnlyTable<i64, i64>,
     meta: SnapshotMeta,
     chunk_bytes_max: usize,
     /// The last record sent, the position of the next chunk.
     last: Option<[u8; RECORD_ID_BYTES]>,
     header_sent: bool,
+    /// The last lease sent; the leases come before the records.
+    last_lease: Option<i64>,
+    leases_sent: bool,
     finished: bool,
     crc: u32,
     records: u64,
+    lease_count: u64,
 }
 
 impl MvccStore {
@@ -112,13 +122,17 @@ impl MvccStore {
         };
         Ok(Snapshot {
             table: txn.open_table(RECORDS).map_err(engine)?,
+            leases: txn.open_table(LEASES).map_err(engine)?,
             meta,
             chunk_bytes_max: self.config.snapshot_chunk_bytes_max,
             last: None,
             header_sent: false,
+            last_lease: None,
+            leases_sent: false,
             finished: false,
             crc: 0,
             records: 0,
+            lease_count: 0,
         })
     }
 
@@ -151,11 +165,54 @@ impl Snapshot {
             out.extend_from_slice(&self.meta.encode());
             self.header_sent = true;
         }
+        let mut full = !self.leases_sent && self.push_leases(&mut out)?;
+        if !full {
+            full = self.push_records(&mut out)?;
+        }
+        if !full {
+            out.push(TAG_END);
+            out.extend_from_slice(&self.records.to_be_bytes());
+            out.extend_from_slice(&self.lease_count.to_be_bytes());
+            self.crc = crc32c::crc32c_append(self.crc, &out);
+            out.extend_from_slice(&self.crc.to_be_bytes());
+            self.finished = true;
+        } else {
+            self.crc = crc32c::crc32c_append(self.crc, &out);
+        }
+        Ok(Some(Bytes::from(out)))
+    }
+
+    /// Appends the leases after the last one sent; returns whether the chunk is full.
+    fn push_leases(&mut self, out: &mut Vec<u8>) -> MvccResult<bool> {
+        let lower = match &self.last_lease {
+            Some(last) => Bound::Excluded(*last),
+            None => Bound::Unbounded,
+        };
+        for entry in self
+            .leases
+            .range::<i64>((lower, Bound::Unbounded))
+            .map_err(engine)?
+        {
+            let (id, ttl) = entry.map_err(engine)?;
+            out.push(TAG_LEASE);
+            out.extend_from_slice(&id.value().to_be_bytes());
+            out.extend_from_slice(&ttl.value().to_be_bytes());
+            self.lease_count += 1;
+            self.last_lease = Some(id.value());
+            if out.len() >= self.chunk_bytes_max {
+                return Ok(true);
+            }
+        }
+        self.leases_sent = true;
+        Ok(false)
+    }
+
+    /// Appends the records after the last one sent; returns whether the chunk is full.
+    fn push_records(&mut self, out: &mut Vec<u8>) -> MvccResult<bool> {
         let lower = match &self.last {
             Some(last) => Bound::Excluded(last),
             None => Bound::Unbounded,
         };
-        let mut full = false;
         for entry in self
             .table
             .range::<&[u8; RECORD_ID_BYTES]>((lower, Bound::Unbounded))
@@ -171,20 +228,10 @@ impl Snapshot {
             self.records += 1;
             self.last = Some(*id.value());
             if out.len() >= self.chunk_bytes_max {
-                full = true;
-                break;
+                return Ok(true);
             }
         }
-        if !full {
-            out.push(TAG_END);
-            out.extend_from_slice(&self.records.to_be_bytes());
-            self.crc = crc32c::crc32c_append(self.crc, &out);
-            out.extend_from_slice(&self.crc.to_be_bytes());
-            self.finished = true;
-        } else {
-            self.crc = crc32c::crc32c_append(self.crc, &out);
-        }
-        Ok(Some(Bytes::from(out)))
+        Ok(false)
     }
 }
 
@@ -206,8 +253,10 @@ pub struct SnapshotRestore {
     pending: Vec<u8>,
     meta: Option<SnapshotMeta>,
     last: Option<RecordId>,
+    last_lease: Option<i64>,
     crc: u32,
     records: u64,
+    lease_count: u64,
     done: bool,
 }
 
@@ -236,8 +285,10 @@ impl SnapshotRestore {
             pending: Vec::new(),
             meta: None,
             last: None,
+            last_lease: None,
             crc: 0,
             records: 0,
+            lease_count: 0,
             done: false,
         })
     }
@@ -277,6 +328,7 @@ impl SnapshotRestore {
         match bytes.first() {
             None => Ok(None),
             Some(&TAG_RECORD) => self.parse_record(at, meta),
+            Some(&TAG_LEASE) => self.parse_lease(at),
             Some(&TAG_END) => self.parse_end(at),
             Some(tag) => Err(bad(format!(
                 "unknown tag {tag} after {} records",
@@ -311,20 +363,53 @@ impl SnapshotRestore {
         Ok(Some(RECORD_HEAD_BYTES + len))
     }
 
+    fn parse_lease(&mut self, at: usize) -> MvccResult<Option<usize>> {
+        let bytes = &self.pending[at..];
+        if bytes.len() < LEASE_BYTES {
+            return Ok(None);
+        }
+        let id = i64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes"));
+        let ttl = i64::from_be_bytes(bytes[9..17].try_into().expect("8 bytes"));
+        if self.records > 0 {
+            return Err(bad(format!("lease {id} after {} records", self.records)));
+        }
+        if self.last_lease.is_some_and(|last| last >= id) {
+            return Err(bad(format!(
+                "lease {id} out of order after {:?}",
+                self.last_lease
+            )));
+        }
+        if id == 0 || ttl < 1 {
+            return Err(bad(format!("lease {id} with TTL {ttl}")));
+        }
+        let mut table = self.txn.open_table(LEASES).map_err(engine)?;
+        table.insert(id, ttl).map_err(engine)?;
+        self.last_lease = Some(id);
+        self.lease_count += 1;
+        Ok(Some(LEASE_BYTES))
+    }
+
     fn parse_end(&mut self, at: usize) -> MvccResult<Option<usize>> {
         let bytes = &self.pending[at..];
         if bytes.len() < END_BYTES {
             return Ok(None);
         }
         let count = u64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes"));
-        let crc = u32::from_be_bytes(bytes[9..13].try_into().expect("4 bytes"));
+        let lease_count = u64::from_be_bytes(bytes[9..17].try_into().expect("8 bytes"));
+        let crc = u32::from_be_bytes(bytes[17..21].try_into().expect("4 bytes"));
         if count != self.records {
             return Err(bad(format!(
                 "end marker counts {count} records, stream had {}",
                 self.records
             )));
         }
-        let expected = crc32c::crc32c_append(self.crc, &bytes[..9]);
+        if lease_count != self.lease_count {
+            return Err(bad(format!(
+                "end marker counts {lease_count} leases, stream had {}",
+                self.lease_count
+            )));
+        }
+        let expected = crc32c::crc32c_append(self.crc, &bytes[..17]);
         if crc != expected {
             return Err(bad(format!(
                 "checksum {crc:#010x}, computed {expected:#010x}"
@@ -354,6 +439,7 @@ impl SnapshotRestore {
                 .map_err(engine)?;
         }
         self.txn.open_table(RECORDS).map_err(engine)?;
+        self.txn.open_table(LEASES).map_err(engine)?;
         self.txn.commit().map_err(engine)?;
         drop(self.db);
         MvccStore::open(&self.dir, self.config)

@@ -25,6 +25,9 @@ pub(crate) const META_FORMAT: &str = "format";
 pub(crate) const META_CURRENT: &str = "current_revision";
 pub(crate) const META_COMPACTED: &str = "compact_revision";
 pub(crate) const META_APPLIED: &str = "applied_index";
+/// The granted leases: lease id -> granted TTL in seconds. Written in the same engine
+/// transaction as the entry that grants or revokes them.
+pub(crate) const LEASES: TableDefinition<i64, i64> = TableDefinition::new("leases");
 const FORMAT: u64 = 1;
 /// The engine file inside the store's directory.
 pub const ENGINE_FILE: &str = "mvcc.redb";
@@ -86,8 +89,9 @@ impl MvccConfig {
     }
 }
 
-/// Which live keys carry which lease. Lease lifetimes are the server's; the store only records
-/// attachments so that the server can delete a lease's keys when it expires.
+/// Which live keys carry which lease. Lease deadlines are the server's; the store records the
+/// granted leases (see [`Core::granted`]) and the attachments, so that a revocation deletes a
+/// lease's keys.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct LeaseKeys {
     by_lease: BTreeMap<LeaseId, BTreeSet<Bytes>>,
@@ -129,6 +133,8 @@ impl LeaseKeys {
 pub(crate) struct Core {
     pub index: KeyIndex,
     pub leases: LeaseKeys,
+    /// The granted leases and their TTLs in seconds, as the `leases` table holds them.
+    pub granted: BTreeMap<LeaseId, i64>,
     pub current: Revision,
     pub compacted: Revision,
     pub applied: LogIndex,
@@ -259,6 +265,20 @@ impl MvccStore {
         self.core.leases.keys(lease)
     }
 
+    /// The granted TTL (seconds) of a lease the store holds.
+    pub fn lease_ttl(&self, lease: LeaseId) -> Option<i64> {
+        self.core.granted.get(&lease).copied()
+    }
+
+    /// Every granted lease with its TTL in seconds, by id.
+    pub fn leases(&self) -> Vec<(LeaseId, i64)> {
+        self.core
+            .granted
+            .iter()
+            .map(|(id, ttl)| (*id, *ttl))
+            .collect()
+    }
+
     /// Reads use the in-memory index, which a failed write may have left ahead of the engine.
     fn check_not_failed(&self) -> MvccResult<()> {
         if self.failed {
@@ -362,6 +382,10 @@ impl MvccStore {
             let (id, bytes) = entry.map_err(engine)?;
             crc = crc32c::crc32c_append(crc, id.value());
             crc = crc32c::crc32c_append(crc, bytes.value());
+        }
+        for (id, ttl) in &self.core.granted {
+            crc = crc32c::crc32c_append(crc, &id.get().to_be_bytes());
+            crc = crc32c::crc32c_append(crc, &ttl.to_be_bytes());
         }
         Ok(crc)
     }
@@ -473,6 +497,7 @@ fn init_meta(db: &Database) -> MvccResult<()> {
             }
         }
         txn.open_table(RECORDS).map_err(engine)?;
+        txn.open_table(LEASES).map_err(engine)?;
     }
     txn.commit().map_err(engine)
 }
@@ -502,6 +527,7 @@ fn recover(db: &Database) -> MvccResult<Core> {
     let mut core = Core {
         index: KeyIndex::default(),
         leases: LeaseKeys::default(),
+        granted: read_leases(&txn)?,
         current,
         compacted,
         applied,
@@ -524,6 +550,21 @@ fn recover(db: &Database) -> MvccResult<Core> {
     // Every retained version must still be readable: check the index against the records.
     debug_assert!(check_index(&core, &table).is_ok());
     Ok(core)
+}
+
+/// Reads the granted leases; an id of zero or a TTL below one second is corruption.
+fn read_leases(txn: &redb::ReadTransaction) -> MvccResult<BTreeMap<LeaseId, i64>> {
+    let table = txn.open_table(LEASES).map_err(engine)?;
+    let mut granted = BTreeMap::new();
+    for entry in table.iter().map_err(engine)? {
+        let (id, ttl) = entry.map_err(engine)?;
+        let (id, ttl) = (LeaseId(id.value()), ttl.value());
+        if !id.is_some() || ttl < 1 {
+            return Err(corrupt("leases", format!("lease {id} with TTL {ttl}")));
+        }
+        granted.insert(id, ttl);
+    }
+    Ok(granted)
 }
 
 fn restore_record(core: &mut Core, id: RecordId, record: Record) -> MvccResult<()> {

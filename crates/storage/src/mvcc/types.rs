@@ -332,6 +332,10 @@ pub enum WriteOp {
     /// Compact up to this revision. The store always removes the compacted versions in the same
     /// engine transaction, so etcd's `physical` flag is always satisfied.
     Compact(Revision),
+    /// Records a lease (its id already chosen, its TTL already checked by the server).
+    LeaseGrant(LeaseGrantRequest),
+    /// Forgets a lease and deletes its keys at one revision.
+    LeaseRevoke(LeaseId),
 }
 
 /// The response to a [`WriteOp`].
@@ -341,6 +345,33 @@ pub enum WriteResponse {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compact(CompactResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
+}
+
+/// A lease to record: etcd's `LeaseGrantRequest` once the server picked the id (never
+/// [`LeaseId::NONE`]) and settled the TTL (in seconds, positive).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseGrantRequest {
+    pub id: LeaseId,
+    pub ttl: i64,
+}
+
+/// The answer to a lease grant; `revision` is the header revision (a grant makes none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseGrantResponse {
+    pub revision: Revision,
+    pub id: LeaseId,
+    pub ttl: i64,
+}
+
+/// The answer to a lease revocation; `revision` is the header revision: the revision of the
+/// deletes when the lease had keys, else the unchanged current revision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseRevokeResponse {
+    pub revision: Revision,
+    /// How many keys the revocation deleted.
+    pub deleted: i64,
 }
 
 /// The answer to [`MvccStore::hash_kv`](super::MvccStore::hash_kv), as etcd's `HashKVResponse`.

@@ -1,4 +1,4 @@
-//! Writes: puts, deletes, transactions and compactions, applied in a [`WriteBatch`] that commits
+//! Writes: puts, deletes, transactions, compactions and lease grants and revocations, applied in a [`WriteBatch`] that commits
 //! them with the applied Raft index in one engine transaction.
 //!
 //! The index in memory is updated as each operation runs, so later operations of the batch see
@@ -15,11 +15,14 @@ use redb::{Durability, Table, WriteTransaction};
 use super::codec::{Record, RecordId};
 use super::error::{MvccError, MvccResult, engine};
 use super::index::KeySpan;
-use super::store::{Core, META, META_APPLIED, META_COMPACTED, META_CURRENT, MvccStore, RECORDS};
+use super::store::{
+    Core, LEASES, META, META_APPLIED, META_COMPACTED, META_CURRENT, MvccStore, RECORDS,
+};
 use super::txn::{TxnPath, check_delete_request, check_put_request, check_txn_request};
 use super::types::{
-    CompactResponse, DeleteRangeRequest, DeleteRangeResponse, KeyValue, LeaseId, PutRequest,
-    PutResponse, RequestOp, ResponseOp, Revision, TxnRequest, TxnResponse, WriteOp, WriteResponse,
+    CompactResponse, DeleteRangeRequest, DeleteRangeResponse, KeyValue, LeaseGrantRequest,
+    LeaseGrantResponse, LeaseId, LeaseRevokeResponse, PutRequest, PutResponse, RequestOp,
+    ResponseOp, Revision, TxnRequest, TxnResponse, WriteOp, WriteResponse,
 };
 use super::view::{RecordKey, RecordValue, View};
 
@@ -121,6 +124,16 @@ impl MvccStore {
         self.apply_one(|batch| batch.compact(revision))
     }
 
+    /// A lease grant in its own batch (the applied index is unchanged).
+    pub fn lease_grant(&mut self, req: &LeaseGrantRequest) -> MvccResult<LeaseGrantResponse> {
+        self.apply_one(|batch| batch.lease_grant(req))
+    }
+
+    /// A lease revocation in its own batch (the applied index is unchanged).
+    pub fn lease_revoke(&mut self, lease: LeaseId) -> MvccResult<LeaseRevokeResponse> {
+        self.apply_one(|batch| batch.lease_revoke(lease))
+    }
+
     fn apply_one<R>(
         &mut self,
         op: impl FnOnce(&mut WriteBatch<'_>) -> MvccResult<R>,
@@ -140,13 +153,88 @@ impl WriteBatch<'_> {
             WriteOp::DeleteRange(req) => self.delete_range(req).map(WriteResponse::DeleteRange),
             WriteOp::Txn(req) => self.txn(req).map(WriteResponse::Txn),
             WriteOp::Compact(revision) => self.compact(*revision).map(WriteResponse::Compact),
+            WriteOp::LeaseGrant(req) => self.lease_grant(req).map(WriteResponse::LeaseGrant),
+            WriteOp::LeaseRevoke(lease) => {
+                self.lease_revoke(*lease).map(WriteResponse::LeaseRevoke)
+            }
         }
     }
 
-    /// etcd's Put.
+    /// etcd's Put. A lease to attach must be granted (etcd refuses the put on every member).
     pub fn put(&mut self, req: &PutRequest) -> MvccResult<PutResponse> {
         check_put_request(req)?;
+        self.check_lease(req.lease)?;
         self.write(|writer| writer.put(req))
+    }
+
+    /// Records a granted lease. The id must be new: ids are chosen before the proposal, so two
+    /// grants may race for one id and the later one is refused on every member alike.
+    pub fn lease_grant(&mut self, req: &LeaseGrantRequest) -> MvccResult<LeaseGrantResponse> {
+        assert!(req.id.is_some(), "the server picks an id before proposing");
+        assert!(req.ttl >= 1, "the server settles the TTL before proposing");
+        if self.store.core.granted.contains_key(&req.id) {
+            return Err(MvccError::LeaseExists { lease: req.id });
+        }
+        self.with_leases(|core, table| {
+            table.insert(req.id.get(), req.ttl).map_err(engine)?;
+            core.granted.insert(req.id, req.ttl);
+            Ok(LeaseGrantResponse {
+                revision: core.current,
+                id: req.id,
+                ttl: req.ttl,
+            })
+        })
+    }
+
+    /// Forgets a lease and deletes all its keys at one new revision (one delete event per key,
+    /// as etcd); a lease without keys makes no revision.
+    pub fn lease_revoke(&mut self, lease: LeaseId) -> MvccResult<LeaseRevokeResponse> {
+        if !self.store.core.granted.contains_key(&lease) {
+            return Err(MvccError::LeaseNotFound { lease });
+        }
+        let keys = self.keys_with_lease(lease);
+        let (revision, deleted) = self.write(|writer| {
+            for key in &keys {
+                writer.delete_range(&DeleteRangeRequest::key(key.clone()))?;
+            }
+            Ok((writer.revision_after(), keys.len()))
+        })?;
+        self.with_leases(|core, table| {
+            table.remove(lease.get()).map_err(engine)?;
+            core.granted.remove(&lease);
+            Ok(())
+        })?;
+        let deleted = i64::try_from(deleted).expect("key counts fit in i64");
+        Ok(LeaseRevokeResponse { revision, deleted })
+    }
+
+    /// Refuses a lease to attach that the store does not hold.
+    fn check_lease(&self, lease: LeaseId) -> MvccResult<()> {
+        if lease.is_some() && !self.store.core.granted.contains_key(&lease) {
+            return Err(MvccError::LeaseNotFound { lease });
+        }
+        Ok(())
+    }
+
+    /// Every lease the puts of the transaction's chosen path attach must be granted.
+    fn check_txn_leases(&self, req: &TxnRequest, path: &TxnPath) -> MvccResult<()> {
+        let branch = if path.succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
+        let mut nested = path.nested.iter();
+        for op in branch {
+            match op {
+                RequestOp::Put(put) => self.check_lease(put.lease)?,
+                RequestOp::Txn(txn) => {
+                    let path = nested.next().expect("a path for every nested txn");
+                    self.check_txn_leases(txn, path)?;
+                }
+                RequestOp::Range(_) | RequestOp::DeleteRange(_) => {}
+            }
+        }
+        Ok(())
     }
 
     /// etcd's DeleteRange. Deleting nothing does not make a revision.
@@ -158,13 +246,22 @@ impl WriteBatch<'_> {
     /// etcd's Txn: one revision for all its writes, none if it writes nothing.
     pub fn txn(&mut self, req: &TxnRequest) -> MvccResult<TxnResponse> {
         check_txn_request(req, self.store.config.txn_ops_max)?;
-        self.write(|writer| {
-            let path = {
-                let view = writer.view();
-                let path = TxnPath::evaluate(&view, req)?;
-                path.check(&view, req)?;
-                path
+        let path = {
+            let table = self.txn.as_ref().expect("an open batch");
+            let table = table.open_table(RECORDS).map_err(engine)?;
+            let core = &self.store.core;
+            let view = View {
+                index: &core.index,
+                table: &table,
+                current: core.current,
+                compacted: core.compacted,
             };
+            let path = TxnPath::evaluate(&view, req)?;
+            path.check(&view, req)?;
+            path
+        };
+        self.check_txn_leases(req, &path)?;
+        self.write(|writer| {
             let mut response = writer.txn(req, &path)?;
             response.revision = writer.revision_after();
             Ok(response)
@@ -266,6 +363,29 @@ impl WriteBatch<'_> {
             Err(error) if error.is_request_error() => {}
             Err(error) => {
                 tracing::error!(%error, "an mvcc write failed; the store is closed");
+                self.store.failed = true;
+            }
+        }
+        result
+    }
+
+    /// Runs `op` on the lease table; a failure that is not a request error fails the store.
+    fn with_leases<R>(
+        &mut self,
+        op: impl FnOnce(&mut Core, &mut Table<'_, i64, i64>) -> MvccResult<R>,
+    ) -> MvccResult<R> {
+        if self.store.failed {
+            return Err(MvccError::Failed);
+        }
+        let txn = self.txn.as_ref().expect("an open batch");
+        let result = txn
+            .open_table(LEASES)
+            .map_err(engine)
+            .and_then(|mut table| op(&mut self.store.core, &mut table));
+        match &result {
+            Ok(_) => self.dirty = true,
+            Err(error) => {
+                tracing::error!(%error, "an mvcc lease write failed; the store is closed");
                 self.store.failed = true;
             }
         }
