@@ -12,6 +12,7 @@
 //!   one fsync, applies committed entries to the MVCC store and answers waiting requests.
 //! - [`service`] and [`kv_convert`]: the etcd `KV` gRPC service and the internal `Forward`
 //!   service that hands writes to the leader.
+//! - [`membership`] and [`cluster`]: the replicated membership and etcd's `Cluster` service.
 //! - [`member`]: starts a whole member (storage, Raft, transport, servers) and stops it.
 //!
 //! ```
@@ -31,10 +32,13 @@
 //! assert_eq!(status.message(), "etcdserver: mvcc: required revision has been compacted");
 //! ```
 
+pub mod cluster;
 pub mod config;
+pub mod join;
 pub mod error;
 pub mod kv_convert;
 pub mod member;
+pub mod membership;
 pub mod node;
 pub mod service;
 pub mod snap;

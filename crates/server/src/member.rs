@@ -24,10 +24,13 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::Instrument as _;
 
+use crate::cluster::ClusterService;
+use crate::join;
 use crate::config::{MemberUrl, ServerConfig};
+use crate::membership::{Members, PeerSync, SharedMembers};
 use crate::node::{Driver, DriverInputs, DriverParts, NodeConfig, SnapshotPolicy};
 use crate::service::{
-    ClusterService, Edge, EdgeLimits, ForwardService, Forwarder, KvService, MaintenanceService,
+    Edge, EdgeLimits, ForwardService, Forwarder, KvService, MaintenanceService,
     Membership,
 };
 use crate::snap::{self, SnapFiles};
@@ -64,25 +67,26 @@ pub struct Bound {
     pub peer: std::net::SocketAddr,
 }
 
-fn peer_url(urls: &[MemberUrl]) -> Option<String> {
-    urls.first().map(|u| format!("http://{}", u.authority()))
-}
-
 async fn bind(url: &MemberUrl) -> Result<TcpListener, MemberError> {
     TcpListener::bind(url.authority())
         .await
         .map_err(fail(format!("listen on {url}")))
 }
 
-/// Opens the WAL and the store and builds the Raft node, bootstrapping a new group.
+/// Opens the WAL and the store and builds the Raft node, bootstrapping a new group with the
+/// configuration `bootstrap`. Also returns the membership table a snapshot restored here
+/// carried, if any.
 fn open_storage(
     config: &ServerConfig,
+    member_id: NodeId,
+    bootstrap: ConfState,
 ) -> Result<
     (
         RaftLogStore,
         MvccStore,
         RawNode<RaftLogStore>,
         SnapshotPolicy,
+        Option<chorus_proto::internal::MemberTable>,
     ),
     MemberError,
 > {
@@ -99,10 +103,10 @@ fn open_storage(
     let log = RaftLogStore::new(Arc::new(Mutex::new(wal)), GROUP_ID);
     let state = log.initial_state().map_err(fail("read the WAL state"))?;
     if state.conf_state.voters.is_empty() {
-        // First start: every member of --initial-cluster is a voter (static bootstrap).
-        let voters: Vec<NodeId> = config.initial_member_ids().values().copied().collect();
-        tracing::info!(?voters, "bootstrapping a new Raft group");
-        log.set_conf_state(ConfState::with_voters(voters))
+        // First start: the configuration from the membership (--initial-cluster for a new
+        // cluster, the others as the cluster told them for a joining member).
+        tracing::info!(voters = ?bootstrap.voters, learners = ?bootstrap.learners, "bootstrapping the Raft group");
+        log.set_conf_state(bootstrap)
             .map_err(fail("record the initial configuration"))?;
         log.sync().map_err(fail("sync the WAL"))?;
     }
@@ -116,10 +120,20 @@ fn open_storage(
         "open the MVCC store in {}",
         member_dir.display()
     )))?;
+    let mut snapshot_table = None;
     if snapshot_meta.index.get() > 0 {
         let data = files
             .load(&snapshot_meta)
             .map_err(fail("load the data of the snapshot the WAL records"))?;
+        let (table, mvcc_data) =
+            snap::open_envelope(data.clone()).map_err(fail("open the snapshot's data"))?;
+        if let Some(table) = table {
+            use prost::Message as _;
+            let mut table = chorus_proto::internal::MemberTable::decode(table.as_ref())
+                .map_err(fail("decode the snapshot's membership"))?;
+            table.index = snapshot_meta.index.get();
+            snapshot_table = Some(table);
+        }
         if store.applied_index() < snapshot_meta.index {
             // A crash came between recording a received snapshot and switching the store.
             tracing::info!(index = %snapshot_meta.index, "restoring the store from the snapshot");
@@ -129,7 +143,7 @@ fn open_storage(
                 &member_dir,
                 mvcc_config.clone(),
                 &snapshot_meta,
-                data.clone(),
+                mvcc_data,
             )
             .map_err(fail("restore the store from the snapshot"))?;
             snap::remove_store_dir(&old_dir);
@@ -141,7 +155,6 @@ fn open_storage(
         })
         .map_err(fail("hand the snapshot to the log"))?;
     }
-    let member_id = config.member_id();
     let mut raft_config = chorus_raft::Config::new(member_id, GROUP_ID);
     raft_config.election_ticks = u32::try_from(config.election_ticks()).unwrap_or(u32::MAX);
     raft_config.heartbeat_ticks = 1;
@@ -159,7 +172,7 @@ fn open_storage(
         mvcc_config,
         last_index: snapshot_meta.index,
     };
-    Ok((log, store, raw, policy))
+    Ok((log, store, raw, policy, snapshot_table))
 }
 
 /// etcd keeps 5000 entries below a snapshot for slow followers. With a `--snapshot-count`
@@ -203,11 +216,27 @@ async fn run_member(
     shutdown: impl Future<Output = ()>,
     on_bound: impl FnOnce(Bound),
 ) -> Result<(), MemberError> {
-    let member_id = config.member_id();
-    let cluster_id = config.cluster_id();
-    let (log, store, mut raw, snapshots) = open_storage(&config)?;
-    let members = config.initial_member_ids();
-    if members.len() == 1 && raw.status().term.get() == 0 {
+    let member_dir = config.data_dir.join("member");
+    let joined = join::resolve(&config, &member_dir).await?;
+    let member_id = joined.member_id;
+    let cluster_id = joined.members.cluster_id;
+    let mut members = joined.members;
+    let (log, store, mut raw, snapshots, snapshot_table) =
+        open_storage(&config, member_id, joined.bootstrap)?;
+    if let Some(table) = snapshot_table
+        && table.index > members.index.get()
+    {
+        // The store was restored from a snapshot newer than the durable table.
+        members = Members {
+            cluster_id,
+            ..Members::from_proto(&table)
+        };
+        members
+            .save(&member_dir, member_id)
+            .map_err(fail("record the membership"))?;
+    }
+    let single = members.conf_state(None).voters.len() == 1;
+    if single && members.members.contains_key(&member_id) && raw.status().term.get() == 0 {
         // A new single-member cluster needs no election timeout to find its leader.
         raw.campaign().map_err(fail("campaign"))?;
     }
@@ -218,15 +247,10 @@ async fn run_member(
     let transport_config = TransportConfig::default();
     let (transport, reports) = PeerTransport::new(transport_config.clone(), local)
         .map_err(fail("configure the peer transport"))?;
-    let mut peer_urls = HashMap::new();
-    for (name, id) in &members {
-        let url = config.initial_cluster.get(name).and_then(|u| peer_url(u));
-        let Some(url) = url else { continue };
-        if *id != member_id {
-            transport.add_peer(*id, url.clone());
-        }
-        peer_urls.insert(*id, url);
-    }
+    let forwarder = Forwarder::new(HashMap::new());
+    let mut peers = PeerSync::new(transport.clone(), forwarder.clone(), member_id);
+    peers.sync(&members);
+    let members: SharedMembers = Arc::new(std::sync::RwLock::new(members));
     let (peer_service, inbound) = PeerService::new(transport_config.clone(), local)
         .map_err(fail("configure the peer service"))?;
 
@@ -246,10 +270,12 @@ async fn run_member(
         member_id,
         cluster_id,
         snapshots,
+        members: members.clone(),
+        peers,
     });
     let edge = Edge {
         node: handle,
-        forwarder: Forwarder::new(peer_urls),
+        forwarder,
         limits: EdgeLimits {
             request_bytes_max: config.request_bytes_max,
             txn_ops_max: config.txn_ops_max as usize,
@@ -260,13 +286,6 @@ async fn run_member(
     };
 
     let membership = Arc::new(Membership {
-        members: members
-            .iter()
-            .map(|(name, id)| {
-                let urls = config.initial_cluster.get(name).into_iter().flatten();
-                (*id, name.clone(), urls.map(ToString::to_string).collect())
-            })
-            .collect(),
         name: config.name.clone(),
         client_urls: config
             .advertise_client_urls
@@ -329,6 +348,7 @@ async fn run_member(
         shutdown: stop_rx.clone(),
     };
     let mut driver_task = tokio::spawn(driver.run(inputs, commands));
+    let removal = join::watch_removal(edge.node.clone(), member_dir.clone());
     tracing::info!(
         client = ?bound.client,
         peer = %bound.peer,
@@ -342,8 +362,17 @@ async fn run_member(
             tracing::info!("shutting down");
             Ok(())
         }
+        () = removal => {
+            tracing::warn!("the member has been permanently removed from the cluster; exiting");
+            Ok(())
+        }
         joined = &mut driver_task => match joined {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                if !members.read().unwrap_or_else(|e| e.into_inner()).members.contains_key(&member_id) {
+                    tracing::warn!("the member has been permanently removed from the cluster; exiting");
+                }
+                Ok(())
+            }
             Ok(Err(fatal)) => {
                 tracing::error!(error = %fatal, "the node stops");
                 Err(MemberError { context: "run the Raft node".into(), detail: fatal.to_string() })
