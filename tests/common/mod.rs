@@ -38,6 +38,45 @@ pub struct Member {
 }
 
 impl Member {
+    /// A member (not started) named `name` with its data directory and log in `dir`, listening
+    /// on `ports` (client, peer), with `--initial-cluster` and `extra` flags.
+    pub fn new(
+        dir: &Path,
+        name: &str,
+        (client, peer): (u16, u16),
+        initial_cluster: &str,
+        extra: &[&str],
+    ) -> Member {
+        let data_dir = dir.join(format!("{name}.chorus"));
+        let mut args = vec![
+            format!("--name={name}"),
+            format!("--data-dir={}", data_dir.display()),
+            format!("--listen-client-urls=http://127.0.0.1:{client}"),
+            format!("--advertise-client-urls=http://127.0.0.1:{client}"),
+            format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+            format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+            format!("--initial-cluster={initial_cluster}"),
+            "--initial-cluster-token=chorus-test".to_string(),
+            "--heartbeat-interval=50".to_string(),
+            "--election-timeout=500".to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Member {
+            name: name.to_string(),
+            client_port: client,
+            peer_port: peer,
+            log_path: dir.join(format!("{name}.log")),
+            data_dir,
+            args,
+            child: None,
+        }
+    }
+
+    /// This member's peer URL, as `MemberAdd` takes it.
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.client_port)
     }
@@ -91,6 +130,23 @@ impl Member {
         }
     }
 
+    /// Waits up to [`GUARD`] for the process to exit by itself; returns whether it exited
+    /// successfully, or `None` if it was still running.
+    pub fn wait_exit(&mut self) -> Option<bool> {
+        let start = Instant::now();
+        let child = self.child.as_mut().expect("the member is running");
+        loop {
+            if let Some(exit) = child.try_wait().expect("wait for the member") {
+                self.child = None;
+                return Some(exit.success());
+            }
+            if start.elapsed() > GUARD {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
@@ -128,35 +184,43 @@ impl Cluster {
             .iter()
             .enumerate()
             .map(|(i, (client, peer))| {
-                let name = format!("m{i}");
-                let data_dir = dir.path().join(format!("{name}.chorus"));
-                let mut args = vec![
-                    format!("--name={name}"),
-                    format!("--data-dir={}", data_dir.display()),
-                    format!("--listen-client-urls=http://127.0.0.1:{client}"),
-                    format!("--advertise-client-urls=http://127.0.0.1:{client}"),
-                    format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
-                    format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
-                    format!("--initial-cluster={initial_cluster}"),
-                    "--initial-cluster-token=chorus-test".to_string(),
-                    "--heartbeat-interval=50".to_string(),
-                    "--election-timeout=500".to_string(),
-                ];
-                args.extend(extra.iter().map(|s| s.to_string()));
-                let mut member = Member {
-                    name: name.clone(),
-                    client_port: *client,
-                    peer_port: *peer,
-                    log_path: dir.path().join(format!("{name}.log")),
-                    data_dir,
-                    args,
-                    child: None,
-                };
+                let mut member = Member::new(
+                    dir.path(),
+                    &format!("m{i}"),
+                    (*client, *peer),
+                    &initial_cluster,
+                    extra,
+                );
                 member.start();
                 member
             })
             .collect();
         Cluster { members, dir }
+    }
+
+    /// A new member (not started) that joins this running cluster with
+    /// `--initial-cluster-state existing`: its `--initial-cluster` lists the members still
+    /// running and itself. Returns its position in `members`.
+    pub fn joining_member(&mut self, name: &str, extra: &[&str]) -> usize {
+        let ports = (free_port(), free_port());
+        let mut initial_cluster: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.is_running())
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect();
+        initial_cluster.push(format!("{name}=http://127.0.0.1:{}", ports.1));
+        let mut flags = vec!["--initial-cluster-state=existing"];
+        flags.extend_from_slice(extra);
+        let member = Member::new(
+            self.dir.path(),
+            name,
+            ports,
+            &initial_cluster.join(","),
+            &flags,
+        );
+        self.members.push(member);
+        self.members.len() - 1
     }
 
     /// Every member's log, for failure messages.
@@ -175,6 +239,15 @@ pub async fn kv(endpoint: &str) -> KvClient<Channel> {
         .timeout(Duration::from_secs(20))
         .connect_lazy();
     KvClient::new(channel)
+}
+
+pub async fn cluster_client(endpoint: &str) -> pb::cluster_client::ClusterClient<Channel> {
+    let channel = Channel::from_shared(endpoint.to_string())
+        .expect("endpoint")
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(30))
+        .connect_lazy();
+    pb::cluster_client::ClusterClient::new(channel)
 }
 
 pub async fn maintenance(endpoint: &str) -> MaintenanceClient<Channel> {

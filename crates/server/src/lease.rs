@@ -342,10 +342,7 @@ impl Edge {
                 }
                 let mut client =
                     ipb::forward_client::ForwardClient::new(self.forwarder.channel(leader)?);
-                let mut response = client
-                    .lease_time_to_live(request)
-                    .await?
-                    .into_inner();
+                let mut response = client.lease_time_to_live(request).await?.into_inner();
                 self.fill(&mut response.header);
                 return Ok(response);
             }
@@ -457,6 +454,7 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        self.edge.refuse_learner()?;
         let mut requests = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let edge = self.edge.clone();
@@ -484,6 +482,7 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         request: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        self.edge.refuse_learner()?;
         let response = self.edge.lease_time_to_live(request.into_inner()).await?;
         Ok(Response::new(response))
     }
@@ -492,6 +491,7 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         _request: Request<pb::LeaseLeasesRequest>,
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
+        self.edge.refuse_learner()?;
         let leases = self.edge.node.read_store(|store| store.leases());
         let mut response = pb::LeaseLeasesResponse {
             header: None,

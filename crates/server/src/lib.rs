@@ -13,6 +13,7 @@
 //! - [`service`] and [`kv_convert`]: the etcd `KV` gRPC service and the internal `Forward`
 //!   service that hands writes to the leader.
 //! - [`watch`]: etcd's `Watch` service, fed by one hub per member that fans out new events.
+//! - [`membership`] and [`cluster`]: the replicated membership and etcd's `Cluster` service.
 //! - [`member`]: starts a whole member (storage, Raft, transport, servers) and stops it.
 //!
 //! ```
@@ -33,14 +34,17 @@
 //! ```
 
 pub mod alarm;
+pub mod cluster;
 pub mod compactor;
 pub mod config;
 pub mod coordination;
 pub mod error;
+pub mod join;
 pub mod kv_convert;
 pub mod lease;
 pub mod maintenance;
 pub mod member;
+pub mod membership;
 pub mod node;
 pub mod service;
 pub mod snap;

@@ -18,7 +18,7 @@ use chorus_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use chorus_proto::internal::forward_server::ForwardServer;
 use chorus_proto::v3electionpb::election_server::ElectionServer;
 use chorus_proto::v3lockpb::lock_server::LockServer;
-use chorus_raft::{ConfState, GroupId, LogStorage, NodeId, RawNode};
+use chorus_raft::{ConfState, GroupId, LogIndex, LogStorage, NodeId, RawNode};
 use chorus_storage::disk::RealDisk;
 use chorus_storage::mvcc::{MvccConfig, MvccStore};
 use chorus_storage::wal::{RaftLogStore, Wal, WalConfig};
@@ -26,13 +26,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::Instrument as _;
 
+use crate::cluster::ClusterService;
 use crate::config::{MemberUrl, ServerConfig};
 use crate::coordination::{ElectionService, LockService};
+use crate::join;
 use crate::lease::{self, LeaseService, Lessor};
+use crate::membership::{Members, PeerSync, SharedMembers};
 use crate::node::{Driver, DriverInputs, DriverParts, NodeConfig, SnapshotPolicy};
 use crate::service::{
-    ClusterService, Edge, EdgeLimits, ForwardService, Forwarder, KvService, MaintenanceService,
-    Membership,
+    Edge, EdgeLimits, ForwardService, Forwarder, KvService, MaintenanceService, Membership,
 };
 use crate::snap::{self, SnapFiles};
 use crate::transport::{LocalIdentity, PeerService, PeerTransport, TransportConfig};
@@ -72,10 +74,6 @@ pub struct Bound {
     pub peer: std::net::SocketAddr,
 }
 
-fn peer_url(urls: &[MemberUrl]) -> Option<String> {
-    urls.first().map(|u| format!("http://{}", u.authority()))
-}
-
 /// Accepted connections send small messages (heartbeats, answers) at once: without
 /// TCP_NODELAY, Nagle's algorithm and delayed acknowledgements hold them for ~40 ms.
 pub(crate) fn nodelay(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
@@ -88,18 +86,25 @@ async fn bind(url: &MemberUrl) -> Result<TcpListener, MemberError> {
         .map_err(fail(format!("listen on {url}")))
 }
 
-/// Opens the WAL and the store and builds the Raft node, bootstrapping a new group.
+/// What [`open_storage`] opens: the log, the store, the Raft node, the snapshot policy and the
+/// membership table a snapshot restored at start carried, if any.
+type OpenedStorage = (
+    RaftLogStore,
+    MvccStore,
+    RawNode<RaftLogStore>,
+    SnapshotPolicy,
+    Option<chorus_proto::internal::MemberTable>,
+);
+
+/// Opens the WAL and the store and builds the Raft node, bootstrapping a new group with the
+/// configuration `bootstrap`. Also returns the membership table a snapshot restored here
+/// carried, if any.
 fn open_storage(
     config: &ServerConfig,
-) -> Result<
-    (
-        RaftLogStore,
-        MvccStore,
-        RawNode<RaftLogStore>,
-        SnapshotPolicy,
-    ),
-    MemberError,
-> {
+    member_id: NodeId,
+    bootstrap: ConfState,
+    members_index: LogIndex,
+) -> Result<OpenedStorage, MemberError> {
     let member_dir: PathBuf = config.data_dir.join("member");
     let wal_dir = member_dir.join("wal");
     std::fs::create_dir_all(&wal_dir).map_err(fail(format!("create {}", wal_dir.display())))?;
@@ -113,10 +118,10 @@ fn open_storage(
     let log = RaftLogStore::new(Arc::new(Mutex::new(wal)), GROUP_ID);
     let state = log.initial_state().map_err(fail("read the WAL state"))?;
     if state.conf_state.voters.is_empty() {
-        // First start: every member of --initial-cluster is a voter (static bootstrap).
-        let voters: Vec<NodeId> = config.initial_member_ids().values().copied().collect();
-        tracing::info!(?voters, "bootstrapping a new Raft group");
-        log.set_conf_state(ConfState::with_voters(voters))
+        // First start: the configuration from the membership (--initial-cluster for a new
+        // cluster, the others as the cluster told them for a joining member).
+        tracing::info!(voters = ?bootstrap.voters, learners = ?bootstrap.learners, "bootstrapping the Raft group");
+        log.set_conf_state(bootstrap)
             .map_err(fail("record the initial configuration"))?;
         log.sync().map_err(fail("sync the WAL"))?;
     }
@@ -134,6 +139,7 @@ fn open_storage(
         "open the MVCC store in {}",
         member_dir.display()
     )))?;
+    let mut snapshot_table = None;
     if snapshot_meta.index.get() > 0 {
         if !files.exists(&snapshot_meta) {
             return Err(MemberError {
@@ -144,21 +150,37 @@ fn open_storage(
                 ),
             });
         }
-        if store.applied_index() < snapshot_meta.index {
+        // A crash came between recording a received snapshot and switching the store or
+        // recording the membership it carries: finish both from the snapshot's data.
+        if store.applied_index() < snapshot_meta.index || members_index < snapshot_meta.index {
             let data = files
                 .load(&snapshot_meta)
                 .map_err(fail("load the data of the snapshot the WAL records"))?;
-            // A crash came between recording a received snapshot and switching the store.
-            tracing::info!(index = %snapshot_meta.index, "restoring the store from the snapshot");
-            let old_dir = store.dir().to_path_buf();
-            drop(store);
-            store = snap::restore_store(&member_dir, mvcc_config.clone(), &snapshot_meta, data)
+            let (table, mvcc_data) =
+                snap::open_envelope(data).map_err(fail("open the snapshot's data"))?;
+            if let Some(table) = table {
+                use prost::Message as _;
+                let mut table = chorus_proto::internal::MemberTable::decode(table.as_ref())
+                    .map_err(fail("decode the snapshot's membership"))?;
+                table.index = snapshot_meta.index.get();
+                snapshot_table = Some(table);
+            }
+            if store.applied_index() < snapshot_meta.index {
+                tracing::info!(index = %snapshot_meta.index, "restoring the store from the snapshot");
+                let old_dir = store.dir().to_path_buf();
+                drop(store);
+                store = snap::restore_store(
+                    &member_dir,
+                    mvcc_config.clone(),
+                    &snapshot_meta,
+                    mvcc_data,
+                )
                 .map_err(fail("restore the store from the snapshot"))?;
-            snap::remove_store_dir(&old_dir);
+                snap::remove_store_dir(&old_dir);
+            }
         }
     }
     reconcile_commit(&log, store.applied_index())?;
-    let member_id = config.member_id();
     let mut raft_config = chorus_raft::Config::new(member_id, GROUP_ID);
     raft_config.election_ticks = u32::try_from(config.election_ticks()).unwrap_or(u32::MAX);
     raft_config.heartbeat_ticks = 1;
@@ -176,7 +198,7 @@ fn open_storage(
         mvcc_config,
         last_index: snapshot_meta.index,
     };
-    Ok((log, store, raw, policy))
+    Ok((log, store, raw, policy, snapshot_table))
 }
 
 /// The driver does not sync a Ready that only moves the commit index, so after a crash the
@@ -251,11 +273,28 @@ async fn run_member(
     shutdown: impl Future<Output = ()>,
     on_bound: impl FnOnce(Bound),
 ) -> Result<(), MemberError> {
-    let member_id = config.member_id();
-    let cluster_id = config.cluster_id();
-    let (log, store, mut raw, snapshots) = open_storage(&config)?;
-    let members = config.initial_member_ids();
-    if members.len() == 1 && raw.status().term.get() == 0 {
+    let member_dir = config.data_dir.join("member");
+    let joined = join::resolve(&config, &member_dir).await?;
+    let member_id = joined.member_id;
+    let cluster_id = joined.members.cluster_id;
+    let members_index = joined.members.index;
+    let mut members = joined.members;
+    let (log, store, mut raw, snapshots, snapshot_table) =
+        open_storage(&config, member_id, joined.bootstrap, members_index)?;
+    if let Some(table) = snapshot_table
+        && table.index > members.index.get()
+    {
+        // The store was restored from a snapshot newer than the durable table.
+        members = Members {
+            cluster_id,
+            ..Members::from_proto(&table)
+        };
+        members
+            .save(&member_dir, member_id)
+            .map_err(fail("record the membership"))?;
+    }
+    let single = members.conf_state(None).voters.len() == 1;
+    if single && members.members.contains_key(&member_id) && raw.status().term.get() == 0 {
         // A new single-member cluster needs no election timeout to find its leader.
         raw.campaign().map_err(fail("campaign"))?;
     }
@@ -266,15 +305,10 @@ async fn run_member(
     let transport_config = TransportConfig::default();
     let (transport, reports) = PeerTransport::new(transport_config.clone(), local)
         .map_err(fail("configure the peer transport"))?;
-    let mut peer_urls = HashMap::new();
-    for (name, id) in &members {
-        let url = config.initial_cluster.get(name).and_then(|u| peer_url(u));
-        let Some(url) = url else { continue };
-        if *id != member_id {
-            transport.add_peer(*id, url.clone());
-        }
-        peer_urls.insert(*id, url);
-    }
+    let forwarder = Forwarder::new(HashMap::new());
+    let mut peers = PeerSync::new(transport.clone(), forwarder.clone(), member_id);
+    peers.sync(&members);
+    let members: SharedMembers = Arc::new(std::sync::RwLock::new(members));
     let (peer_service, inbound) = PeerService::new(transport_config.clone(), local)
         .map_err(fail("configure the peer service"))?;
 
@@ -297,10 +331,12 @@ async fn run_member(
         lessor: Arc::new(Lessor::new(Duration::from_millis(
             config.election_timeout_ms,
         ))),
+        members: members.clone(),
+        peers,
     });
     let edge = Edge {
         node: handle,
-        forwarder: Forwarder::new(peer_urls),
+        forwarder,
         limits: EdgeLimits {
             request_bytes_max: config.request_bytes_max,
             txn_ops_max: config.txn_ops_max as usize,
@@ -311,13 +347,6 @@ async fn run_member(
     };
 
     let membership = Arc::new(Membership {
-        members: members
-            .iter()
-            .map(|(name, id)| {
-                let urls = config.initial_cluster.get(name).into_iter().flatten();
-                (*id, name.clone(), urls.map(ToString::to_string).collect())
-            })
-            .collect(),
         name: config.name.clone(),
         client_urls: config
             .advertise_client_urls
@@ -401,6 +430,7 @@ async fn run_member(
         shutdown: stop_rx.clone(),
     };
     let mut driver_task = tokio::spawn(driver.run(inputs, commands));
+    let removal = join::watch_removal(edge.node.clone(), member_dir.clone());
     tracing::info!(
         client = ?bound.client,
         peer = %bound.peer,
@@ -414,8 +444,17 @@ async fn run_member(
             tracing::info!("shutting down");
             Ok(())
         }
+        () = removal => {
+            tracing::warn!("the member has been permanently removed from the cluster; exiting");
+            Ok(())
+        }
         joined = &mut driver_task => match joined {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                if !members.read().unwrap_or_else(|e| e.into_inner()).members.contains_key(&member_id) {
+                    tracing::warn!("the member has been permanently removed from the cluster; exiting");
+                }
+                Ok(())
+            }
             Ok(Err(fatal)) => {
                 tracing::error!(error = %fatal, "the node stops");
                 Err(MemberError { context: "run the Raft node".into(), detail: fatal.to_string() })

@@ -22,7 +22,12 @@
 //! records it in the WAL and compacts the log; a snapshot received from the leader replaces the
 //! store (see [`crate::snap`]).
 //!
-//! What is not here: membership changes at runtime, leases.
+//! Membership: a committed ConfChange (or `member_update` proposal) updates the replicated
+//! table of [`crate::membership`] durably before the store records the entry as applied, the
+//! transport and forwarder follow it, and a snapshot is taken right after so that a member
+//! added later can catch up from it. A member that applies its own removal stops.
+//!
+//! What is not here: leases.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -43,6 +48,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::error::ServerError;
 use crate::kv_convert;
 use crate::lease::Lessor;
+use crate::membership::{
+    self, LeaderView, Members, PeerProgress, PeerSync, Planned, SharedMembers,
+};
 use crate::snap::{self, SnapFiles};
 use crate::transport::{PeerTransport, TransportReport};
 
@@ -137,7 +145,15 @@ enum Command {
         to: NodeId,
         reply: oneshot::Sender<Result<(), ServerError>>,
     },
+    /// Checks and proposes a membership change (this member must lead).
+    ProposeMember {
+        change: ipb::member_change_request::Change,
+        reply: oneshot::Sender<MemberResult>,
+    },
 }
+
+/// The result of an applied membership change.
+pub type MemberResult = Result<ipb::MemberChangeResponse, ServerError>;
 
 /// The edge's handle on the driver. Cheap to clone.
 #[derive(Clone)]
@@ -149,9 +165,19 @@ pub struct NodeHandle {
     pub cluster_id: u64,
     /// The lease deadlines, kept while this member leads.
     pub lessor: Arc<Lessor>,
+    /// The replicated membership as applied here.
+    pub members: SharedMembers,
 }
 
 impl NodeHandle {
+    /// Proposes a membership change here (this member must lead) and waits until it is
+    /// applied.
+    pub async fn propose_member(&self, change: ipb::member_change_request::Change) -> MemberResult {
+        let (reply, rx) = oneshot::channel();
+        self.enqueue(Command::ProposeMember { change, reply })?;
+        rx.await.map_err(|_| ServerError::Stopped)?
+    }
+
     fn enqueue(&self, command: Command) -> Result<(), ServerError> {
         self.commands.try_send(command).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => ServerError::TooManyRequests,
@@ -199,6 +225,15 @@ impl NodeHandle {
         self.status.clone()
     }
 
+    /// Whether the applied membership lists this member as a learner.
+    pub fn is_learner(&self) -> bool {
+        let members = self.members.read().unwrap_or_else(|e| e.into_inner());
+        members
+            .members
+            .get(&self.member_id)
+            .is_some_and(|m| m.is_learner)
+    }
+
     /// Runs `f` on the store as it is now (reads only).
     pub fn read_store<T>(&self, f: impl FnOnce(&MvccStore) -> T) -> T {
         let store = self.store.read().unwrap_or_else(|e| e.into_inner());
@@ -220,6 +255,7 @@ impl NodeHandle {
             member_id: NodeId(1),
             cluster_id: 7,
             lessor: Arc::new(Lessor::new(Duration::ZERO)),
+            members: SharedMembers::default(),
         };
         (handle, status_tx)
     }
@@ -253,6 +289,14 @@ pub struct Driver {
     /// The term and vote last made durable: a change of either must be synced before any
     /// message that depends on it is sent.
     synced_hard_state: chorus_raft::HardState,
+    members: SharedMembers,
+    peers: PeerSync,
+    /// Membership proposals waiting for their entries: term and the member concerned.
+    member_waiters: BTreeMap<LogIndex, (Term, ipb::MemberRecord, oneshot::Sender<MemberResult>)>,
+    /// A membership change was applied: snapshot now, whatever the count.
+    snapshot_now: bool,
+    /// This member applied its own removal.
+    removed: bool,
 }
 
 /// Everything the driver's task listens to.
@@ -304,6 +348,8 @@ pub struct DriverParts {
     pub cluster_id: u64,
     pub snapshots: SnapshotPolicy,
     pub lessor: Arc<Lessor>,
+    pub members: SharedMembers,
+    pub peers: PeerSync,
 }
 
 impl Driver {
@@ -329,6 +375,7 @@ impl Driver {
             member_id: parts.member_id,
             cluster_id: parts.cluster_id,
             lessor: parts.lessor.clone(),
+            members: parts.members.clone(),
         };
         let driver = Driver {
             config: parts.config,
@@ -346,6 +393,11 @@ impl Driver {
             reads_confirmed: Vec::new(),
             snapshots: parts.snapshots,
             synced_hard_state,
+            members: parts.members,
+            peers: parts.peers,
+            member_waiters: BTreeMap::new(),
+            snapshot_now: false,
+            removed: false,
         };
         (driver, handle, Commands(commands_rx))
     }
@@ -384,6 +436,10 @@ impl Driver {
             while self.raw.has_ready() {
                 self.handle_ready()?;
             }
+            if self.removed {
+                tracing::warn!("this member was removed from the cluster; stopping");
+                return Ok(());
+            }
         }
     }
 
@@ -408,6 +464,160 @@ impl Driver {
             Command::TransferLeader { to, reply } => {
                 let _ = reply.send(self.transfer_leader(to));
             }
+            Command::ProposeMember { change, reply } => self.propose_member(change, reply),
+        }
+    }
+
+    /// Checks a Cluster request against the membership and the leader's view of its peers
+    /// (etcd's rules) and proposes it.
+    fn propose_member(
+        &mut self,
+        change: ipb::member_change_request::Change,
+        reply: oneshot::Sender<MemberResult>,
+    ) {
+        let status = self.raw.status();
+        if status.role != Role::Leader {
+            let _ = reply.send(Err(propose_error(ProposeError::NotLeader {
+                leader_hint: status.leader,
+            })));
+            return;
+        }
+        let progress: HashMap<NodeId, PeerProgress> = status
+            .progress
+            .iter()
+            .map(|(id, p)| {
+                (
+                    *id,
+                    PeerProgress {
+                        matched: p.matched,
+                        active: p.recent_active,
+                    },
+                )
+            })
+            .collect();
+        let last_index = status.last_index;
+        let planned = {
+            let members = self.members.read().unwrap_or_else(|e| e.into_inner());
+            let new_id = match &change {
+                ipb::member_change_request::Change::Add(add) => {
+                    let urls = membership::parse_peer_urls(&add.peer_ur_ls).unwrap_or_default();
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_nanos() as u64)
+                        .unwrap_or(0);
+                    membership::new_member_id(&members, &urls, now)
+                }
+                _ => NodeId(0),
+            };
+            let view = LeaderView {
+                members: &members,
+                local_id: self.member_id,
+                last_index,
+                progress: &progress,
+                new_id,
+            };
+            membership::check_change(&view, &change)
+        };
+        let proposed = match planned {
+            Err(error) => {
+                let _ = reply.send(Err(error));
+                return;
+            }
+            Ok(Planned::ConfChange(cc, record)) => {
+                self.raw.propose_conf_change(cc).map(|at| (at, record))
+            }
+            Ok(Planned::Update(record)) => {
+                self.seq += 1;
+                let proposal = ipb::Proposal {
+                    id: Some(ipb::RequestId {
+                        member_id: self.member_id.get(),
+                        seq: self.seq,
+                    }),
+                    request: Some(ipb::proposal::Request::MemberUpdate(record.clone())),
+                };
+                self.raw
+                    .propose(Bytes::from(proposal.encode_to_vec()))
+                    .map(|at| (at, record))
+            }
+        };
+        match proposed {
+            Ok(((term, index), record)) => {
+                if let Some(old) = self.member_waiters.insert(index, (term, record, reply)) {
+                    let _ = old.2.send(Err(ServerError::LeaderChanged));
+                }
+            }
+            Err(ProposeError::ConfChangeInProgress) => {
+                // etcd queues such a change behind the pending one; the client retries here.
+                let _ = reply.send(Err(ServerError::TooManyRequests));
+            }
+            Err(error) => {
+                let _ = reply.send(Err(propose_error(error)));
+            }
+        }
+    }
+
+    /// Records the membership entries of a committed batch in the table, durably, before the
+    /// store marks them applied. Returns whether the table changed.
+    fn apply_membership(&mut self, entries: &[Entry]) -> Result<bool, FatalError> {
+        let mut members = self.members.write().unwrap_or_else(|e| e.into_inner());
+        let mut changed = false;
+        for entry in entries {
+            match &entry.payload {
+                EntryPayload::ConfChange(cc) => match members.apply_conf_change(entry.index, cc) {
+                    Ok(c) => changed |= c,
+                    Err(error) => tracing::error!(%error, "skipping a membership context"),
+                },
+                EntryPayload::Normal(data) if !data.is_empty() => {
+                    if let Ok(ipb::Proposal {
+                        request: Some(ipb::proposal::Request::MemberUpdate(update)),
+                        ..
+                    }) = ipb::Proposal::decode(data.as_ref())
+                    {
+                        changed |= members.apply_update(entry.index, &update);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if changed {
+            members
+                .save(&self.snapshots.member_dir, self.member_id)
+                .map_err(|e| FatalError::Snapshot(e.to_string()))?;
+            self.peers.sync(&members);
+            tracing::info!(index = %members.index, members = members.members.len(), "membership changed");
+        }
+        Ok(changed)
+    }
+
+    /// Answers the membership proposals whose entries this batch applied.
+    fn answer_member_waiters(&mut self, entries: &[Entry]) {
+        let Some(last) = entries.last() else { return };
+        for entry in entries {
+            let Some((term, record, reply)) = self.member_waiters.remove(&entry.index) else {
+                continue;
+            };
+            let result = if term == entry.term {
+                let members = self.members.read().unwrap_or_else(|e| e.into_inner());
+                Ok(ipb::MemberChangeResponse {
+                    member: Some(
+                        members
+                            .members
+                            .get(&NodeId(record.id))
+                            .cloned()
+                            .unwrap_or(record),
+                    ),
+                    table: Some(members.to_proto(NodeId(0))),
+                })
+            } else {
+                Err(ServerError::LeaderChanged)
+            };
+            let _ = reply.send(result);
+        }
+        while let Some(entry) = self.member_waiters.first_entry() {
+            if *entry.key() > last.index {
+                break;
+            }
+            let _ = entry.remove().2.send(Err(ServerError::LeaderChanged));
         }
     }
 
@@ -542,6 +752,9 @@ impl Driver {
             return Ok(());
         };
         let last_index = last.index;
+        if self.apply_membership(&ready.committed_entries)? {
+            self.snapshot_now = true;
+        }
         let decoded: Vec<(LogIndex, Term, Option<u64>, Option<WriteOp>)> = ready
             .committed_entries
             .iter()
@@ -579,6 +792,15 @@ impl Driver {
             if let EntryPayload::ConfChange(cc) = &entry.payload {
                 match self.raw.apply_conf_change(cc) {
                     Ok(conf_state) => {
+                        let in_config = conf_state.voters.contains(&self.member_id)
+                            || conf_state.learners.contains(&self.member_id)
+                            || conf_state.voters_outgoing.contains(&self.member_id);
+                        let removes_self = cc.changes.iter().any(|c| {
+                            *c == chorus_raft::ConfChangeSingle::RemoveNode(self.member_id)
+                        });
+                        if removes_self && !in_config {
+                            self.removed = true;
+                        }
                         self.log.set_conf_state(conf_state)?;
                     }
                     Err(error) => tracing::warn!(%error, "refused a configuration change"),
@@ -586,6 +808,7 @@ impl Driver {
             }
         }
         self.raw.on_applied(last_index);
+        self.answer_member_waiters(&ready.committed_entries);
         // Waiters below the applied index whose entries never came (a new leader's log
         // replaced them) learn it now.
         while let Some(entry) = self.waiters.first_entry() {
@@ -610,12 +833,31 @@ impl Driver {
     /// entries that follow it are applied).
     fn restore(&mut self, snapshot: &chorus_raft::Snapshot) -> Result<(), FatalError> {
         let policy = &self.snapshots;
+        let (table, mvcc_data) = snap::open_envelope(snapshot.data.clone())
+            .map_err(snapshot_error("open a received snapshot"))?;
         let restored = snap::restore_store(
             &policy.member_dir,
             policy.mvcc_config.clone(),
             &snapshot.meta,
-            snapshot.data.clone(),
+            mvcc_data,
         )?;
+        if let Some(table) = table {
+            let table = ipb::MemberTable::decode(table.as_ref())
+                .map_err(|e| FatalError::Snapshot(format!("the snapshot's membership: {e}")))?;
+            let mut members = self.members.write().unwrap_or_else(|e| e.into_inner());
+            let cluster_id = members.cluster_id;
+            *members = Members::from_proto(&table);
+            members.cluster_id = cluster_id;
+            members.index = snapshot.meta.index;
+            members
+                .save(&self.snapshots.member_dir, self.member_id)
+                .map_err(|e| FatalError::Snapshot(e.to_string()))?;
+            self.peers.sync(&members);
+            tracing::info!(
+                members = members.members.len(),
+                "membership restored from a snapshot"
+            );
+        }
         let old_dir = {
             let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
             let old_dir = store.dir().to_path_buf();
@@ -649,9 +891,10 @@ impl Driver {
         let since = applied
             .get()
             .saturating_sub(self.snapshots.last_index.get());
-        if since < self.snapshots.snapshot_count {
+        if since < self.snapshots.snapshot_count && !self.snapshot_now {
             return Ok(());
         }
+        self.snapshot_now = false;
         // The WAL may already record a newer snapshot from the leader that this Ready's
         // entries have not reached yet (crates/sim/FOUND.md): no local snapshot below it.
         let recorded = self
@@ -682,10 +925,18 @@ impl Driver {
             );
             store.snapshot()?
         };
+        // The membership as of the same applied index goes first (see snap::envelope).
+        let header = {
+            let members = self.members.read().unwrap_or_else(|e| e.into_inner());
+            snap::envelope_header(&members.to_proto(NodeId(0)).encode_to_vec())
+        };
         // Streamed to its file chunk by chunk: a snapshot is as large as the store. The log
         // store reads it back from the file when a follower needs it.
         files
-            .save_chunks(&meta, snapshot)
+            .save_chunks(
+                &meta,
+                std::iter::once(Ok(header)).chain(snapshot.map(|c| c.map_err(|e| e.to_string()))),
+            )
             .map_err(snapshot_error("save a snapshot"))?;
         self.log.set_snapshot(chorus_raft::Snapshot {
             meta: meta.clone(),
@@ -728,6 +979,10 @@ impl Driver {
             .id
             .filter(|id| id.member_id == self.member_id.get())
             .map(|id| id.seq);
+        if let Some(ipb::proposal::Request::MemberUpdate(_)) = &proposal.request {
+            // Applied to the membership table, not to the store.
+            return (seq, None);
+        }
         match proposal.request.map(write_op) {
             Some(Ok(op)) => (seq, Some(op)),
             Some(Err(error)) => {
@@ -819,6 +1074,11 @@ fn write_op(request: ipb::proposal::Request) -> Result<WriteOp, ServerError> {
             })
         }
         P::LeaseRevoke(r) => WriteOp::LeaseRevoke(mvcc::LeaseId(r.id)),
+        P::MemberUpdate(_) => {
+            return Err(ServerError::Unexpected {
+                message: "a membership update is not a write".to_string(),
+            });
+        }
     })
 }
 

@@ -35,7 +35,7 @@ pub struct EdgeLimits {
 /// Sends writes to the leader's `Forward` service. Channels connect lazily and are kept.
 #[derive(Clone, Debug)]
 pub struct Forwarder {
-    peer_urls: Arc<HashMap<NodeId, String>>,
+    peer_urls: Arc<Mutex<HashMap<NodeId, String>>>,
     clients: Arc<Mutex<HashMap<NodeId, Channel>>>,
 }
 
@@ -43,9 +43,35 @@ impl Forwarder {
     /// A forwarder to the members at these peer URLs (`http://host:port`).
     pub fn new(peer_urls: HashMap<NodeId, String>) -> Self {
         Forwarder {
-            peer_urls: Arc::new(peer_urls),
+            peer_urls: Arc::new(Mutex::new(peer_urls)),
             clients: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// Points the forwarder at a member's (new) peer URL.
+    pub fn set_peer(&self, member: NodeId, url: String) {
+        let mut urls = self.peer_urls.lock().unwrap_or_else(|e| e.into_inner());
+        if urls
+            .insert(member, url.clone())
+            .is_some_and(|old| old != url)
+        {
+            self.clients
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&member);
+        }
+    }
+
+    /// Forgets a removed member.
+    pub fn remove_peer(&self, member: NodeId) {
+        self.peer_urls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&member);
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&member);
     }
 
     pub(crate) fn channel(&self, member: NodeId) -> Result<Channel, Status> {
@@ -53,11 +79,17 @@ impl Forwarder {
         if let Some(channel) = clients.get(&member) {
             return Ok(channel.clone());
         }
-        let url = self.peer_urls.get(&member).ok_or_else(|| {
-            Status::from(ServerError::Unexpected {
-                message: format!("etcdserver: unknown leader {member}"),
-            })
-        })?;
+        let url = self
+            .peer_urls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&member)
+            .cloned()
+            .ok_or_else(|| {
+                Status::from(ServerError::Unexpected {
+                    message: format!("etcdserver: unknown leader {member}"),
+                })
+            })?;
         let channel = Endpoint::from_shared(url.clone())
             .map_err(|e| {
                 Status::from(ServerError::Unexpected {
@@ -159,11 +191,21 @@ impl Edge {
         }
     }
 
+    /// etcd's learners serve serializable reads and Status only: everything else is refused
+    /// with "rpc not supported for learner" (clients then try another member).
+    pub(crate) fn refuse_learner(&self) -> Result<(), ServerError> {
+        if self.node.is_learner() {
+            return Err(ServerError::NotSupportedForLearner);
+        }
+        Ok(())
+    }
+
     /// Proposes a write here when this member leads, else forwards it to the leader.
     pub(crate) async fn write(
         &self,
         request: ipb::forward_request::Request,
     ) -> Result<ipb::forward_response::Response, Status> {
+        self.refuse_learner()?;
         let request_bytes = request_len(&request) as u64;
         if request_bytes > self.limits.request_bytes_max {
             return Err(ServerError::RequestTooLarge {
@@ -206,6 +248,7 @@ impl Edge {
     ) -> Result<pb::RangeResponse, Status> {
         let req = kv_convert::range_from_proto(&request)?;
         if !request.serializable {
+            self.refuse_learner()?;
             let barrier = self.node.read_barrier();
             match tokio::time::timeout(self.limits.request_timeout, barrier).await {
                 Ok(result) => result?,
@@ -370,6 +413,22 @@ impl ipb::forward_server::Forward for ForwardService {
             client_urls: self.membership.client_urls.clone(),
         }))
     }
+
+    async fn member_change(
+        &self,
+        request: Request<ipb::MemberChangeRequest>,
+    ) -> Result<Response<ipb::MemberChangeResponse>, Status> {
+        crate::cluster::change_as_leader(&self.edge, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn member_table_get(
+        &self,
+        _: Request<ipb::MemberTableRequest>,
+    ) -> Result<Response<ipb::MemberTable>, Status> {
+        Ok(Response::new(crate::cluster::table(&self.edge)))
+    }
 }
 
 /// The version reported by `Maintenance.Status`: the etcd API version Chorus is compatible with.
@@ -474,111 +533,13 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
     }
 }
 
-/// The static membership of the cluster (from `--initial-cluster`; runtime changes are not
-/// implemented yet) and this member's client URLs.
+/// This member's name and `--advertise-client-urls`, which it reports to the others (the
+/// replicated membership itself is [`crate::membership`]).
 #[derive(Clone, Debug, Default)]
 pub struct Membership {
-    /// Every member: id, name and peer URLs.
-    pub members: Vec<(NodeId, String, Vec<String>)>,
-    /// This member's name and `--advertise-client-urls`.
     pub name: String,
     pub client_urls: Vec<String>,
 }
 
-/// etcd's `Cluster` service. `MemberList` answers from the static membership, with each
-/// member's client URLs as the member itself reports them (empty for a member that does not
-/// answer within a second). Membership changes answer UNIMPLEMENTED.
-#[derive(Clone)]
-pub struct ClusterService {
-    pub edge: Edge,
-    pub membership: Arc<Membership>,
-}
-
 /// How long `MemberList` waits for a member to tell its client URLs.
 pub const MEMBER_INFO_TIMEOUT: Duration = Duration::from_secs(1);
-
-impl ClusterService {
-    async fn client_urls(&self, member: NodeId) -> Vec<String> {
-        if member == self.edge.node.member_id {
-            return self.membership.client_urls.clone();
-        }
-        let Ok(channel) = self.edge.forwarder.channel(member) else {
-            return Vec::new();
-        };
-        let mut client = ipb::forward_client::ForwardClient::new(channel);
-        let call = client.member_info(ipb::MemberInfoRequest {});
-        match tokio::time::timeout(MEMBER_INFO_TIMEOUT, call).await {
-            Ok(Ok(info)) if info.get_ref().member_id == member.get() => {
-                info.into_inner().client_urls
-            }
-            _ => Vec::new(),
-        }
-    }
-}
-
-#[tonic::async_trait]
-impl pb::cluster_server::Cluster for ClusterService {
-    async fn member_add(
-        &self,
-        _: Request<pb::MemberAddRequest>,
-    ) -> Result<Response<pb::MemberAddResponse>, Status> {
-        Err(Status::unimplemented(
-            "chorus: Cluster.MemberAdd is not implemented yet",
-        ))
-    }
-
-    async fn member_remove(
-        &self,
-        _: Request<pb::MemberRemoveRequest>,
-    ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
-        Err(Status::unimplemented(
-            "chorus: Cluster.MemberRemove is not implemented yet",
-        ))
-    }
-
-    async fn member_update(
-        &self,
-        _: Request<pb::MemberUpdateRequest>,
-    ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
-        Err(Status::unimplemented(
-            "chorus: Cluster.MemberUpdate is not implemented yet",
-        ))
-    }
-
-    async fn member_list(
-        &self,
-        _: Request<pb::MemberListRequest>,
-    ) -> Result<Response<pb::MemberListResponse>, Status> {
-        // One member after another: at most a second per member that does not answer.
-        let mut client_urls = Vec::with_capacity(self.membership.members.len());
-        for (id, _, _) in &self.membership.members {
-            client_urls.push(self.client_urls(*id).await);
-        }
-        let members = self
-            .membership
-            .members
-            .iter()
-            .zip(client_urls)
-            .map(|((id, name, peer_urls), client_urls)| pb::Member {
-                id: id.get(),
-                name: name.clone(),
-                peer_ur_ls: peer_urls.clone(),
-                client_ur_ls: client_urls,
-                is_learner: false,
-            })
-            .collect();
-        let revision = self.edge.node.read_store(|store| store.current_revision());
-        let mut header = kv_convert::header(revision);
-        self.edge.fill(&mut header);
-        Ok(Response::new(pb::MemberListResponse { header, members }))
-    }
-
-    async fn member_promote(
-        &self,
-        _: Request<pb::MemberPromoteRequest>,
-    ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
-        Err(Status::unimplemented(
-            "chorus: Cluster.MemberPromote is not implemented yet",
-        ))
-    }
-}

@@ -36,6 +36,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::ServerConfig;
+use crate::error::ServerError;
 use crate::node::NodeHandle;
 use hub::Hub;
 use stream::StreamTask;
@@ -146,6 +147,9 @@ impl pb::watch_server::Watch for WatchService {
         &self,
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        if self.hub.node().is_learner() {
+            return Err(ServerError::NotSupportedForLearner.into());
+        }
         let inbound = request.into_inner();
         let (out_tx, out_rx) = mpsc::channel(self.hub.config().out_buffer_max);
         let task = StreamTask::new(self.hub.clone(), out_tx);
