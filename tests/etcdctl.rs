@@ -146,19 +146,18 @@ async fn etcdctl_snapshot_defrag_hashkv_move_leader() {
     );
 }
 
-/// Runs `etcdctl watch` with `args` as a child process and returns the first `lines` lines it
-/// prints, then kills it (a watch never ends on its own).
-fn etcdctl_watch(endpoint: &str, args: &[&str], lines: usize) -> Vec<String> {
+/// Runs etcdctl with `args` as a child process and returns the first `lines` lines it prints,
+/// then kills it (for commands that never end on their own: watch, elect).
+fn etcdctl_first_lines(endpoint: &str, args: &[&str], lines: usize) -> Vec<String> {
     use std::io::BufRead as _;
     let mut child = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={endpoint}"))
-        .arg("watch")
         .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("start etcdctl watch");
+        .expect("start etcdctl");
     let stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -177,7 +176,7 @@ fn etcdctl_watch(endpoint: &str, args: &[&str], lines: usize) -> Vec<String> {
                 let _ = child.kill();
                 let output = child.wait_with_output().expect("etcdctl's output");
                 panic!(
-                    "etcdctl watch {args:?} printed only {got:?}; stderr: {}",
+                    "etcdctl {args:?} printed only {got:?}; stderr: {}",
                     String::from_utf8_lossy(&output.stderr)
                 );
             }
@@ -212,7 +211,7 @@ async fn etcdctl_watch_history_and_prefix() {
     assert_eq!(etcdctl(&endpoint, &["put", "fox", "no"]), "OK\n");
     assert_eq!(etcdctl(&endpoint, &["del", "foo"]), "1\n");
     let rev = format!("--rev={first}");
-    let printed = etcdctl_watch(&endpoint, &["foo", &rev], 9);
+    let printed = etcdctl_first_lines(&endpoint, &["watch", "foo", &rev], 9);
     assert_eq!(
         printed,
         [
@@ -229,7 +228,95 @@ async fn etcdctl_watch_history_and_prefix() {
         }
     });
     let rev = format!("--rev={next}");
-    let printed = etcdctl_watch(&endpoint, &["--prefix", "p/", &rev], 6);
+    let printed = etcdctl_first_lines(&endpoint, &["watch", "--prefix", "p/", &rev], 6);
     writes.join().expect("the writes");
     assert_eq!(printed, ["PUT", "p/1", "a", "PUT", "p/2", "b"]);
+}
+
+/// Goal: etcdctl's member, lease, alarm, lock and elect commands work against Chorus as they
+/// do against etcd. Method: one member; each command run and its output checked for what
+/// etcdctl prints against etcd (ids are random, so they are read back from the output).
+#[tokio::test(flavor = "multi_thread")]
+async fn etcdctl_member_lease_alarm_lock_elect() {
+    if !etcdctl_available() {
+        return;
+    }
+    let cluster = Cluster::start(1, &[]);
+    let endpoint = cluster.members[0].endpoint();
+    wait_ready(&endpoint).await;
+
+    // Members: list, add a learner (etcdctl prints the flags to start it with), remove it.
+    let listed = etcdctl(&endpoint, &["member", "list"]);
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(
+        listed.contains(&format!(
+            ", started, m0, {}, {endpoint}, false",
+            cluster.members[0].peer_url()
+        )),
+        "{listed}"
+    );
+    let added = etcdctl(
+        &endpoint,
+        &[
+            "member",
+            "add",
+            "m9",
+            "--learner",
+            "--peer-urls=http://127.0.0.1:1",
+        ],
+    );
+    assert!(
+        added.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
+        "{added}"
+    );
+    let id = added
+        .split_whitespace()
+        .nth(1)
+        .expect("Member <id> added")
+        .to_string();
+    let listed = etcdctl(&endpoint, &["member", "list"]);
+    assert!(
+        listed.contains(&format!("{id}, unstarted, , http://127.0.0.1:1, , true")),
+        "{listed}"
+    );
+    let removed = etcdctl(&endpoint, &["member", "remove", &id]);
+    assert!(
+        removed.contains(&format!("Member {id} removed from cluster")),
+        "{removed}"
+    );
+    assert_eq!(etcdctl(&endpoint, &["member", "list"]).lines().count(), 1);
+
+    // Leases: grant, attach, time-to-live with keys, list, keep-alive once, revoke.
+    let granted = etcdctl(&endpoint, &["lease", "grant", "30"]);
+    assert!(granted.ends_with("granted with TTL(30s)\n"), "{granted}");
+    let lease = granted
+        .split_whitespace()
+        .nth(1)
+        .expect("lease <id> granted");
+    assert_eq!(
+        etcdctl(&endpoint, &["put", "--lease", lease, "lk", "v"]),
+        "OK\n"
+    );
+    let ttl = etcdctl(&endpoint, &["lease", "timetolive", lease, "--keys"]);
+    assert!(ttl.contains("attached keys([lk])"), "{ttl}");
+    let list = etcdctl(&endpoint, &["lease", "list"]);
+    assert_eq!(list, format!("found 1 leases\n{lease}\n"));
+    let kept = etcdctl(&endpoint, &["lease", "keep-alive", "--once", lease]);
+    assert_eq!(kept, format!("lease {lease} keepalived with TTL(30)\n"));
+    let revoked = etcdctl(&endpoint, &["lease", "revoke", lease]);
+    assert_eq!(revoked, format!("lease {lease} revoked\n"));
+    assert_eq!(etcdctl(&endpoint, &["get", "lk"]), "");
+
+    // Alarms: none raised, disarming none is quiet.
+    assert_eq!(etcdctl(&endpoint, &["alarm", "list"]), "");
+    assert_eq!(etcdctl(&endpoint, &["alarm", "disarm"]), "");
+
+    // A lock held around a command, then a campaign that wins and prints its proposal.
+    assert_eq!(
+        etcdctl(&endpoint, &["lock", "door", "echo", "inside"]),
+        "inside\n"
+    );
+    let elected = etcdctl_first_lines(&endpoint, &["elect", "chair", "alice"], 2);
+    assert!(elected[0].starts_with("chair/"), "{elected:?}");
+    assert_eq!(elected[1], "alice");
 }

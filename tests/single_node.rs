@@ -364,3 +364,166 @@ async fn periodic_auto_compaction_keeps_the_retention() {
     recent.revision = revision - 10;
     client.range(recent).await.unwrap();
 }
+
+fn alarm_request(action: pb::alarm_request::AlarmAction, member_id: u64) -> pb::AlarmRequest {
+    pb::AlarmRequest {
+        action: action as i32,
+        member_id,
+        alarm: if member_id == 0 {
+            pb::AlarmType::None as i32
+        } else {
+            pb::AlarmType::Nospace as i32
+        },
+    }
+}
+
+/// Goal: the backend quota works as etcd's: a write that would take the store past
+/// `--quota-backend-bytes` is refused with "database space exceeded" and raises NOSPACE; while
+/// the alarm is active every write that grows the store is refused, even after a restart, but
+/// reads, deletes, compaction and defragmentation are served; once room is made and the alarm
+/// disarmed, writes succeed again. Method: one member with a 4 MiB quota, 80 KB values until
+/// the refusal, then etcd's recovery procedure step by step.
+#[tokio::test(flavor = "multi_thread")]
+async fn quota_raises_nospace_until_room_is_made_and_the_alarm_disarmed() {
+    use pb::alarm_request::AlarmAction;
+    const QUOTA: i64 = 4 * 1024 * 1024;
+    let mut cluster = Cluster::start(1, &[&format!("--quota-backend-bytes={QUOTA}")]);
+    let endpoint = cluster.members[0].endpoint();
+    wait_ready(&endpoint).await;
+    let mut client = kv(&endpoint).await;
+    let big = "x".repeat(80 * 1024);
+    let mut refused = None;
+    for i in 0..200 {
+        match client.put(put(&format!("big/{i:03}"), &big)).await {
+            Ok(_) => {}
+            Err(status) => {
+                refused = Some(status);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("the quota refuses a write before 16 MB are written");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert_eq!(
+        refused.message(),
+        "etcdserver: mvcc: database space exceeded"
+    );
+
+    let mut maintenance = common::maintenance(&endpoint).await;
+    let member_id = maintenance
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .header
+        .unwrap()
+        .member_id;
+    let listed = common::eventually("NOSPACE is raised", || {
+        let mut maintenance = maintenance.clone();
+        async move {
+            let alarms = maintenance
+                .alarm(alarm_request(AlarmAction::Get, 0))
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner()
+                .alarms;
+            if alarms.is_empty() {
+                Err("no alarm yet".to_string())
+            } else {
+                Ok(alarms)
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        listed,
+        vec![pb::AlarmMember {
+            member_id,
+            alarm: pb::AlarmType::Nospace as i32
+        }]
+    );
+    let status = maintenance.status(pb::StatusRequest {}).await.unwrap();
+    assert_eq!(
+        status.into_inner().errors,
+        vec![format!("memberID:{member_id} alarm:NOSPACE")]
+    );
+
+    // While the alarm is on: small writes are refused, reads and deletes are served, and the
+    // alarm survives a restart.
+    let small = client.put(put("small", "v")).await.expect_err("refused");
+    assert_eq!(small.message(), "etcdserver: mvcc: database space exceeded");
+    cluster.members[0].terminate();
+    cluster.members[0].start();
+    wait_ready(&endpoint).await;
+    let mut client = kv(&endpoint).await;
+    let mut maintenance = common::maintenance(&endpoint).await;
+    let small = client.put(put("small", "v")).await.expect_err("refused");
+    assert_eq!(small.message(), "etcdserver: mvcc: database space exceeded");
+    let mut all = get("big/");
+    all.range_end = common::prefix_end("big/").into();
+    all.keys_only = true;
+    assert!(
+        !client
+            .range(all.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .kvs
+            .is_empty()
+    );
+    let deleted = client
+        .delete_range(pb::DeleteRangeRequest {
+            key: all.key.clone(),
+            range_end: all.range_end.clone(),
+            ..pb::DeleteRangeRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(deleted.deleted > 0);
+
+    // etcd's recovery: compact, defragment, disarm.
+    let revision = deleted.header.unwrap().revision;
+    client
+        .compact(pb::CompactionRequest {
+            revision,
+            physical: true,
+        })
+        .await
+        .unwrap();
+    maintenance
+        .defragment(pb::DefragmentRequest {})
+        .await
+        .unwrap();
+    let db_size = maintenance
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .db_size;
+    assert!(db_size < QUOTA, "defragmented to {db_size} bytes");
+    let disarmed = maintenance
+        .alarm(pb::AlarmRequest {
+            action: AlarmAction::Deactivate as i32,
+            member_id,
+            alarm: pb::AlarmType::Nospace as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .alarms;
+    assert_eq!(disarmed.len(), 1);
+    let listed = maintenance
+        .alarm(alarm_request(AlarmAction::Get, 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .alarms;
+    assert!(listed.is_empty(), "{listed:?}");
+    client
+        .put(put("small", "v"))
+        .await
+        .expect("writes work again");
+    let status = maintenance.status(pb::StatusRequest {}).await.unwrap();
+    assert!(status.into_inner().errors.is_empty());
+}

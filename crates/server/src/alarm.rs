@@ -1,6 +1,8 @@
 //! Alarms and the backend quota, as etcd has them.
 //!
-//! An alarm is a (member, kind) pair raised through Raft, so every member knows it. The kinds
+//! An alarm is a (member, kind) pair raised through Raft, so every member knows it; the set
+//! is kept durably with the replicated membership (see [`crate::membership`]) and travels in
+//! Raft snapshots with it. The kinds
 //! are etcd's: `NOSPACE` (a member's store outgrew `--quota-backend-bytes`) and `CORRUPT`.
 //! While any `NOSPACE` alarm is active the cluster refuses the writes that grow the store
 //! (Put, a Txn with a Put, LeaseGrant) with etcd's "etcdserver: mvcc: database space
@@ -29,6 +31,13 @@ pub struct AlarmSet {
 }
 
 impl AlarmSet {
+    /// The set holding these alarms (as the membership table stores them).
+    pub fn from_list(alarms: &[pb::AlarmMember]) -> AlarmSet {
+        AlarmSet {
+            active: alarms.iter().map(|a| (a.member_id, a.alarm)).collect(),
+        }
+    }
+
     /// The alarms, every kind when `kind` is `NONE`, as etcd's GET answers.
     pub fn list(&self, kind: pb::AlarmType) -> Vec<pb::AlarmMember> {
         self.active

@@ -72,6 +72,7 @@ fn from_initial_cluster(config: &ServerConfig) -> Members {
         members,
         removed: Default::default(),
         cluster_id: config.cluster_id(),
+        alarms: Default::default(),
     }
 }
 

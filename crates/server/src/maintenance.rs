@@ -22,6 +22,7 @@ use std::io::{Read as _, Seek as _, Write as _};
 use std::time::Duration;
 
 use chorus_proto::etcdserverpb as pb;
+use chorus_proto::internal as ipb;
 use chorus_raft::NodeId;
 use chorus_storage::mvcc::Revision;
 use sha2::{Digest as _, Sha256};
@@ -83,6 +84,29 @@ pub async fn hash_kv(
         compact_revision: hash.compact_revision.get(),
         hash_revision: hash.revision.get(),
     })
+}
+
+/// etcd's `Maintenance.Alarm`: GET lists the active alarms (after a read barrier, as a
+/// linearizable read); ACTIVATE and DEACTIVATE go through Raft on the leader and answer the
+/// alarm they touched.
+pub async fn alarm(edge: &Edge, request: pb::AlarmRequest) -> Result<pb::AlarmResponse, Status> {
+    use pb::alarm_request::AlarmAction;
+    let alarms = match AlarmAction::try_from(request.action) {
+        Ok(AlarmAction::Activate | AlarmAction::Deactivate) => {
+            let change = ipb::member_change_request::Change::Alarm(request);
+            crate::cluster::change_on_leader(edge, change).await?.alarms
+        }
+        Ok(AlarmAction::Get) | Err(_) => {
+            let barrier = edge.node.read_barrier();
+            edge.within_timeout(async { barrier.await.map_err(Status::from) })
+                .await?;
+            let kind = pb::AlarmType::try_from(request.alarm).unwrap_or(pb::AlarmType::None);
+            edge.node.alarms().list(kind)
+        }
+    };
+    let mut header = None;
+    edge.fill_current(&mut header);
+    Ok(pb::AlarmResponse { header, alarms })
 }
 
 pub async fn defragment(edge: &Edge) -> Result<pb::DefragmentResponse, Status> {

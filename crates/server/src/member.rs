@@ -343,6 +343,7 @@ async fn run_member(
             // etcd's request timeout: 5s plus two election timeouts.
             request_timeout: Duration::from_secs(5)
                 + 2 * Duration::from_millis(config.election_timeout_ms),
+            quota_backend_bytes: config.quota_backend_bytes,
         },
     };
 

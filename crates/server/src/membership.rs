@@ -19,10 +19,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use chorus_proto::etcdserverpb as pb;
 use chorus_proto::internal as ipb;
 use chorus_raft::{ConfChange, ConfChangeSingle, ConfState, LogIndex, NodeId};
 use prost::Message as _;
 
+use crate::alarm::AlarmSet;
 use crate::config::MemberUrl;
 use crate::error::ServerError;
 use crate::service::Forwarder;
@@ -47,6 +49,8 @@ pub struct Members {
     /// Ids removed for good; never reused, and a member among them must not serve.
     pub removed: BTreeSet<NodeId>,
     pub cluster_id: u64,
+    /// The active alarms (etcd's NOSPACE and CORRUPT).
+    pub alarms: AlarmSet,
 }
 
 /// The table shared by the driver (the only writer) and the gRPC services.
@@ -71,6 +75,7 @@ impl Members {
             removed: self.removed.iter().map(|id| id.get()).collect(),
             cluster_id: self.cluster_id,
             local_id: local_id.get(),
+            alarms: self.alarms.list(pb::AlarmType::None),
         }
     }
 
@@ -84,6 +89,7 @@ impl Members {
                 .collect(),
             removed: table.removed.iter().copied().map(NodeId).collect(),
             cluster_id: table.cluster_id,
+            alarms: AlarmSet::from_list(&table.alarms),
         }
     }
 
@@ -166,6 +172,20 @@ impl Members {
         true
     }
 
+    /// Applies a committed alarm request at `index`; returns etcd's answer (the alarms it
+    /// touched), or `None` for an entry the table already reflects.
+    pub fn apply_alarm(
+        &mut self,
+        index: LogIndex,
+        request: &pb::AlarmRequest,
+    ) -> Option<Vec<pb::AlarmMember>> {
+        if index <= self.index {
+            return None;
+        }
+        self.index = index;
+        Some(self.alarms.apply(request))
+    }
+
     /// Reads the durable copy in `member_dir`, with the id of the member that keeps it.
     pub fn load(member_dir: &Path) -> Result<Option<(Members, NodeId)>, MembershipError> {
         let path = member_dir.join(MEMBERSHIP_FILE);
@@ -240,6 +260,8 @@ pub enum Planned {
     ConfChange(ConfChange, ipb::MemberRecord),
     /// Propose a normal entry carrying this update.
     Update(ipb::MemberRecord),
+    /// Propose a normal entry raising or disarming this alarm.
+    Alarm(pb::AlarmRequest),
 }
 
 /// The leader's view used to check a change.
@@ -346,6 +368,7 @@ pub fn check_change(
             record.peer_urls = peer_urls;
             Ok(Planned::Update(record))
         }
+        Change::Alarm(alarm) => Ok(Planned::Alarm(*alarm)),
         Change::Promote(promote) => {
             let mut record = find(promote.id).ok_or(ServerError::MemberNotFound)?;
             if !record.is_learner {
@@ -512,6 +535,7 @@ mod tests {
                 .collect(),
             removed: BTreeSet::new(),
             cluster_id: 99,
+            alarms: AlarmSet::default(),
         }
     }
 
@@ -604,6 +628,15 @@ mod tests {
         assert!(!m.members.contains_key(&NodeId(3)));
         assert!(m.removed.contains(&NodeId(3)));
         assert_eq!(m.index, LogIndex(8));
+        // Alarms ride along: applied once, replay ignored.
+        let raise = pb::AlarmRequest {
+            action: pb::alarm_request::AlarmAction::Activate as i32,
+            member_id: 2,
+            alarm: pb::AlarmType::Nospace as i32,
+        };
+        assert_eq!(m.apply_alarm(LogIndex(9), &raise).map(|a| a.len()), Some(1));
+        assert_eq!(m.apply_alarm(LogIndex(9), &raise), None, "replay is a no-op");
+        assert!(m.alarms.no_space());
         // The table survives its protobuf form.
         assert_eq!(Members::from_proto(&m.to_proto(NodeId(1))), m);
     }

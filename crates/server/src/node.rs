@@ -35,6 +35,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use chorus_proto::etcdserverpb as pb;
 use chorus_proto::internal as ipb;
 use chorus_raft::{
     Entry, EntryPayload, LogIndex, LogStorage, Message, NodeId, ProposeError, RawNode, Ready, Role,
@@ -155,6 +156,14 @@ enum Command {
 /// The result of an applied membership change.
 pub type MemberResult = Result<ipb::MemberChangeResponse, ServerError>;
 
+/// A membership or alarm proposal waiting for its entry: its term, the member concerned (none
+/// for an alarm) and who to answer.
+type MemberWaiter = (
+    Term,
+    Option<ipb::MemberRecord>,
+    oneshot::Sender<MemberResult>,
+);
+
 /// The edge's handle on the driver. Cheap to clone.
 #[derive(Clone)]
 pub struct NodeHandle {
@@ -225,6 +234,12 @@ impl NodeHandle {
         self.status.clone()
     }
 
+    /// The active alarms, as applied here.
+    pub fn alarms(&self) -> crate::alarm::AlarmSet {
+        let members = self.members.read().unwrap_or_else(|e| e.into_inner());
+        members.alarms.clone()
+    }
+
     /// Whether the applied membership lists this member as a learner.
     pub fn is_learner(&self) -> bool {
         let members = self.members.read().unwrap_or_else(|e| e.into_inner());
@@ -292,7 +307,10 @@ pub struct Driver {
     members: SharedMembers,
     peers: PeerSync,
     /// Membership proposals waiting for their entries: term and the member concerned.
-    member_waiters: BTreeMap<LogIndex, (Term, ipb::MemberRecord, oneshot::Sender<MemberResult>)>,
+    /// (No member for an alarm request.)
+    member_waiters: BTreeMap<LogIndex, MemberWaiter>,
+    /// etcd's answers to the alarm requests of the batch being applied, by index.
+    alarm_answers: HashMap<LogIndex, Vec<pb::AlarmMember>>,
     /// A membership change was applied: snapshot now, whatever the count.
     snapshot_now: bool,
     /// This member applied its own removal.
@@ -396,6 +414,7 @@ impl Driver {
             members: parts.members,
             peers: parts.peers,
             member_waiters: BTreeMap::new(),
+            alarm_answers: HashMap::new(),
             snapshot_now: false,
             removed: false,
         };
@@ -523,21 +542,17 @@ impl Driver {
                 let _ = reply.send(Err(error));
                 return;
             }
-            Ok(Planned::ConfChange(cc, record)) => {
-                self.raw.propose_conf_change(cc).map(|at| (at, record))
-            }
+            Ok(Planned::ConfChange(cc, record)) => self
+                .raw
+                .propose_conf_change(cc)
+                .map(|at| (at, Some(record))),
             Ok(Planned::Update(record)) => {
-                self.seq += 1;
-                let proposal = ipb::Proposal {
-                    id: Some(ipb::RequestId {
-                        member_id: self.member_id.get(),
-                        seq: self.seq,
-                    }),
-                    request: Some(ipb::proposal::Request::MemberUpdate(record.clone())),
-                };
-                self.raw
-                    .propose(Bytes::from(proposal.encode_to_vec()))
-                    .map(|at| (at, record))
+                let request = ipb::proposal::Request::MemberUpdate(record.clone());
+                self.propose_normal(request).map(|at| (at, Some(record)))
+            }
+            Ok(Planned::Alarm(alarm)) => {
+                let request = ipb::proposal::Request::Alarm(alarm);
+                self.propose_normal(request).map(|at| (at, None))
             }
         };
         match proposed {
@@ -556,6 +571,22 @@ impl Driver {
         }
     }
 
+    /// Proposes a normal entry with this member's next request counter.
+    fn propose_normal(
+        &mut self,
+        request: ipb::proposal::Request,
+    ) -> Result<(Term, LogIndex), ProposeError> {
+        self.seq += 1;
+        let proposal = ipb::Proposal {
+            id: Some(ipb::RequestId {
+                member_id: self.member_id.get(),
+                seq: self.seq,
+            }),
+            request: Some(request),
+        };
+        self.raw.propose(Bytes::from(proposal.encode_to_vec()))
+    }
+
     /// Records the membership entries of a committed batch in the table, durably, before the
     /// store marks them applied. Returns whether the table changed.
     fn apply_membership(&mut self, entries: &[Entry]) -> Result<bool, FatalError> {
@@ -568,12 +599,22 @@ impl Driver {
                     Err(error) => tracing::error!(%error, "skipping a membership context"),
                 },
                 EntryPayload::Normal(data) if !data.is_empty() => {
-                    if let Ok(ipb::Proposal {
-                        request: Some(ipb::proposal::Request::MemberUpdate(update)),
-                        ..
-                    }) = ipb::Proposal::decode(data.as_ref())
-                    {
-                        changed |= members.apply_update(entry.index, &update);
+                    use ipb::proposal::Request as P;
+                    let request = ipb::Proposal::decode(data.as_ref())
+                        .ok()
+                        .and_then(|p| p.request);
+                    match request {
+                        Some(P::MemberUpdate(update)) => {
+                            changed |= members.apply_update(entry.index, &update);
+                        }
+                        Some(P::Alarm(alarm)) => {
+                            if let Some(answer) = members.apply_alarm(entry.index, &alarm) {
+                                tracing::warn!(?alarm, "alarm request applied");
+                                self.alarm_answers.insert(entry.index, answer);
+                                changed = true;
+                            }
+                        }
+                        _ => {}
                     }
                 }
                 _ => {}
@@ -599,14 +640,15 @@ impl Driver {
             let result = if term == entry.term {
                 let members = self.members.read().unwrap_or_else(|e| e.into_inner());
                 Ok(ipb::MemberChangeResponse {
-                    member: Some(
+                    member: record.map(|record| {
                         members
                             .members
                             .get(&NodeId(record.id))
                             .cloned()
-                            .unwrap_or(record),
-                    ),
+                            .unwrap_or(record)
+                    }),
                     table: Some(members.to_proto(NodeId(0))),
+                    alarms: self.alarm_answers.remove(&entry.index).unwrap_or_default(),
                 })
             } else {
                 Err(ServerError::LeaderChanged)
@@ -619,6 +661,7 @@ impl Driver {
             }
             let _ = entry.remove().2.send(Err(ServerError::LeaderChanged));
         }
+        self.alarm_answers.clear();
     }
 
     fn transfer_leader(&mut self, to: NodeId) -> Result<(), ServerError> {
@@ -979,7 +1022,9 @@ impl Driver {
             .id
             .filter(|id| id.member_id == self.member_id.get())
             .map(|id| id.seq);
-        if let Some(ipb::proposal::Request::MemberUpdate(_)) = &proposal.request {
+        if let Some(ipb::proposal::Request::MemberUpdate(_) | ipb::proposal::Request::Alarm(_)) =
+            &proposal.request
+        {
             // Applied to the membership table, not to the store.
             return (seq, None);
         }
@@ -1074,9 +1119,9 @@ fn write_op(request: ipb::proposal::Request) -> Result<WriteOp, ServerError> {
             })
         }
         P::LeaseRevoke(r) => WriteOp::LeaseRevoke(mvcc::LeaseId(r.id)),
-        P::MemberUpdate(_) => {
+        P::MemberUpdate(_) | P::Alarm(_) => {
             return Err(ServerError::Unexpected {
-                message: "a membership update is not a write".to_string(),
+                message: "a membership update or alarm is not a write".to_string(),
             });
         }
     })

@@ -15,6 +15,7 @@ use prost::Message as _;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use crate::alarm;
 use crate::error::ServerError;
 use crate::kv_convert;
 use crate::maintenance;
@@ -30,6 +31,9 @@ pub struct EdgeLimits {
     /// How long a request may wait for a leader, a proposal or a read index before it fails
     /// with etcd's "request timed out".
     pub request_timeout: Duration,
+    /// etcd's `--quota-backend-bytes`: past it, writes that grow the store are refused and
+    /// the NOSPACE alarm is raised.
+    pub quota_backend_bytes: u64,
 }
 
 /// Sends writes to the leader's `Forward` service. Channels connect lazily and are kept.
@@ -214,6 +218,9 @@ impl Edge {
             }
             .into());
         }
+        if alarm::grows_store(&request) {
+            self.check_quota(request_bytes)?;
+        }
         let timeout = self.limits.request_timeout;
         let work = async {
             let leader = self.leader().await?;
@@ -228,6 +235,38 @@ impl Edge {
             Ok(result) => result,
             Err(_) => Err(ServerError::Timeout.into()),
         }
+    }
+
+    /// etcd's quota: while NOSPACE is active anywhere, or when this write would take this
+    /// member's store past `--quota-backend-bytes`, a write that grows the store is refused
+    /// with "database space exceeded"; in the second case this member raises NOSPACE for
+    /// itself (in the background: the refusal does not wait for the alarm to commit).
+    fn check_quota(&self, request_bytes: u64) -> Result<(), ServerError> {
+        if self.node.alarms().no_space() {
+            return Err(ServerError::NoSpace);
+        }
+        let db_bytes = self.node.read_store(|store| store.file_size());
+        if !alarm::exceeds_quota(db_bytes, request_bytes, self.limits.quota_backend_bytes) {
+            return Ok(());
+        }
+        tracing::warn!(
+            db_bytes,
+            quota = self.limits.quota_backend_bytes,
+            "the store reached the backend quota; raising NOSPACE"
+        );
+        let edge = self.clone();
+        tokio::spawn(async move {
+            let raise = pb::AlarmRequest {
+                action: pb::alarm_request::AlarmAction::Activate as i32,
+                member_id: edge.node.member_id.get(),
+                alarm: pb::AlarmType::Nospace as i32,
+            };
+            let change = ipb::member_change_request::Change::Alarm(raise);
+            if let Err(error) = crate::cluster::change_on_leader(&edge, change).await {
+                tracing::warn!(%error, "could not raise NOSPACE");
+            }
+        });
+        Err(ServerError::NoSpace)
     }
 
     /// Proposes a write forwarded by another member; this member must lead.
@@ -436,7 +475,7 @@ impl ipb::forward_server::Forward for ForwardService {
 pub const ETCD_API_VERSION: &str = "3.5.0";
 
 /// etcd's `Maintenance` service: `Status` here, the other calls in [`crate::maintenance`].
-/// Alarm and Downgrade answer UNIMPLEMENTED.
+/// Downgrade answers UNIMPLEMENTED.
 #[derive(Clone)]
 pub struct MaintenanceService(pub Edge);
 
@@ -452,9 +491,11 @@ type SnapshotStream = std::pin::Pin<
 impl pb::maintenance_server::Maintenance for MaintenanceService {
     async fn alarm(
         &self,
-        _: Request<pb::AlarmRequest>,
+        request: Request<pb::AlarmRequest>,
     ) -> Result<Response<pb::AlarmResponse>, Status> {
-        Err(unimplemented("Alarm"))
+        maintenance::alarm(&self.0, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn status(
@@ -463,11 +504,9 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let edge = &self.0;
         let status = edge.node.status();
-        let (revision, db_size) = edge.node.read_store(|store| {
-            let file = store.dir().join(chorus_storage::mvcc::ENGINE_FILE);
-            let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
-            (store.current_revision(), size)
-        });
+        let (revision, db_size) = edge
+            .node
+            .read_store(|store| (store.current_revision(), store.file_size()));
         let mut header = kv_convert::header(revision);
         edge.fill(&mut header);
         let db_size = i64::try_from(db_size).unwrap_or(i64::MAX);
@@ -480,6 +519,18 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             raft_term: status.term.get(),
             raft_applied_index: status.applied.get(),
             db_size_in_use: db_size,
+            // As etcd: every active alarm, named as "memberID:<id> alarm:<kind>".
+            errors: edge
+                .node
+                .alarms()
+                .list(pb::AlarmType::None)
+                .iter()
+                .map(|a| {
+                    let kind = pb::AlarmType::try_from(a.alarm).unwrap_or(pb::AlarmType::None);
+                    format!("memberID:{} alarm:{}", a.member_id, kind.as_str_name())
+                })
+                .collect(),
+            is_learner: edge.node.is_learner(),
             ..pb::StatusResponse::default()
         }))
     }
