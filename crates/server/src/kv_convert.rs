@@ -207,10 +207,8 @@ pub fn txn_to_proto(resp: &mvcc::TxnResponse) -> pb::TxnResponse {
         })
         .collect();
     pb::TxnResponse {
-        // A nested transaction's header revision is zero, as etcd leaves it unset.
-        header: (resp.revision.get() != 0)
-            .then(|| header(resp.revision))
-            .flatten(),
+        // A nested transaction has a header with nothing set (revision zero), as in etcd.
+        header: header(resp.revision),
         succeeded: resp.succeeded,
         responses,
     }

@@ -635,7 +635,11 @@ mod tests {
             alarm: pb::AlarmType::Nospace as i32,
         };
         assert_eq!(m.apply_alarm(LogIndex(9), &raise).map(|a| a.len()), Some(1));
-        assert_eq!(m.apply_alarm(LogIndex(9), &raise), None, "replay is a no-op");
+        assert_eq!(
+            m.apply_alarm(LogIndex(9), &raise),
+            None,
+            "replay is a no-op"
+        );
         assert!(m.alarms.no_space());
         // The table survives its protobuf form.
         assert_eq!(Members::from_proto(&m.to_proto(NodeId(1))), m);

@@ -147,6 +147,9 @@ type BranchWrites = (Vec<Bytes>, Vec<(Bytes, Bytes)>);
 struct Model {
     current: i64,
     compacted: i64,
+    /// The revision of the last compaction applied, if any: etcd's compacted revision, which
+    /// starts at -1, so that revision 0 may be compacted once.
+    last_compaction: Option<i64>,
     versions: BTreeMap<Bytes, Vec<(i64, Option<KeyValue>)>>,
     log: Vec<(i64, Bytes, Option<KeyValue>)>,
 }
@@ -462,13 +465,14 @@ impl Model {
     }
 
     fn compact(&mut self, rev: i64) -> Result<CompactResponse, String> {
-        if rev <= self.compacted {
+        if rev <= self.last_compaction.unwrap_or(-1) {
             return Err("mvcc: required revision has been compacted".into());
         }
         if rev > self.current {
             return Err("mvcc: required revision is a future revision".into());
         }
         self.compacted = rev;
+        self.last_compaction = Some(rev);
         Ok(CompactResponse {
             revision: Revision(self.current),
         })

@@ -24,6 +24,10 @@ pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta")
 pub(crate) const META_FORMAT: &str = "format";
 pub(crate) const META_CURRENT: &str = "current_revision";
 pub(crate) const META_COMPACTED: &str = "compact_revision";
+/// 1 once any compaction was applied, even one at revision 0 (which etcd accepts once and then
+/// refuses as compacted). Absent in stores written before it existed: then derived from
+/// `compact_revision`.
+pub(crate) const META_COMPACTED_ONCE: &str = "compacted_once";
 pub(crate) const META_APPLIED: &str = "applied_index";
 /// The granted leases: lease id -> granted TTL in seconds. Written in the same engine
 /// transaction as the entry that grants or revokes them.
@@ -137,6 +141,8 @@ pub(crate) struct Core {
     pub granted: BTreeMap<LeaseId, i64>,
     pub current: Revision,
     pub compacted: Revision,
+    /// Whether any compaction was applied (see [`META_COMPACTED_ONCE`]).
+    pub compacted_once: bool,
     pub applied: LogIndex,
 }
 
@@ -518,6 +524,10 @@ fn recover(db: &Database) -> MvccResult<Core> {
     let current = as_revision(META_CURRENT, read(META_CURRENT)?)?;
     let compacted = as_revision(META_COMPACTED, read(META_COMPACTED)?)?;
     let applied = LogIndex(read(META_APPLIED)?);
+    let compacted_once = match meta.get(META_COMPACTED_ONCE).map_err(engine)? {
+        Some(once) => once.value() == 1,
+        None => compacted.get() > 0,
+    };
     if current < Revision::FIRST || compacted > current {
         return Err(corrupt(
             "meta",
@@ -530,6 +540,7 @@ fn recover(db: &Database) -> MvccResult<Core> {
         granted: read_leases(&txn)?,
         current,
         compacted,
+        compacted_once,
         applied,
     };
     let table = txn.open_table(RECORDS).map_err(engine)?;

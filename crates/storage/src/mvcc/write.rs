@@ -16,7 +16,8 @@ use super::codec::{Record, RecordId};
 use super::error::{MvccError, MvccResult, engine};
 use super::index::KeySpan;
 use super::store::{
-    Core, LEASES, META, META_APPLIED, META_COMPACTED, META_CURRENT, MvccStore, RECORDS,
+    Core, LEASES, META, META_APPLIED, META_COMPACTED, META_COMPACTED_ONCE, META_CURRENT, MvccStore,
+    RECORDS,
 };
 use super::txn::{TxnPath, check_delete_request, check_put_request, check_txn_request};
 use super::types::{
@@ -272,7 +273,9 @@ impl WriteBatch<'_> {
     /// from the engine is part of this batch, so it is always physical.
     pub fn compact(&mut self, revision: Revision) -> MvccResult<CompactResponse> {
         let core = &self.store.core;
-        if revision <= core.compacted {
+        // As etcd: a store never compacted accepts revision 0 once (etcd starts its compacted
+        // revision at -1); after that, revisions up to the compacted one are refused.
+        if revision < core.compacted || (revision == core.compacted && core.compacted_once) {
             return Err(MvccError::Compacted {
                 compact_revision: core.compacted,
             });
@@ -280,6 +283,14 @@ impl WriteBatch<'_> {
         if revision > core.current {
             return Err(MvccError::FutureRevision {
                 current_revision: core.current,
+            });
+        }
+        if revision.get() == 0 {
+            // Nothing lies below revision 1: only the fact of the compaction is recorded.
+            self.store.core.compacted_once = true;
+            self.dirty = true;
+            return Ok(CompactResponse {
+                revision: self.store.core.current,
             });
         }
         self.with_table(|core, table| {
@@ -292,6 +303,7 @@ impl WriteBatch<'_> {
                 })
                 .map_err(engine)?;
             core.compacted = revision;
+            core.compacted_once = true;
             tracing::debug!(compact_revision = %revision, "compacted the mvcc store");
             Ok(CompactResponse {
                 revision: core.current,
@@ -332,6 +344,8 @@ impl WriteBatch<'_> {
                 meta.insert(META_CURRENT, core.current.get() as u64)
                     .map_err(engine)?;
                 meta.insert(META_COMPACTED, core.compacted.get() as u64)
+                    .map_err(engine)?;
+                meta.insert(META_COMPACTED_ONCE, u64::from(core.compacted_once))
                     .map_err(engine)?;
                 meta.insert(META_APPLIED, core.applied.get())
                     .map_err(engine)?;
