@@ -39,23 +39,7 @@ async fn writes_through_any_member_read_back_from_every_member() {
     for member in &cluster.members {
         wait_ready(&member.endpoint()).await;
     }
-    for round in 0..30 {
-        let writer = &cluster.members[round % 3];
-        let key = format!("lin/{round:03}");
-        let value = format!("v{round}");
-        put_retrying(&writer.endpoint(), &key, &value).await;
-        for reader in &cluster.members {
-            let got = range_retrying(&reader.endpoint(), get(&key)).await;
-            assert_eq!(
-                got.kvs.first().map(|kv| kv.value.as_ref()),
-                Some(value.as_bytes()),
-                "round {round}: {} does not see the write made through {}\n{}",
-                reader.name,
-                writer.name,
-                cluster.logs()
-            );
-        }
-    }
+    write_then_read_everywhere(&cluster, 0..30).await;
     let leaders: Vec<u64> = {
         let mut leaders = Vec::new();
         for member in &cluster.members {
@@ -104,6 +88,44 @@ async fn writes_through_any_member_read_back_from_every_member() {
         })
         .collect();
     assert_eq!(listed, expected);
+}
+
+/// For each round: write through one running member after another, then read the key back
+/// linearizably from every running member at once; each must see the write.
+async fn write_then_read_everywhere(cluster: &Cluster, rounds: std::ops::Range<usize>) {
+    let running: Vec<&common::Member> = cluster.members.iter().filter(|m| m.is_running()).collect();
+    for round in rounds {
+        let writer = running[round % running.len()];
+        let key = format!("lin/{round:03}");
+        let value = format!("v{round}");
+        put_retrying(&writer.endpoint(), &key, &value).await;
+        for reader in &running {
+            let got = range_retrying(&reader.endpoint(), get(&key)).await;
+            assert_eq!(
+                got.kvs.first().map(|kv| kv.value.as_ref()),
+                Some(value.as_bytes()),
+                "round {round}: {} does not see the write made through {}\n{}",
+                reader.name,
+                writer.name,
+                cluster.logs()
+            );
+        }
+    }
+}
+
+/// Goal: with `--read-mode=lease` linearizable reads still see every acknowledged write, from
+/// every member, before and after the leader is killed. Method: three members in lease mode;
+/// rounds of write-then-read-everywhere; kill -9 of the leader; more rounds on the survivors.
+#[tokio::test(flavor = "multi_thread")]
+async fn lease_reads_see_every_acknowledged_write() {
+    let mut cluster = Cluster::start(3, &["--read-mode=lease"]);
+    for member in &cluster.members {
+        wait_ready(&member.endpoint()).await;
+    }
+    write_then_read_everywhere(&cluster, 0..20).await;
+    let leader = leader_index(&cluster).await;
+    cluster.members[leader].kill();
+    write_then_read_everywhere(&cluster, 20..40).await;
 }
 
 /// Goal: killing the leader with kill -9 in the middle of writes loses no acknowledged write; a

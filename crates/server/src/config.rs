@@ -116,6 +116,11 @@ pub struct ServerArgs {
     /// or `500ms` [default: 10m]
     #[arg(long)]
     pub experimental_watch_progress_notify_interval: Option<String>,
+    /// How the leader confirms a linearizable read: read-index (a heartbeat round to a
+    /// quorum, etcd's way) | lease (no round while the leader's lease from its last quorum
+    /// contact holds; assumes bounded clock drift) [default: read-index]
+    #[arg(long)]
+    pub read_mode: Option<String>,
 }
 
 /// The names of every option, as flag, file key and (upper-cased) environment variable.
@@ -141,6 +146,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "log-format",
     "config-file",
     "experimental-watch-progress-notify-interval",
+    "read-mode",
 ];
 
 /// The prefix of the environment variables that set options.
@@ -183,6 +189,7 @@ impl ServerArgs {
             text(&self.log_format),
             path(&self.config_file),
             text(&self.experimental_watch_progress_notify_interval),
+            text(&self.read_mode),
         ];
         debug_assert_eq!(values.len(), OPTION_NAMES.len());
         OPTION_NAMES
@@ -390,6 +397,17 @@ pub struct ServerConfig {
     pub config_file: Option<PathBuf>,
     /// `--experimental-watch-progress-notify-interval`.
     pub watch_progress_notify_interval: Duration,
+    /// `--read-mode`.
+    pub read_mode: ReadMode,
+}
+
+/// How linearizable reads are confirmed (`--read-mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadMode {
+    /// etcd's ReadIndex: the leader confirms its leadership with a quorum for each batch.
+    ReadIndex,
+    /// Lease reads: the leader answers while its lease from the last quorum contact holds.
+    Lease,
 }
 
 /// The value of each option with its source, after precedence has been applied.
@@ -706,6 +724,14 @@ impl ServerConfig {
             )?,
             config_file: l.get("config-file").map(|(p, _)| PathBuf::from(p)),
             watch_progress_notify_interval: watch_progress_notify_interval(l)?,
+            read_mode: l.choice(
+                "read-mode",
+                "read-index",
+                &[
+                    ("read-index", ReadMode::ReadIndex),
+                    ("lease", ReadMode::Lease),
+                ],
+            )?,
             name,
         })
     }

@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tracing::Instrument as _;
 
 use crate::cluster::ClusterService;
-use crate::config::{MemberUrl, ServerConfig};
+use crate::config::{MemberUrl, ReadMode, ServerConfig};
 use crate::coordination::{ElectionService, LockService};
 use crate::join;
 use crate::lease::{self, LeaseService, Lessor};
@@ -184,6 +184,10 @@ fn open_storage(
     let mut raft_config = chorus_raft::Config::new(member_id, GROUP_ID);
     raft_config.election_ticks = u32::try_from(config.election_ticks()).unwrap_or(u32::MAX);
     raft_config.heartbeat_ticks = 1;
+    raft_config.read_only = match config.read_mode {
+        ReadMode::ReadIndex => chorus_raft::ReadOnlyOption::Safe,
+        ReadMode::Lease => chorus_raft::ReadOnlyOption::LeaseBased,
+    };
     raft_config.applied = store.applied_index();
     raft_config.seed = member_id.get() ^ seed_from_clock();
     raft_config

@@ -71,6 +71,7 @@ fn defaults_match_etcd() {
         log_format: LogFormat::Text,
         config_file: None,
         watch_progress_notify_interval: std::time::Duration::from_secs(600),
+        read_mode: ReadMode::ReadIndex,
     };
     assert_eq!(config, expected);
     assert_eq!(config.election_ticks(), 10);
@@ -155,6 +156,7 @@ fn every_option_from_file_and_from_env() {
         auto-compaction-mode = "periodic"
         log-level = "debug"
         log-format = "json"
+        read-mode = "lease"
     "#;
     let from_file = resolve(&[], &[], Some(file)).expect("file config is valid");
     let env_pairs: Vec<(String, String)> = file
@@ -200,6 +202,7 @@ fn every_option_from_file_and_from_env() {
         (c.log_level, c.log_format),
         (LogLevel::Debug, LogFormat::Json)
     );
+    assert_eq!(c.read_mode, ReadMode::Lease);
 }
 
 // Goal: the retention is read as etcd reads it for each mode. Method: a table of
@@ -588,6 +591,21 @@ fn validation_errors_name_the_values() {
                 )
             },
             "expected one of json, text",
+        ),
+        (
+            &["--read-mode", "stale"],
+            &[],
+            None,
+            |e| {
+                matches!(
+                    e,
+                    ConfigError::InvalidValue {
+                        option: "read-mode",
+                        ..
+                    }
+                )
+            },
+            "expected one of read-index, lease",
         ),
         (
             &[],
