@@ -1,0 +1,65 @@
+//! `chorus-client`: a Rust client for Chorus and any etcd v3 endpoint.
+//!
+//! - [`Client`]: KV ([`Client::get`], [`Client::put`], [`Client::delete`]), a typed
+//!   [`txn::Txn`] builder, leases with a background [`LeaseKeeper`], and resuming watches
+//!   ([`Watcher`]).
+//! - An endpoint set with load-balancing [`balance`] policies (round robin, weighted round
+//!   robin, least outstanding requests, random, power of two choices, consistent hashing), health
+//!   checks, a circuit breaker per endpoint and a retry budget ([`breaker`]), failover, and
+//!   writes routed to the leader.
+//! - Retries only where they are safe: reads and operations declared idempotent are retried on
+//!   another endpoint; a write that may have been applied fails with
+//!   [`Error::OutcomeUnknown`] and is never re-sent behind the caller's back.
+//!
+//! What is not here yet: the coordination recipes (lock with a fencing token, leader election,
+//! service registry and discovery, barrier, saga coordinator), and authentication and TLS (the
+//! channels are plaintext HTTP/2).
+//!
+//! ```no_run
+//! use chorus_client::{Client, ClientOptions, GetOptions, PutOptions};
+//! use chorus_client::txn::{Cmp, Compare, Op, Txn};
+//!
+//! # async fn example() -> chorus_client::Result<()> {
+//! let client = Client::connect(
+//!     ["http://127.0.0.1:2379", "http://127.0.0.1:22379"],
+//!     ClientOptions::default(),
+//! )
+//! .await?;
+//! client.put("greeting", "hello", PutOptions::default()).await?;
+//! let value = client.get_value("greeting").await?;
+//! assert_eq!(value.as_deref(), Some(&b"hello"[..]));
+//!
+//! // Compare-and-swap.
+//! let swapped = client
+//!     .txn(
+//!         Txn::new()
+//!             .when([Compare::value("greeting", Cmp::Equal, "hello")])
+//!             .and_then([Op::put("greeting", "bonjour", PutOptions::default())]),
+//!     )
+//!     .await?
+//!     .succeeded;
+//! assert!(swapped);
+//!
+//! // Every key under a prefix.
+//! let all = client.get("app/", GetOptions::prefix()).await?;
+//! println!("{} keys", all.count);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod balance;
+pub mod breaker;
+mod client;
+mod error;
+mod kv;
+mod lease;
+pub mod txn;
+mod watch;
+
+pub use chorus_proto::etcdserverpb as proto;
+pub use chorus_proto::mvccpb;
+pub use client::{Client, ClientOptions, EndpointInfo, Kind};
+pub use error::{Error, Result};
+pub use kv::{DeleteOptions, GetOptions, PutOptions, prefix_end};
+pub use lease::{LeaseKeeper, LeaseState};
+pub use watch::{WatchBatch, WatchOptions, Watcher};
