@@ -2,8 +2,7 @@
 //!
 //! A policy sees only [`Candidate`]s, the usable choices of the moment (healthy, circuit not
 //! open), and returns the index of one. Policies are pure apart from their own small counters, so
-//! they are tested here without any network. The same policies pick service instances in
-//! [`crate::recipes::registry`].
+//! they are tested here without any network.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;

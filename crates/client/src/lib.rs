@@ -10,10 +10,10 @@
 //! - Retries only where they are safe: reads and operations declared idempotent are retried on
 //!   another endpoint; a write that may have been applied fails with
 //!   [`Error::OutcomeUnknown`] and is never re-sent behind the caller's back.
+//! - [`recipes`]: lock with a fencing token, leader election, service registry and discovery, a
+//!   barrier, and a saga coordinator whose log lives in the store.
 //!
-//! What is not here yet: the coordination recipes (lock with a fencing token, leader election,
-//! service registry and discovery, barrier, saga coordinator), and authentication and TLS (the
-//! channels are plaintext HTTP/2).
+//! What is not here: authentication and TLS (the channels are plaintext HTTP/2).
 //!
 //! ```no_run
 //! use chorus_client::{Client, ClientOptions, GetOptions, PutOptions};
@@ -53,6 +53,7 @@ mod client;
 mod error;
 mod kv;
 mod lease;
+pub mod recipes;
 pub mod txn;
 mod watch;
 
