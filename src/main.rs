@@ -6,8 +6,12 @@
 //! - `chorus dev` runs a local 3-member cluster in this process, on the ports of etcd's
 //!   Procfile, with its data in a temporary directory unless `--data-dir` is given.
 //! - `chorus bench WORKLOAD [options]` load-tests etcd v3 endpoints (see `chorus-bench`).
+//! - `chorus put|get|del|txn|watch|lease|member|endpoint|lock|elect|service`: a client for
+//!   Chorus or etcd, with the coordination recipes of `chorus-client` (see [`client_cli`]).
 //!
-//! Both stop gracefully on Ctrl-C (SIGINT) and SIGTERM.
+//! `serve` and `dev` stop gracefully on Ctrl-C (SIGINT) and SIGTERM.
+
+mod client_cli;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -27,6 +31,8 @@ use tokio::sync::watch;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    endpoints: client_cli::Endpoints,
 }
 
 #[derive(Subcommand, Debug)]
@@ -37,6 +43,8 @@ enum Command {
     Dev(DevArgs),
     /// Load-test any etcd v3 endpoints (Chorus or etcd) and report throughput and latency.
     Bench(Box<chorus_bench::BenchArgs>),
+    #[command(flatten)]
+    Client(client_cli::ClientCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -66,6 +74,10 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::Dev(args) => runtime.block_on(dev(args)),
         Command::Bench(args) => runtime.block_on(bench(*args)),
+        Command::Client(command) => {
+            init_tracing(LogLevel::Warn, LogFormat::Text);
+            runtime.block_on(client_cli::run(command, &cli.endpoints, shutdown_signal()))
+        }
     }
 }
 
