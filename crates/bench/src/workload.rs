@@ -231,6 +231,10 @@ impl Client {
             }
         };
         let (tx, rx) = mpsc::channel(1);
+        // A first renewal (not measured) goes in before the stream opens: a server may send
+        // the stream's headers only with its first answer (etcd does), and the call waits for
+        // them.
+        let _ = tx.try_send(pb::LeaseKeepAliveRequest { id });
         let mut responses = match lease.lease_keep_alive(ReceiverStream::new(rx)).await {
             Ok(response) => response.into_inner(),
             Err(status) => {
@@ -239,6 +243,11 @@ impl Client {
                 return;
             }
         };
+        if let Err(status) = responses.message().await {
+            self.stats
+                .error(format!("lease keep-alive stream: {}", kind(&status)));
+            return;
+        }
         while let Some(scheduled) = self.next_slot().await {
             let result = async {
                 tx.send(pb::LeaseKeepAliveRequest { id })
