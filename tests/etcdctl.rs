@@ -281,7 +281,8 @@ async fn etcdctl_member_lease_alarm_lock_elect() {
     );
     let removed = etcdctl(&endpoint, &["member", "remove", &id]);
     assert!(
-        removed.contains(&format!("Member {id} removed from cluster")),
+        // etcdctl prints ids with `%16x`: padded with spaces to 16 characters.
+        removed.contains(&format!("Member {id:>16} removed from cluster")),
         "{removed}"
     );
     assert_eq!(etcdctl(&endpoint, &["member", "list"]).lines().count(), 1);
