@@ -15,16 +15,16 @@
 //!
 //! What is not here: authentication and TLS (the channels are plaintext HTTP/2).
 //!
-//! ```no_run
+//! ```
 //! use chorus_client::{Client, ClientOptions, GetOptions, PutOptions};
 //! use chorus_client::txn::{Cmp, Compare, Op, Txn};
 //!
-//! # async fn example() -> chorus_client::Result<()> {
-//! let client = Client::connect(
-//!     ["http://127.0.0.1:2379", "http://127.0.0.1:22379"],
-//!     ClientOptions::default(),
-//! )
-//! .await?;
+//! # #[tokio::main(flavor = "multi_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let server = chorus_server::local::LocalMember::start().await?;
+//! # let endpoint = server.endpoint();
+//! // Any members' client URLs, such as "http://127.0.0.1:2379"; the client balances over them.
+//! let client = Client::connect([endpoint], ClientOptions::default()).await?;
 //! client.put("greeting", "hello", PutOptions::default()).await?;
 //! let value = client.get_value("greeting").await?;
 //! assert_eq!(value.as_deref(), Some(&b"hello"[..]));
@@ -41,8 +41,10 @@
 //! assert!(swapped);
 //!
 //! // Every key under a prefix.
+//! client.put("app/a", "1", PutOptions::default()).await?;
+//! client.put("app/b", "2", PutOptions::default()).await?;
 //! let all = client.get("app/", GetOptions::prefix()).await?;
-//! println!("{} keys", all.count);
+//! assert_eq!(all.count, 2);
 //! # Ok(())
 //! # }
 //! ```

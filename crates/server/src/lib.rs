@@ -15,6 +15,7 @@
 //! - [`watch`]: etcd's `Watch` service, fed by one hub per member that fans out new events.
 //! - [`membership`] and [`cluster`]: the replicated membership and etcd's `Cluster` service.
 //! - [`member`]: starts a whole member (storage, Raft, transport, servers) and stops it.
+//! - [`local`]: a single member inside the calling process, for examples and tests.
 //!
 //! ```
 //! use std::collections::HashMap;
@@ -42,6 +43,7 @@ pub mod error;
 pub mod join;
 pub mod kv_convert;
 pub mod lease;
+pub mod local;
 pub mod maintenance;
 pub mod member;
 pub mod membership;

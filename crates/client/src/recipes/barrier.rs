@@ -1,12 +1,16 @@
 //! A barrier: while its key exists, [`Barrier::wait`] blocks; [`Barrier::release`] deletes the
 //! key and lets every waiter through.
 //!
-//! ```no_run
+//! ```
 //! use chorus_client::recipes::barrier::Barrier;
 //! use chorus_client::{Client, ClientOptions};
 //!
-//! # async fn example() -> chorus_client::Result<()> {
-//! let client = Client::connect(["http://127.0.0.1:2379"], ClientOptions::default()).await?;
+//! # #[tokio::main(flavor = "multi_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let server = chorus_server::local::LocalMember::start().await?;
+//! # let endpoint = server.endpoint();
+//! // `endpoint` is a member's client URL, such as "http://127.0.0.1:2379".
+//! let client = Client::connect([endpoint], ClientOptions::default()).await?;
 //! let barrier = Barrier::new(client.clone(), "deploy/v42/ready");
 //! barrier.hold().await?;
 //! let waiter = barrier.clone();

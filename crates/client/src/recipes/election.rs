@@ -4,12 +4,16 @@
 //! its lease ends (its process died or was cut off), after which the next candidate in line
 //! leads. Anyone can read the leader or follow it with an [`Observer`].
 //!
-//! ```no_run
+//! ```
 //! use chorus_client::recipes::election::Election;
 //! use chorus_client::{Client, ClientOptions};
 //!
-//! # async fn example() -> chorus_client::Result<()> {
-//! let client = Client::connect(["http://127.0.0.1:2379"], ClientOptions::default()).await?;
+//! # #[tokio::main(flavor = "multi_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let server = chorus_server::local::LocalMember::start().await?;
+//! # let endpoint = server.endpoint();
+//! // `endpoint` is a member's client URL, such as "http://127.0.0.1:2379".
+//! let client = Client::connect([endpoint], ClientOptions::default()).await?;
 //! let election = Election::new(client.clone(), "services/scheduler/leader");
 //!
 //! // Follow whoever leads, from another task or process.
@@ -23,6 +27,8 @@
 //! let session = client.lease_grant_kept(5).await?;
 //! let leadership = election.campaign(&session, "scheduler-a:8080").await?;
 //! leadership.proclaim("scheduler-a:8081").await?;
+//! let leader = election.leader().await?.expect("someone leads");
+//! assert_eq!(&leader.value[..], b"scheduler-a:8081");
 //! leadership.resign().await?;
 //! # Ok(())
 //! # }

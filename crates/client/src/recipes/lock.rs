@@ -9,18 +9,29 @@
 //! A grant is only made while the contender's lease is alive: if the lease ends while waiting,
 //! the key goes with it and [`Mutex::lock`] fails with [`Error::LeaseLost`](crate::Error).
 //!
-//! ```no_run
+//! ```
 //! use chorus_client::recipes::lock::Mutex;
 //! use chorus_client::{Client, ClientOptions};
 //!
-//! # async fn example() -> chorus_client::Result<()> {
-//! let client = Client::connect(["http://127.0.0.1:2379"], ClientOptions::default()).await?;
+//! # #[tokio::main(flavor = "multi_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let server = chorus_server::local::LocalMember::start().await?;
+//! # let endpoint = server.endpoint();
+//! // `endpoint` is a member's client URL, such as "http://127.0.0.1:2379".
+//! let client = Client::connect([endpoint], ClientOptions::default()).await?;
 //! let session = client.lease_grant_kept(10).await?;
 //! let mutex = Mutex::new(client.clone(), "jobs/nightly");
 //! let guard = mutex.lock(&session).await?;
 //! // Hand the token to whatever the lock protects; it refuses smaller ones.
 //! println!("holding {} with token {}", guard.key_str(), guard.fencing_token());
+//! let first_token = guard.fencing_token();
+//! assert!(guard.fencing_token() > 0);
 //! guard.unlock().await?;
+//!
+//! // The next grant of the lock carries a larger token.
+//! let again = mutex.lock(&session).await?;
+//! assert!(again.fencing_token() > first_token);
+//! again.unlock().await?;
 //! # Ok(())
 //! # }
 //! ```

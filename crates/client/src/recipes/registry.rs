@@ -10,24 +10,30 @@
 //! (round robin, weighted, least outstanding, random, power of two choices, consistent
 //! hashing by a request key).
 //!
-//! ```no_run
+//! ```
 //! use chorus_client::balance::PolicyKind;
 //! use chorus_client::recipes::registry::{Discovery, Registration};
 //! use chorus_client::{Client, ClientOptions};
 //!
-//! # async fn example() -> chorus_client::Result<()> {
-//! let client = Client::connect(["http://127.0.0.1:2379"], ClientOptions::default()).await?;
+//! # #[tokio::main(flavor = "multi_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let server = chorus_server::local::LocalMember::start().await?;
+//! # let endpoint = server.endpoint();
+//! // `endpoint` is a member's client URL, such as "http://127.0.0.1:2379".
+//! let client = Client::connect([endpoint], ClientOptions::default()).await?;
 //! // In each instance of the service:
 //! let me = Registration::register(&client, "services/api", "api-1", "10.0.0.7:8080", 10).await?;
 //!
 //! // In a caller:
 //! let mut api = Discovery::start(&client, "services/api", PolicyKind::RoundRobin).await?;
+//! assert_eq!(api.instances().len(), 1);
 //! if let Some(instance) = api.pick(None) {
 //!     println!("calling {} at {}", instance.id, String::from_utf8_lossy(&instance.value));
 //! }
-//! api.changed().await?; // wakes when an instance comes or goes
 //!
 //! me.deregister().await?;
+//! api.changed().await?; // wakes when an instance comes or goes
+//! assert!(api.instances().is_empty());
 //! # Ok(())
 //! # }
 //! ```

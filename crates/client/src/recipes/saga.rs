@@ -15,12 +15,16 @@
 //! the saga's id, for example). The log is `<saga>/log`; it is kept after the end, as the
 //! record of the outcome.
 //!
-//! ```no_run
+//! ```
 //! use chorus_client::recipes::saga::{Outcome, Saga, Step};
 //! use chorus_client::{Client, ClientOptions};
 //!
-//! # async fn example() -> chorus_client::Result<()> {
-//! let client = Client::connect(["http://127.0.0.1:2379"], ClientOptions::default()).await?;
+//! # #[tokio::main(flavor = "multi_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let server = chorus_server::local::LocalMember::start().await?;
+//! # let endpoint = server.endpoint();
+//! // `endpoint` is a member's client URL, such as "http://127.0.0.1:2379".
+//! let client = Client::connect([endpoint], ClientOptions::default()).await?;
 //! let steps = vec![
 //!     Step::new("reserve-seat", || async { Ok(()) }, || async { Ok(()) }),
 //!     Step::new("charge-card", || async { Err("card declined".to_string()) }, || async { Ok(()) }),
@@ -30,6 +34,11 @@
 //!     Outcome::Committed => println!("booked"),
 //!     Outcome::Compensated { failed_step, error } => println!("{failed_step} failed: {error}"),
 //! }
+//! // The outcome is in the saga's log: a coordinator that runs it again only reads it.
+//! assert_eq!(
+//!     saga.run(&steps).await?,
+//!     Outcome::Compensated { failed_step: "charge-card".into(), error: "card declined".into() },
+//! );
 //! # Ok(())
 //! # }
 //! ```
