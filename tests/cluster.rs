@@ -113,6 +113,38 @@ async fn write_then_read_everywhere(cluster: &Cluster, rounds: std::ops::Range<u
     }
 }
 
+/// Goal: static bootstrap of 5 and 7 members, and such a cluster keeps serving with as many
+/// members down as its quorum allows. Method: for each size, start every member with the same
+/// `--initial-cluster`; rounds of write-through-each-member, read-from-every-member; kill -9
+/// the leader and then more members until only a quorum runs; more rounds on the survivors,
+/// which must also still hold every earlier write.
+#[tokio::test(flavor = "multi_thread")]
+async fn five_and_seven_member_clusters_bootstrap_and_survive_a_minority_down() {
+    for size in [5, 7] {
+        let mut cluster = Cluster::start(size, &[]);
+        for member in &cluster.members {
+            wait_ready(&member.endpoint()).await;
+        }
+        write_then_read_everywhere(&cluster, 0..size).await;
+        let leader = leader_index(&cluster).await;
+        cluster.members[leader].kill();
+        let mut down = 1;
+        for member in cluster.members.iter_mut() {
+            if down == (size - 1) / 2 {
+                break;
+            }
+            if member.is_running() {
+                member.kill();
+                down += 1;
+            }
+        }
+        write_then_read_everywhere(&cluster, size..3 * size).await;
+        let survivor = cluster.members.iter().find(|m| m.is_running()).unwrap();
+        let all = read_all(&survivor.endpoint(), "lin/", false).await;
+        assert_eq!(all.len(), 3 * size, "size {size}: {all:?}");
+    }
+}
+
 /// Goal: with `--read-mode=lease` linearizable reads still see every acknowledged write, from
 /// every member, before and after the leader is killed. Method: three members in lease mode;
 /// rounds of write-then-read-everywhere; kill -9 of the leader; more rounds on the survivors.
