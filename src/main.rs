@@ -22,6 +22,9 @@ use chorus_server::{ServerArgs, ServerConfig};
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "chorus",

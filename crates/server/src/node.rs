@@ -18,8 +18,9 @@
 //! Reads: a linearizable read asks Raft for a read index (ReadIndex, §6.4 of the Raft thesis)
 //! and proceeds once the applied index reaches it; the edge then reads the store locally.
 //!
-//! Snapshots: every `--snapshot-count` applied entries the driver writes an MVCC snapshot file,
-//! records it in the WAL and compacts the log; a snapshot received from the leader replaces the
+//! Snapshots: every `--snapshot-count` applied entries the driver starts writing an MVCC snapshot
+//! file on a thread of its own (from a read transaction of the store, so applies go on), and
+//! once it is on disk records it in the WAL and compacts the log; a snapshot received from the leader replaces the
 //! store (see [`crate::snap`]).
 //!
 //! Membership: a committed ConfChange (or `member_update` proposal) updates the replicated
@@ -176,6 +177,7 @@ pub struct NodeHandle {
     pub lessor: Arc<Lessor>,
     /// The replicated membership as applied here.
     pub members: SharedMembers,
+    snapshot_writing: Arc<SnapshotWriting>,
 }
 
 impl NodeHandle {
@@ -220,8 +222,12 @@ impl NodeHandle {
     /// Runs `f` on the store with exclusive access, blocking the driver's applies meanwhile.
     /// Only for maintenance that leaves the contents unchanged (defragmentation); writes go
     /// through Raft.
+    /// Waits (blocking) for a snapshot being written to end: the engine cannot be compacted
+    /// under its read transaction.
     pub fn maintain_store<T>(&self, f: impl FnOnce(&mut MvccStore) -> T) -> T {
         let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
+        // No snapshot starts while the write lock is held: one is running or none is.
+        self.snapshot_writing.wait_idle();
         f(&mut store)
     }
 
@@ -271,6 +277,7 @@ impl NodeHandle {
             cluster_id: 7,
             lessor: Arc::new(Lessor::new(Duration::ZERO)),
             members: SharedMembers::default(),
+            snapshot_writing: Arc::default(),
         };
         (handle, status_tx)
     }
@@ -313,6 +320,11 @@ pub struct Driver {
     alarm_answers: HashMap<LogIndex, Vec<pb::AlarmMember>>,
     /// A membership change was applied: snapshot now, whatever the count.
     snapshot_now: bool,
+    /// The snapshot being written to its file by a background thread.
+    snapshot_job: Option<SnapshotJob>,
+    /// Woken when a snapshot job ends.
+    snapshot_done: Arc<tokio::sync::Notify>,
+    snapshot_writing: Arc<SnapshotWriting>,
     /// This member applied its own removal.
     removed: bool,
 }
@@ -355,6 +367,46 @@ pub struct SnapshotPolicy {
     pub last_index: LogIndex,
 }
 
+/// A snapshot of the store being written to its file off the driver's task: the store's read
+/// transaction keeps the view of the snapshot's applied index while applies go on.
+struct SnapshotJob {
+    meta: chorus_raft::SnapshotMeta,
+    done: std::sync::mpsc::Receiver<std::io::Result<()>>,
+}
+
+/// Whether a snapshot job holds a read transaction of the store, for maintenance that needs
+/// none alive ([`NodeHandle::maintain_store`]).
+#[derive(Debug, Default)]
+struct SnapshotWriting {
+    busy: std::sync::Mutex<bool>,
+    idle: std::sync::Condvar,
+}
+
+impl SnapshotWriting {
+    fn set(&self, busy: bool) {
+        *self.busy.lock().unwrap_or_else(|e| e.into_inner()) = busy;
+        if !busy {
+            self.idle.notify_all();
+        }
+    }
+
+    fn wait_idle(&self) {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        while *busy {
+            busy = self.idle.wait(busy).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// Marks the end of a snapshot job when dropped, even if the job panicked.
+struct WritingEnds(Arc<SnapshotWriting>);
+
+impl Drop for WritingEnds {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
 /// Parts the driver is built from.
 pub struct DriverParts {
     pub config: NodeConfig,
@@ -386,6 +438,7 @@ impl Driver {
             commit: raft_status.commit,
         };
         let store = Arc::new(RwLock::new(parts.store));
+        let snapshot_writing = Arc::new(SnapshotWriting::default());
         let handle = NodeHandle {
             commands,
             status: status_rx,
@@ -394,6 +447,7 @@ impl Driver {
             cluster_id: parts.cluster_id,
             lessor: parts.lessor.clone(),
             members: parts.members.clone(),
+            snapshot_writing: snapshot_writing.clone(),
         };
         let driver = Driver {
             config: parts.config,
@@ -416,6 +470,9 @@ impl Driver {
             member_waiters: BTreeMap::new(),
             alarm_answers: HashMap::new(),
             snapshot_now: false,
+            snapshot_job: None,
+            snapshot_done: Arc::new(tokio::sync::Notify::new()),
+            snapshot_writing,
             removed: false,
         };
         (driver, handle, Commands(commands_rx))
@@ -430,9 +487,11 @@ impl Driver {
         let mut ticker = tokio::time::interval(self.config.tick_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(self.config.proposal_batch_max);
+        let snapshot_done = self.snapshot_done.clone();
         loop {
             tokio::select! {
                 _ = ticker.tick() => self.raw.tick(),
+                () = snapshot_done.notified() => self.poll_snapshot(false)?,
                 Some(message) = inputs.inbound.recv() => self.step(message),
                 Some(report) = inputs.reports.recv() => match report {
                     TransportReport::Unreachable(to) => self.raw.report_unreachable(to),
@@ -465,6 +524,7 @@ impl Driver {
     /// A clean stop: the store's last applies reach the disk, so the next start replays
     /// nothing from the WAL.
     fn stop(&mut self) -> Result<(), FatalError> {
+        self.poll_snapshot(true)?;
         let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
         store.sync()?;
         Ok(())
@@ -875,6 +935,10 @@ impl Driver {
     /// Replaces the store with the one in a snapshot received from the leader (before the
     /// entries that follow it are applied).
     fn restore(&mut self, snapshot: &chorus_raft::Snapshot) -> Result<(), FatalError> {
+        // A local snapshot still being written is older than this one: let it end, unused.
+        if let Some(job) = self.snapshot_job.take() {
+            let _ = job.done.recv();
+        }
         let policy = &self.snapshots;
         let (table, mvcc_data) = snap::open_envelope(snapshot.data.clone())
             .map_err(snapshot_error("open a received snapshot"))?;
@@ -926,9 +990,14 @@ impl Driver {
         Ok(())
     }
 
-    /// Every `snapshot_count` applied entries: snapshot the store into a file, record it in the
-    /// WAL, and compact the log up to `catchup_entries` below it.
+    /// Every `snapshot_count` applied entries: start writing a snapshot of the store into a
+    /// file; [`Driver::poll_snapshot`] records it in the WAL once it is written and compacts the
+    /// log up to `catchup_entries` below it. One snapshot is written at a time.
     fn maybe_snapshot(&mut self) -> Result<(), FatalError> {
+        self.poll_snapshot(false)?;
+        if self.snapshot_job.is_some() {
+            return Ok(());
+        }
         let status = self.raw.status();
         let applied = status.applied;
         let since = applied
@@ -966,21 +1035,71 @@ impl Driver {
                 applied,
                 "the store applied what Raft did"
             );
-            store.snapshot()?
+            let snapshot = store.snapshot()?;
+            // Set under the store's lock: maintenance that holds it sees the job or none.
+            self.snapshot_writing.set(true);
+            snapshot
         };
         // The membership as of the same applied index goes first (see snap::envelope).
         let header = {
             let members = self.members.read().unwrap_or_else(|e| e.into_inner());
             snap::envelope_header(&members.to_proto(NodeId(0)).encode_to_vec())
         };
-        // Streamed to its file chunk by chunk: a snapshot is as large as the store. The log
-        // store reads it back from the file when a follower needs it.
-        files
-            .save_chunks(
-                &meta,
-                std::iter::once(Ok(header)).chain(snapshot.map(|c| c.map_err(|e| e.to_string()))),
-            )
-            .map_err(snapshot_error("save a snapshot"))?;
+        // Streamed to its file chunk by chunk by a thread of its own: a snapshot is as large as
+        // the store, and writing it here would stall the Raft loop (and every request) for as
+        // long. The log store reads it back from the file when a follower needs it.
+        let files = files.clone();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let notify = self.snapshot_done.clone();
+        let job_meta = meta.clone();
+        let writing = WritingEnds(self.snapshot_writing.clone());
+        std::thread::Builder::new()
+            .name("snapshot".to_string())
+            .spawn(move || {
+                let _writing = writing;
+                let chunks = std::iter::once(Ok(header))
+                    .chain(snapshot.map(|c| c.map_err(|e| e.to_string())));
+                let _ = done_tx.send(files.save_chunks(&job_meta, chunks));
+                notify.notify_one();
+            })
+            .map_err(snapshot_error("start the snapshot writer"))?;
+        self.snapshot_job = Some(SnapshotJob { meta, done });
+        Ok(())
+    }
+
+    /// Records the snapshot of a finished job: in the WAL, then the log is compacted behind
+    /// it. With `wait`, waits for a job still running.
+    fn poll_snapshot(&mut self, wait: bool) -> Result<(), FatalError> {
+        let Some(job) = &self.snapshot_job else {
+            return Ok(());
+        };
+        let result = if wait {
+            job.done
+                .recv()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the snapshot writer panicked")))
+        } else {
+            match job.done.try_recv() {
+                Ok(result) => result,
+                Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(()),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    Err(std::io::Error::other("the snapshot writer panicked"))
+                }
+            }
+        };
+        let meta = self.snapshot_job.take().expect("checked above").meta;
+        result.map_err(snapshot_error("save a snapshot"))?;
+        let files = &self.snapshots.files;
+        let recorded = self
+            .log
+            .snapshot_meta()
+            .map_err(|e| FatalError::Snapshot(format!("read the recorded snapshot: {e}")))?;
+        if recorded.index >= meta.index {
+            // A snapshot from the leader overtook this one while it was written.
+            return files
+                .purge_except(&recorded)
+                .map_err(snapshot_error("remove old snapshots"));
+        }
+        let (applied, term) = (meta.index, meta.term);
         self.log.set_snapshot(chorus_raft::Snapshot {
             meta: meta.clone(),
             data: Bytes::new(),

@@ -2041,6 +2041,14 @@ fn set_injected_bug(config: &mut Config, bug: Option<BugName>) {
     });
 }
 
+#[cfg(not(feature = "inject-bugs"))]
+fn set_injected_bug(_config: &mut Config, bug: Option<BugName>) {
+    assert!(
+        bug.is_none(),
+        "injected bugs need the `inject-bugs` feature"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2073,12 +2081,4 @@ mod tests {
             ]
         );
     }
-}
-
-#[cfg(not(feature = "inject-bugs"))]
-fn set_injected_bug(_config: &mut Config, bug: Option<BugName>) {
-    assert!(
-        bug.is_none(),
-        "injected bugs need the `inject-bugs` feature"
-    );
 }
