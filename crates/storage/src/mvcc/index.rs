@@ -179,13 +179,7 @@ impl KeyIndex {
 
     /// Records a put of `key` at `id`. Precondition: `id` is above every id of the key.
     pub fn put(&mut self, key: &Bytes, id: RecordId) -> PutOutcome {
-        if !self.keys.contains_key(key) {
-            // The index keeps its own copy of a new key: the request's key is a slice of the
-            // buffer it was decoded from (a Raft entry, or a whole batch of them), which would
-            // otherwise stay in memory, value and all, for as long as the key lives.
-            self.keys.insert(Bytes::copy_from_slice(key), Vec::new());
-        }
-        let generations = self.keys.get_mut(key).expect("inserted above");
+        let generations = self.keys.entry(key.clone()).or_default();
         match generations.last_mut() {
             Some(generation) if generation.is_live() => {
                 let last = *generation.puts.last().expect("a generation holds a put");

@@ -107,10 +107,8 @@ impl LeaseKeys {
     pub fn attach(&mut self, key: &Bytes, lease: LeaseId) {
         self.detach(key);
         if lease.is_some() {
-            // Its own copy, as the key index keeps (see `KeyIndex::put`).
-            let key = Bytes::copy_from_slice(key);
             self.by_lease.entry(lease).or_default().insert(key.clone());
-            self.by_key.insert(key, lease);
+            self.by_key.insert(key.clone(), lease);
         }
     }
 
