@@ -18,10 +18,10 @@
 //! Reads: a linearizable read asks Raft for a read index (ReadIndex, §6.4 of the Raft thesis)
 //! and proceeds once the applied index reaches it; the edge then reads the store locally.
 //!
-//! Snapshots: every `--snapshot-count` applied entries the driver starts writing an MVCC snapshot
-//! file on a thread of its own (from a read transaction of the store, so applies go on), and
-//! once it is on disk records it in the WAL and compacts the log; a snapshot received from the leader replaces the
-//! store (see [`crate::snap`]).
+//! Snapshots: every `--snapshot-count` applied entries the driver starts writing an MVCC
+//! snapshot file on a thread of its own (from a read transaction of the store, so applies go
+//! on), and once it is on disk records it in the WAL and compacts the log; a snapshot received
+//! from the leader replaces the store (see [`crate::snap`]).
 //!
 //! Membership: a committed ConfChange (or `member_update` proposal) updates the replicated
 //! table of [`crate::membership`] durably before the store records the entry as applied, the
@@ -222,6 +222,7 @@ impl NodeHandle {
     /// Runs `f` on the store with exclusive access, blocking the driver's applies meanwhile.
     /// Only for maintenance that leaves the contents unchanged (defragmentation); writes go
     /// through Raft.
+    ///
     /// Waits (blocking) for a snapshot being written to end: the engine cannot be compacted
     /// under its read transaction.
     pub fn maintain_store<T>(&self, f: impl FnOnce(&mut MvccStore) -> T) -> T {
