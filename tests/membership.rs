@@ -127,11 +127,10 @@ async fn members_join_get_promoted_and_leave_while_serving() {
         }
     })
     .await;
-    let log = cluster.members[new].log();
-    assert!(
-        log.contains("restored the store from a snapshot"),
-        "the learner caught up through a snapshot:\n{log}"
-    );
+    // The learner caught up through a snapshot.
+    cluster.members[new]
+        .wait_for_log("restored the store from a snapshot")
+        .await;
     // A learner serves serializable reads only, as etcd's.
     let refused = kv(&new_endpoint).await.range(get("before/0000")).await;
     let status = refused.expect_err("a linearizable read on a learner");

@@ -155,6 +155,18 @@ impl Member {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
+
+    /// Waits until the member's log contains `needle`: what a test sees through the API can
+    /// come a moment before the line that logs it. Panics with the log after [`GUARD`].
+    pub async fn wait_for_log(&self, needle: &str) {
+        let start = Instant::now();
+        while !self.log().contains(needle) {
+            if start.elapsed() > GUARD {
+                panic!("{needle:?} never logged:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 impl Drop for Member {
