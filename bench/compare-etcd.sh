@@ -72,8 +72,10 @@ wait_ready() {
   done
 }
 
-ETCD_BASE=40000
-CHORUS_BASE=41000
+# Below Linux's ephemeral range (32768-60999): a port in it can be taken by an outgoing
+# connection (a member dialing another) before the server that wants it binds it.
+ETCD_BASE=22000
+CHORUS_BASE=23000
 start_cluster etcd etcd "$ETCD_BASE"
 # chorus serve takes etcd's flags.
 CHORUS_SERVE="$WORK/chorus-serve"

@@ -193,11 +193,14 @@ async fn members_join_get_promoted_and_leave_while_serving() {
     assert_eq!(removed.members.len(), 3);
     assert!(removed.members.iter().all(|m| m.id != leader_id));
     let exited = cluster.members[leader].wait_exit();
-    assert!(
-        exited.is_some(),
-        "the removed member stops\n{}",
+    assert_eq!(
+        exited,
+        Some(true),
+        "the removed member stops, cleanly\n{}",
         cluster.logs()
     );
+    let log = cluster.members[leader].log();
+    assert!(!log.contains("panicked"), "{log}");
 
     // The others elect a leader and keep serving; the writer reaches them.
     for member in cluster.members.iter().filter(|m| m.is_running()) {

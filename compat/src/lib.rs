@@ -63,10 +63,20 @@ impl Flavor {
     }
 }
 
-/// A port nobody listens on now (the kernel's choice for port 0).
+/// A port nobody listens on now. It is taken below Linux's ephemeral range (32768 and up), so
+/// that no outgoing connection can be given it before the server binds it; each call moves on
+/// to the next port, from a place in the range that depends on the process.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    listener.local_addr().expect("local address").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id() % 10_000;
+    loop {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % 10_000;
+        let port = u16::try_from(21_000 + offset).expect("below 65536");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// One server process.

@@ -7,7 +7,6 @@
     reason = "each test binary uses a different part of the harness"
 )]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,10 +19,9 @@ use tonic::transport::Channel;
 /// The longest any wait in these tests may take before the test fails.
 pub const GUARD: Duration = Duration::from_secs(60);
 
-/// A port nobody listens on now (the kernel's choice for port 0).
+/// A port nobody listens on now, outside the range outgoing connections take theirs from.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    listener.local_addr().expect("local address").port()
+    chorus_server::local::free_port().expect("a free loopback port")
 }
 
 /// One `chorus serve` process and what it needs to be restarted.

@@ -185,7 +185,32 @@ impl Drop for LocalMember {
     }
 }
 
-/// A port that was free a moment ago.
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// The loopback ports [`free_port`] chooses from: below Linux's default ephemeral range
+/// (32768-60999), from which the kernel picks the local port of every outgoing connection. A
+/// port the kernel chose for a listener on port 0 may be handed to an outgoing connection before
+/// the server binds it; a port outside that range cannot be.
+const PORTS: std::ops::Range<u32> = 20_000..32_000;
+
+/// A loopback port that was free a moment ago, for a server about to bind it. Successive calls
+/// in one process never return the same port until the range is exhausted, and processes start
+/// at different places in it, so that servers started side by side (tests running in parallel)
+/// do not choose the same port.
+pub fn free_port() -> std::io::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = PORTS.end - PORTS.start;
+    let start = std::process::id().wrapping_mul(2_654_435_761) % span;
+    for _ in 0..span {
+        // 7919 is prime and does not divide the span: the steps visit every port once.
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = PORTS.start + (start + step.wrapping_mul(7_919) % span) % span;
+        let port = u16::try_from(port).expect("the range is below 65536");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        format!("no free loopback port in {PORTS:?}"),
+    ))
 }

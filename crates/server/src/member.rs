@@ -444,6 +444,8 @@ async fn run_member(
     );
     on_bound(bound);
 
+    // Whether the select below took the driver's result (a JoinHandle must not be polled again).
+    let mut driver_ended = false;
     let result = tokio::select! {
         () = shutdown => {
             tracing::info!("shutting down");
@@ -453,25 +455,30 @@ async fn run_member(
             tracing::warn!("the member has been permanently removed from the cluster; exiting");
             Ok(())
         }
-        joined = &mut driver_task => match joined {
-            Ok(Ok(())) => {
-                if !members.read().unwrap_or_else(|e| e.into_inner()).members.contains_key(&member_id) {
-                    tracing::warn!("the member has been permanently removed from the cluster; exiting");
+        joined = &mut driver_task => {
+            driver_ended = true;
+            match joined {
+                Ok(Ok(())) => {
+                    if !members.read().unwrap_or_else(|e| e.into_inner()).members.contains_key(&member_id) {
+                        tracing::warn!("the member has been permanently removed from the cluster; exiting");
+                    }
+                    Ok(())
                 }
-                Ok(())
+                Ok(Err(fatal)) => {
+                    tracing::error!(error = %fatal, "the node stops");
+                    Err(MemberError { context: "run the Raft node".into(), detail: fatal.to_string() })
+                }
+                Err(e) => Err(MemberError { context: "run the Raft node".into(), detail: e.to_string() }),
             }
-            Ok(Err(fatal)) => {
-                tracing::error!(error = %fatal, "the node stops");
-                Err(MemberError { context: "run the Raft node".into(), detail: fatal.to_string() })
-            }
-            Err(e) => Err(MemberError { context: "run the Raft node".into(), detail: e.to_string() }),
-        },
+        }
         Some(Ok(Err(error))) = tasks.join_next() => Err(error),
     };
     stop_tx.send_replace(true);
     let drain = async {
         while tasks.join_next().await.is_some() {}
-        let _ = driver_task.await;
+        if !driver_ended {
+            let _ = driver_task.await;
+        }
     };
     if tokio::time::timeout(Duration::from_secs(5), drain)
         .await

@@ -10,7 +10,6 @@
     reason = "each test binary uses a different part of the harness"
 )]
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -57,10 +56,9 @@ fn etcd_binary() -> PathBuf {
         .unwrap_or_else(|_| PathBuf::from("/usr/bin/etcd"))
 }
 
-/// A port nobody listens on now (the kernel's choice for port 0).
+/// A port nobody listens on now, outside the range outgoing connections take theirs from.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    listener.local_addr().expect("local address").port()
+    chorus_server::local::free_port().expect("a free loopback port")
 }
 
 /// One server process.
