@@ -491,7 +491,10 @@ impl Driver {
         let snapshot_done = self.snapshot_done.clone();
         loop {
             tokio::select! {
-                _ = ticker.tick() => self.raw.tick(),
+                _ = ticker.tick() => {
+                    self.raw.tick();
+                    self.commit_store_if_due()?;
+                }
                 () = snapshot_done.notified() => self.poll_snapshot(false)?,
                 Some(message) = inputs.inbound.recv() => self.step(message),
                 Some(report) = inputs.reports.recv() => match report {
@@ -520,6 +523,15 @@ impl Driver {
                 return Ok(());
             }
         }
+    }
+
+    /// Commits the store's last applies to its engine (and the disk) if they have waited
+    /// `MVCC_SYNC_INTERVAL`: applies commit with the batch that finds the interval passed,
+    /// and this covers a member that applies nothing more for a while.
+    fn commit_store_if_due(&mut self) -> Result<(), FatalError> {
+        let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
+        store.commit_if_due()?;
+        Ok(())
     }
 
     /// A clean stop: the store's last applies reach the disk, so the next start replays

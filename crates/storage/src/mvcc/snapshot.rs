@@ -1,8 +1,10 @@
 //! Consistent point-in-time snapshots of the store, streamed in chunks (for Raft's
 //! InstallSnapshot and etcd's Maintenance.Snapshot), and their restore into a fresh directory.
 //!
-//! A snapshot reads one engine read transaction, so it sees exactly one committed batch: the
-//! records, the revisions and the applied index that covers them. Writes may go on meanwhile.
+//! A snapshot reads one engine read transaction plus the batches applied since the engine's last
+//! commit (a copy of the store's buffer, which shares the records' bytes), so it sees exactly the
+//! store as it was when taken: the records, the revisions and the applied index that covers them.
+//! Writes may go on meanwhile.
 //!
 //! Stream format (integers big-endian), cut into chunks at record boundaries:
 //!
@@ -91,14 +93,17 @@ fn bad(detail: String) -> MvccError {
 /// A snapshot being streamed. Iterate it (or call [`Snapshot::next_chunk`]) for the chunks.
 pub struct Snapshot {
     table: ReadOnlyTable<RecordKey, RecordValue>,
-    leases: ReadOnlyTable<i64, i64>,
+    /// The records not yet in the engine, by id (all above the engine's).
+    buffered: Vec<(RecordId, Bytes)>,
+    /// The position of the next buffered record to send, once the table's are sent.
+    buffered_next: usize,
+    /// Every granted lease, by id.
+    leases: Vec<(i64, i64)>,
     meta: SnapshotMeta,
     chunk_bytes_max: usize,
     /// The last record sent, the position of the next chunk.
     last: Option<[u8; RECORD_ID_BYTES]>,
     header_sent: bool,
-    /// The last lease sent; the leases come before the records.
-    last_lease: Option<i64>,
     leases_sent: bool,
     finished: bool,
     crc: u32,
@@ -109,25 +114,27 @@ pub struct Snapshot {
 impl MvccStore {
     /// Takes a consistent snapshot of the committed state.
     pub fn snapshot(&self) -> MvccResult<Snapshot> {
-        let txn = self.db.begin_read().map_err(engine)?;
-        let meta_table = txn.open_table(META).map_err(engine)?;
-        let read = |name: &str| -> MvccResult<u64> {
-            let value = meta_table.get(name).map_err(engine)?.map(|v| v.value());
-            value.ok_or_else(|| bad(format!("meta {name} is missing")))
-        };
+        self.check_not_failed()?;
+        let core = &self.core;
         let meta = SnapshotMeta {
-            current_revision: Revision(read(META_CURRENT)? as i64),
-            compact_revision: Revision(read(META_COMPACTED)? as i64),
-            applied_index: LogIndex(read(META_APPLIED)?),
+            current_revision: core.current,
+            compact_revision: core.compacted,
+            applied_index: core.applied,
         };
+        let buffered = self.buffer.records.iter();
         Ok(Snapshot {
-            table: txn.open_table(RECORDS).map_err(engine)?,
-            leases: txn.open_table(LEASES).map_err(engine)?,
+            table: self.read_table()?,
+            buffered: buffered.map(|(id, record)| (*id, record.clone())).collect(),
+            buffered_next: 0,
+            leases: core
+                .granted
+                .iter()
+                .map(|(id, ttl)| (id.get(), *ttl))
+                .collect(),
             meta,
             chunk_bytes_max: self.config.snapshot_chunk_bytes_max,
             last: None,
             header_sent: false,
-            last_lease: None,
             leases_sent: false,
             finished: false,
             crc: 0,
@@ -184,21 +191,11 @@ impl Snapshot {
 
     /// Appends the leases after the last one sent; returns whether the chunk is full.
     fn push_leases(&mut self, out: &mut Vec<u8>) -> MvccResult<bool> {
-        let lower = match &self.last_lease {
-            Some(last) => Bound::Excluded(*last),
-            None => Bound::Unbounded,
-        };
-        for entry in self
-            .leases
-            .range::<i64>((lower, Bound::Unbounded))
-            .map_err(engine)?
-        {
-            let (id, ttl) = entry.map_err(engine)?;
+        while let Some((id, ttl)) = self.leases.get(self.lease_count as usize) {
             out.push(TAG_LEASE);
-            out.extend_from_slice(&id.value().to_be_bytes());
-            out.extend_from_slice(&ttl.value().to_be_bytes());
+            out.extend_from_slice(&id.to_be_bytes());
+            out.extend_from_slice(&ttl.to_be_bytes());
             self.lease_count += 1;
-            self.last_lease = Some(id.value());
             if out.len() >= self.chunk_bytes_max {
                 return Ok(true);
             }
@@ -213,25 +210,43 @@ impl Snapshot {
             Some(last) => Bound::Excluded(last),
             None => Bound::Unbounded,
         };
-        for entry in self
-            .table
-            .range::<&[u8; RECORD_ID_BYTES]>((lower, Bound::Unbounded))
-            .map_err(engine)?
-        {
-            let (id, record) = entry.map_err(engine)?;
-            let record = record.value();
-            let len = u32::try_from(record.len()).expect("records are below 4 GiB");
-            out.push(TAG_RECORD);
-            out.extend_from_slice(id.value());
-            out.extend_from_slice(&len.to_be_bytes());
-            out.extend_from_slice(record);
-            self.records += 1;
-            self.last = Some(*id.value());
-            if out.len() >= self.chunk_bytes_max {
+        if self.buffered_next == 0 {
+            for entry in self
+                .table
+                .range::<&[u8; RECORD_ID_BYTES]>((lower, Bound::Unbounded))
+                .map_err(engine)?
+            {
+                let (id, record) = entry.map_err(engine)?;
+                self.last = Some(*id.value());
+                if self.push_record(out, id.value(), record.value()) {
+                    return Ok(true);
+                }
+            }
+        }
+        while let Some((id, record)) = self.buffered.get(self.buffered_next) {
+            let (id, record) = (id.encode(), record.clone());
+            self.buffered_next += 1;
+            if self.push_record(out, &id, &record) {
                 return Ok(true);
             }
         }
         Ok(false)
+    }
+
+    /// Appends one record; returns whether the chunk is full.
+    fn push_record(
+        &mut self,
+        out: &mut Vec<u8>,
+        id: &[u8; RECORD_ID_BYTES],
+        record: &[u8],
+    ) -> bool {
+        let len = u32::try_from(record.len()).expect("records are below 4 GiB");
+        out.push(TAG_RECORD);
+        out.extend_from_slice(id);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(record);
+        self.records += 1;
+        out.len() >= self.chunk_bytes_max
     }
 }
 

@@ -1,12 +1,12 @@
 //! The store: the engine file, the in-memory index rebuilt from it, and the reads.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use chorus_raft::LogIndex;
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::codec::{RECORD_ID_BYTES, Record, RecordId, corrupt};
 use super::error::{MvccError, MvccResult, engine};
@@ -15,7 +15,7 @@ use super::txn::check_range_request;
 use super::types::{
     Event, EventBatch, EventKind, HashKv, KeyValue, LeaseId, RangeRequest, RangeResponse, Revision,
 };
-use super::view::{RecordKey, RecordTable, RecordValue, View, read_record};
+use super::view::{RecordKey, RecordTable, RecordValue, Records, View};
 
 /// Every version of every key, by record id.
 pub(crate) const RECORDS: TableDefinition<RecordKey, RecordValue> = TableDefinition::new("records");
@@ -49,12 +49,13 @@ pub struct MvccConfig {
     /// Whether a commit waits for the disk (fsync). Only tests and benchmarks of the in-memory
     /// work turn this off: without it a crash loses acknowledged writes.
     pub commit_sync: bool,
-    /// With `commit_sync`, the longest time between two durable commits; the commits in between
-    /// are crash-consistent but reach the disk with the next durable one. Zero makes every
-    /// commit durable. A Raft member may set it because its WAL, not the store, keeps what was
-    /// committed: after a crash the store reopens at its last durable applied index and the
-    /// entries after it are applied again from the WAL (the log is only compacted below a
-    /// snapshot whose data is already on disk).
+    /// The longest time between two engine commits. The batches applied in between are kept in
+    /// memory, where reads see them, and reach the engine (and the disk, with `commit_sync`)
+    /// together in the next commit, as etcd's backend batches its commits. Zero commits every
+    /// batch. A Raft member may set it because its WAL, not the store, keeps what was committed:
+    /// after a crash the store reopens at the applied index of its last commit and the entries
+    /// after it are applied again from the WAL (the log is only compacted below a snapshot,
+    /// and a store behind the snapshot is restored from it).
     pub commit_sync_interval: std::time::Duration,
 }
 
@@ -132,12 +133,36 @@ impl LeaseKeys {
     }
 }
 
-/// The in-memory state: what the engine holds, indexed.
+/// The most bytes of records kept in memory between two engine commits; a batch that brings the
+/// buffer to this size commits at once (see [`MvccConfig::commit_sync_interval`]).
+pub(crate) const BUFFER_BYTES_MAX: usize = 16 << 20;
+
+/// What was applied since the engine's last commit: the next commit writes it, with the
+/// counters of [`Core`] as they are then.
+#[derive(Debug, Default)]
+pub(crate) struct Buffer {
+    /// New records, encoded, by id (all above the engine's ids).
+    pub records: BTreeMap<RecordId, Bytes>,
+    /// Lease grants (with the TTL) and revocations (`None`), by id.
+    pub leases: BTreeMap<i64, Option<i64>>,
+    /// A compaction applied since: the engine's records below the id that are not in the set
+    /// are removed by the next commit, which comes at the end of the batch that compacted (no
+    /// read sees the engine in between). The buffer itself is compacted at once.
+    pub compaction: Option<(RecordId, HashSet<RecordId>)>,
+    /// The size of `records` (ids and encodings).
+    pub bytes: usize,
+    /// Whether a batch ended since the last engine commit (it may have changed only the
+    /// applied index).
+    pub pending: bool,
+}
+
+/// The in-memory state: what the engine and the buffer hold, indexed.
 #[derive(Debug)]
 pub(crate) struct Core {
     pub index: KeyIndex,
     pub leases: LeaseKeys,
-    /// The granted leases and their TTLs in seconds, as the `leases` table holds them.
+    /// The granted leases and their TTLs in seconds, as the `leases` table (with the buffer's
+    /// changes) holds them.
     pub granted: BTreeMap<LeaseId, i64>,
     pub current: Revision,
     pub compacted: Revision,
@@ -148,8 +173,10 @@ pub(crate) struct Core {
 
 /// The MVCC key-value store of one Raft group's state machine.
 ///
-/// Reads take `&self`; writes go through a [`WriteBatch`](super::WriteBatch) (`&mut self`) that
-/// commits the records, the revisions and the applied Raft index in one engine transaction.
+/// Reads take `&self`; writes go through a [`WriteBatch`](super::WriteBatch) (`&mut self`). The
+/// records, the revisions and the applied Raft index reach the engine together in one engine
+/// transaction, for one batch or, with [`MvccConfig::commit_sync_interval`], for the batches
+/// applied since the last commit.
 pub struct MvccStore {
     pub(crate) db: Database,
     pub(crate) config: MvccConfig,
@@ -158,8 +185,10 @@ pub struct MvccStore {
     /// Set when a write failed half-way: the index may be ahead of the engine, so the store
     /// refuses writes and the node must stop and reopen it.
     pub(crate) failed: bool,
-    /// When the last durable commit began (see `MvccConfig::commit_sync_interval`).
-    pub(crate) last_durable: Option<std::time::Instant>,
+    /// The batches applied since the last engine commit.
+    pub(crate) buffer: Buffer,
+    /// When the last engine commit began (see `MvccConfig::commit_sync_interval`).
+    pub(crate) last_commit: Option<std::time::Instant>,
 }
 
 impl std::fmt::Debug for MvccStore {
@@ -237,7 +266,8 @@ impl MvccStore {
             core,
             dir: dir.to_path_buf(),
             failed: false,
-            last_durable: None,
+            buffer: Buffer::default(),
+            last_commit: None,
         })
     }
 
@@ -286,7 +316,7 @@ impl MvccStore {
     }
 
     /// Reads use the in-memory index, which a failed write may have left ahead of the engine.
-    fn check_not_failed(&self) -> MvccResult<()> {
+    pub(crate) fn check_not_failed(&self) -> MvccResult<()> {
         if self.failed {
             Err(MvccError::Failed)
         } else {
@@ -294,15 +324,22 @@ impl MvccStore {
         }
     }
 
-    fn read_table(&self) -> MvccResult<redb::ReadOnlyTable<RecordKey, RecordValue>> {
+    pub(crate) fn read_table(&self) -> MvccResult<redb::ReadOnlyTable<RecordKey, RecordValue>> {
         let txn = self.db.begin_read().map_err(engine)?;
         txn.open_table(RECORDS).map_err(engine)
+    }
+
+    fn records<'a, T: RecordTable>(&'a self, table: &'a T) -> Records<'a, T> {
+        Records {
+            buffered: &self.buffer.records,
+            table,
+        }
     }
 
     fn view<'a, T: RecordTable>(&'a self, table: &'a T) -> View<'a, T> {
         View {
             index: &self.core.index,
-            table,
+            records: self.records(table),
             current: self.core.current,
             compacted: self.core.compacted,
         }
@@ -338,23 +375,16 @@ impl MvccStore {
         let from = from.max(Revision::FIRST);
         let table = self.read_table()?;
         let view = self.view(&table);
-        let start = RecordId::first_of(from).encode();
         let mut events: Vec<Event> = Vec::new();
         let mut last_main = None;
-        for entry in table
-            .range::<&[u8; RECORD_ID_BYTES]>(&start..)
-            .map_err(engine)?
-        {
-            let (id, bytes) = entry.map_err(engine)?;
-            let id = RecordId::decode(id.value())?;
+        let mut cut_at = None;
+        view.records.scan(RecordId::first_of(from).., |id, bytes| {
             if events.len() >= events_max && last_main != Some(id.main) {
-                return Ok(EventBatch {
-                    events,
-                    next: id.main,
-                });
+                cut_at = Some(id.main);
+                return Ok(false);
             }
             last_main = Some(id.main);
-            let record = Record::decode(id, bytes.value())?;
+            let record = Record::decode(id, bytes)?;
             let prev_kv = if with_prev_kv {
                 previous(&view, &record.kv)?
             } else {
@@ -370,10 +400,11 @@ impl MvccStore {
                 kv: record.kv,
                 prev_kv,
             });
-        }
+            Ok(true)
+        })?;
         Ok(EventBatch {
             events,
-            next: from.max(self.core.current.next()),
+            next: cut_at.unwrap_or_else(|| from.max(self.core.current.next())),
         })
     }
 
@@ -384,11 +415,11 @@ impl MvccStore {
         let table = self.read_table()?;
         let mut crc = crc32c::crc32c(&self.core.current.get().to_be_bytes());
         crc = crc32c::crc32c_append(crc, &self.core.compacted.get().to_be_bytes());
-        for entry in table.iter().map_err(engine)? {
-            let (id, bytes) = entry.map_err(engine)?;
-            crc = crc32c::crc32c_append(crc, id.value());
-            crc = crc32c::crc32c_append(crc, bytes.value());
-        }
+        self.records(&table).scan(.., |id, bytes| {
+            crc = crc32c::crc32c_append(crc, &id.encode());
+            crc = crc32c::crc32c_append(crc, bytes);
+            Ok(true)
+        })?;
         for (id, ttl) in &self.core.granted {
             crc = crc32c::crc32c_append(crc, &id.get().to_be_bytes());
             crc = crc32c::crc32c_append(crc, &ttl.to_be_bytes());
@@ -405,15 +436,12 @@ impl MvccStore {
         let table = self.read_table()?;
         let at = self.view(&table).read_revision(revision)?;
         let mut crc = crc32c::crc32c(&self.core.compacted.get().to_be_bytes());
-        let end = RecordId::first_of(at.next()).encode();
-        for entry in table
-            .range::<&[u8; RECORD_ID_BYTES]>(..&end)
-            .map_err(engine)?
-        {
-            let (id, bytes) = entry.map_err(engine)?;
-            crc = crc32c::crc32c_append(crc, id.value());
-            crc = crc32c::crc32c_append(crc, bytes.value());
-        }
+        self.records(&table)
+            .scan(..RecordId::first_of(at.next()), |id, bytes| {
+                crc = crc32c::crc32c_append(crc, &id.encode());
+                crc = crc32c::crc32c_append(crc, bytes);
+                Ok(true)
+            })?;
         Ok(HashKv {
             hash: crc,
             revision: at,
@@ -424,7 +452,8 @@ impl MvccStore {
 
     /// The number of records the engine holds (every retained version and tombstone).
     pub fn record_count(&self) -> MvccResult<u64> {
-        self.read_table()?.len().map_err(engine)
+        let engine_count = self.read_table()?.len().map_err(engine)?;
+        Ok(engine_count + self.buffer.records.len() as u64)
     }
 
     /// The size of the engine's file on disk, in bytes (etcd's `dbSize`).
@@ -438,20 +467,102 @@ impl MvccStore {
     /// Returns whether the engine compacted anything.
     pub fn defragment(&mut self) -> MvccResult<bool> {
         self.check_not_failed()?;
-        // A durable commit first: the engine keeps the last durable state alive (as a read of
-        // it) while commits without durability follow it, and compaction needs none alive.
+        // Everything in the engine first, and durable: compaction needs no state but the last
+        // durable one alive.
         self.sync()?;
         self.db.compact().map_err(engine)
     }
 
-    /// Makes every commit so far durable (see `MvccConfig::commit_sync_interval`), for example
-    /// before a clean shutdown.
+    /// Commits every batch applied so far to the engine, durably (see
+    /// `MvccConfig::commit_sync_interval`), for example before a clean shutdown.
     pub fn sync(&mut self) -> MvccResult<()> {
+        self.commit_buffer(Durability::Immediate)
+    }
+
+    /// Commits the batches applied since the last engine commit if the interval has passed
+    /// (`MvccConfig::commit_sync_interval`), so that they reach the disk even when no further
+    /// batch comes. Returns whether it committed. A server calls it on a timer.
+    pub fn commit_if_due(&mut self) -> MvccResult<bool> {
+        if !self.buffer.pending || !self.commit_due() || self.failed {
+            return Ok(false);
+        }
+        self.commit_buffer(self.durability())?;
+        Ok(true)
+    }
+
+    /// The durability of a commit at the end of a batch.
+    pub(crate) fn durability(&self) -> Durability {
+        if self.config.commit_sync {
+            Durability::Immediate
+        } else {
+            Durability::Eventual
+        }
+    }
+
+    /// Whether the batch just applied should commit to the engine (see
+    /// `MvccConfig::commit_sync_interval`).
+    pub(crate) fn commit_due(&self) -> bool {
+        let interval = self.config.commit_sync_interval;
+        self.buffer.compaction.is_some()
+            || self.buffer.bytes >= BUFFER_BYTES_MAX
+            || self
+                .last_commit
+                .is_none_or(|last| last.elapsed() >= interval)
+    }
+
+    /// Writes the buffer, the counters and the applied index to the engine in one transaction.
+    /// A failure closes the store: the index is then ahead of the engine.
+    pub(crate) fn commit_buffer(&mut self, durability: Durability) -> MvccResult<()> {
         self.check_not_failed()?;
-        let txn = self.db.begin_write().map_err(engine)?;
-        txn.commit().map_err(engine)?;
-        self.last_durable = Some(std::time::Instant::now());
-        Ok(())
+        self.last_commit = Some(std::time::Instant::now());
+        let result = self.write_buffer(durability);
+        match &result {
+            Ok(()) => self.buffer = Buffer::default(),
+            Err(error) => {
+                tracing::error!(%error, "committing to the mvcc engine failed; the store is closed");
+                self.failed = true;
+            }
+        }
+        result
+    }
+
+    fn write_buffer(&self, durability: Durability) -> MvccResult<()> {
+        let mut txn = self.db.begin_write().map_err(engine)?;
+        txn.set_durability(durability);
+        {
+            let mut records = txn.open_table(RECORDS).map_err(engine)?;
+            if let Some((below, retained)) = &self.buffer.compaction {
+                records
+                    .retain_in::<&[u8; RECORD_ID_BYTES], _>(..&below.encode(), |id, _| {
+                        // An undecodable id is kept: recovery reports it with context.
+                        RecordId::decode(id).is_ok_and(|id| retained.contains(&id))
+                    })
+                    .map_err(engine)?;
+            }
+            for (id, record) in &self.buffer.records {
+                records
+                    .insert(&id.encode(), record.as_ref())
+                    .map_err(engine)?;
+            }
+            let mut leases = txn.open_table(LEASES).map_err(engine)?;
+            for (id, ttl) in &self.buffer.leases {
+                match ttl {
+                    Some(ttl) => leases.insert(id, ttl).map_err(engine)?,
+                    None => leases.remove(id).map_err(engine)?,
+                };
+            }
+            let core = &self.core;
+            let mut meta = txn.open_table(META).map_err(engine)?;
+            meta.insert(META_CURRENT, core.current.get() as u64)
+                .map_err(engine)?;
+            meta.insert(META_COMPACTED, core.compacted.get() as u64)
+                .map_err(engine)?;
+            meta.insert(META_COMPACTED_ONCE, u64::from(core.compacted_once))
+                .map_err(engine)?;
+            meta.insert(META_APPLIED, core.applied.get())
+                .map_err(engine)?;
+        }
+        txn.commit().map_err(engine)
     }
 }
 
@@ -559,7 +670,16 @@ fn recover(db: &Database) -> MvccResult<Core> {
         core.index.compact(compacted);
     }
     // Every retained version must still be readable: check the index against the records.
-    debug_assert!(check_index(&core, &table).is_ok());
+    debug_assert!(
+        check_index(
+            &core,
+            &Records {
+                buffered: &BTreeMap::new(),
+                table: &table
+            }
+        )
+        .is_ok()
+    );
     Ok(core)
 }
 
@@ -604,10 +724,10 @@ fn restore_record(core: &mut Core, id: RecordId, record: Record) -> MvccResult<(
     Ok(())
 }
 
-fn check_index(core: &Core, table: &impl RecordTable) -> MvccResult<()> {
+fn check_index<T: RecordTable>(core: &Core, records: &Records<'_, T>) -> MvccResult<()> {
     let all = super::index::KeySpan::From(Bytes::from_static(b"\0"));
     for (key, id) in core.index.live(&all) {
-        read_record(table, id, &key)?;
+        records.get(id, &key)?;
     }
     Ok(())
 }

@@ -1,6 +1,9 @@
-//! A read view of the store at one revision: the key index plus a table of records (a read-only
-//! engine table for reads, or the open write table inside a write, which sees the write's own
-//! records). Range and the reads of a transaction run here.
+//! A read view of the store at one revision: the key index plus the records (the engine's, and
+//! those applied since its last commit, which the store keeps in memory until the next one).
+//! Range and the reads of a transaction run here.
+
+use std::collections::BTreeMap;
+use std::ops::{Bound, RangeBounds};
 
 use bytes::Bytes;
 use redb::ReadableTable;
@@ -19,18 +22,59 @@ pub(crate) trait RecordTable: ReadableTable<RecordKey, RecordValue> {}
 
 impl<T: ReadableTable<RecordKey, RecordValue>> RecordTable for T {}
 
-/// Reads one record by id and checks that it belongs to `key`.
-pub(crate) fn read_record(
-    table: &impl RecordTable,
-    id: RecordId,
-    key: &[u8],
-) -> MvccResult<Record> {
-    let encoded = id.encode();
-    let guard = table
-        .get(&encoded)
-        .map_err(engine)?
-        .ok_or_else(|| corrupt("index", format!("record {id:?} of key {key:?} is missing")))?;
-    let record = Record::decode(id, guard.value())?;
+/// The records a read sees: the engine's table, and the records applied since the engine's last
+/// commit (encoded, by id). Every buffered id is above every id in the table (ids grow, and a
+/// commit moves the whole buffer), so a scan reads the table's part first and then the buffer's.
+pub(crate) struct Records<'a, T> {
+    pub buffered: &'a BTreeMap<RecordId, Bytes>,
+    pub table: &'a T,
+}
+
+impl<T: RecordTable> Records<'_, T> {
+    /// Reads one record by id and checks that it belongs to `key`.
+    pub fn get(&self, id: RecordId, key: &[u8]) -> MvccResult<Record> {
+        let missing = || corrupt("index", format!("record {id:?} of key {key:?} is missing"));
+        let record = match self.buffered.get(&id) {
+            Some(bytes) => Record::decode(id, bytes)?,
+            None => {
+                let guard = self.table.get(&id.encode()).map_err(engine)?;
+                Record::decode(id, guard.ok_or_else(missing)?.value())?
+            }
+        };
+        check_key(record, id, key)
+    }
+
+    /// Calls `each` with the id and the encoded record of every record in `range`, in id order,
+    /// until it returns false.
+    pub fn scan(
+        &self,
+        range: impl RangeBounds<RecordId>,
+        mut each: impl FnMut(RecordId, &[u8]) -> MvccResult<bool>,
+    ) -> MvccResult<()> {
+        let encode = |bound: Bound<&RecordId>| bound.map(|id| id.encode());
+        let (start, end) = (encode(range.start_bound()), encode(range.end_bound()));
+        for entry in self
+            .table
+            .range::<&[u8; RECORD_ID_BYTES]>((start.as_ref(), end.as_ref()))
+            .map_err(engine)?
+        {
+            let (id, bytes) = entry.map_err(engine)?;
+            if !each(RecordId::decode(id.value())?, bytes.value())? {
+                return Ok(());
+            }
+        }
+        let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
+        for (id, bytes) in self.buffered.range(bounds) {
+            if !each(*id, bytes)? {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks that the record read under `id` belongs to `key`.
+fn check_key(record: Record, id: RecordId, key: &[u8]) -> MvccResult<Record> {
     if record.kv.key.as_ref() != key {
         return Err(corrupt(
             "index",
@@ -43,7 +87,7 @@ pub(crate) fn read_record(
 /// The store as seen at `current`.
 pub(crate) struct View<'a, T> {
     pub index: &'a KeyIndex,
-    pub table: &'a T,
+    pub records: Records<'a, T>,
     /// The revision the view reads at by default and reports in response headers.
     pub current: Revision,
     pub compacted: Revision,
@@ -52,7 +96,7 @@ pub(crate) struct View<'a, T> {
 impl<T: RecordTable> View<'_, T> {
     /// The key-value stored under `id` for `key`.
     pub fn kv(&self, key: &[u8], id: RecordId) -> MvccResult<KeyValue> {
-        Ok(read_record(self.table, id, key)?.kv)
+        Ok(self.records.get(id, key)?.kv)
     }
 
     /// The current value of a live key.

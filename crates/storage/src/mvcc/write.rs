@@ -1,40 +1,42 @@
-//! Writes: puts, deletes, transactions, compactions and lease grants and revocations, applied in a [`WriteBatch`] that commits
-//! them with the applied Raft index in one engine transaction.
+//! Writes: puts, deletes, transactions, compactions and lease grants and revocations, applied in a
+//! [`WriteBatch`] and committed to the engine with the applied Raft index in one engine
+//! transaction (with the batches before it, see `MvccConfig::commit_sync_interval`).
 //!
-//! The index in memory is updated as each operation runs, so later operations of the batch see
-//! earlier ones; the engine sees them when the batch commits. Request errors are found before an
-//! operation changes anything. Any other failure (the engine, a corrupt record, a batch dropped
-//! without commit after it changed something) leaves the index ahead of the engine, so the store
-//! marks itself failed and refuses further writes: the node stops and reopens it (DESIGN.md:
-//! storage failures in the Raft path are fatal).
+//! The index and the buffer of new records in memory are updated as each operation runs, so
+//! later operations (and, once the batch ends, reads) see earlier ones; the engine sees them when
+//! the store commits. Request errors are found before an operation changes anything. Any other
+//! failure (the engine, a corrupt record, a batch dropped without commit after it changed
+//! something) leaves the index ahead of the engine, so the store marks itself failed and refuses
+//! further writes: the node stops and reopens it (DESIGN.md: storage failures in the Raft path
+//! are fatal).
 
 use bytes::Bytes;
 use chorus_raft::LogIndex;
-use redb::{Durability, Table, WriteTransaction};
+use redb::ReadOnlyTable;
 
-use super::codec::{Record, RecordId};
-use super::error::{MvccError, MvccResult, engine};
+use super::codec::{RECORD_ID_BYTES, Record, RecordId};
+use super::error::{MvccError, MvccResult};
 use super::index::KeySpan;
-use super::store::{
-    Core, LEASES, META, META_APPLIED, META_COMPACTED, META_COMPACTED_ONCE, META_CURRENT, MvccStore,
-    RECORDS,
-};
+use super::store::{Buffer, Core, MvccStore};
 use super::txn::{TxnPath, check_delete_request, check_put_request, check_txn_request};
 use super::types::{
     CompactResponse, DeleteRangeRequest, DeleteRangeResponse, KeyValue, LeaseGrantRequest,
     LeaseGrantResponse, LeaseId, LeaseRevokeResponse, PutRequest, PutResponse, RequestOp,
     ResponseOp, Revision, TxnRequest, TxnResponse, WriteOp, WriteResponse,
 };
-use super::view::{RecordKey, RecordValue, View};
+use super::view::{RecordKey, RecordValue, Records, View};
 
-type RecordTableMut<'t> = Table<'t, RecordKey, RecordValue>;
+/// The engine's record table as of its last commit (the buffer holds what came after).
+type EngineTable = ReadOnlyTable<RecordKey, RecordValue>;
 
-/// Writes applied together and committed in one engine transaction with the applied index.
+/// Writes applied together and committed to the engine in one transaction with the applied
+/// index.
 ///
 /// Dropping a batch that changed the store without committing it fails the store.
 pub struct WriteBatch<'s> {
     store: &'s mut MvccStore,
-    txn: Option<WriteTransaction>,
+    /// Taken by the commit.
+    engine: Option<EngineTable>,
     dirty: bool,
 }
 
@@ -44,23 +46,10 @@ impl MvccStore {
         if self.failed {
             return Err(MvccError::Failed);
         }
-        let mut txn = self.db.begin_write().map_err(engine)?;
-        let now = std::time::Instant::now();
-        let durable = self.config.commit_sync
-            && self
-                .last_durable
-                .is_none_or(|last| now.duration_since(last) >= self.config.commit_sync_interval);
-        if durable {
-            self.last_durable = Some(now);
-        } else if self.config.commit_sync {
-            // Reaches the disk with the next durable commit, at most the interval later.
-            txn.set_durability(Durability::None);
-        } else {
-            txn.set_durability(Durability::Eventual);
-        }
+        let engine = self.read_table()?;
         Ok(WriteBatch {
             store: self,
-            txn: Some(txn),
+            engine: Some(engine),
             dirty: false,
         })
     }
@@ -176,14 +165,14 @@ impl WriteBatch<'_> {
         if self.store.core.granted.contains_key(&req.id) {
             return Err(MvccError::LeaseExists { lease: req.id });
         }
-        self.with_leases(|core, table| {
-            table.insert(req.id.get(), req.ttl).map_err(engine)?;
-            core.granted.insert(req.id, req.ttl);
-            Ok(LeaseGrantResponse {
-                revision: core.current,
-                id: req.id,
-                ttl: req.ttl,
-            })
+        let store = &mut *self.store;
+        store.buffer.leases.insert(req.id.get(), Some(req.ttl));
+        store.core.granted.insert(req.id, req.ttl);
+        self.dirty = true;
+        Ok(LeaseGrantResponse {
+            revision: store.core.current,
+            id: req.id,
+            ttl: req.ttl,
         })
     }
 
@@ -200,11 +189,8 @@ impl WriteBatch<'_> {
             }
             Ok((writer.revision_after(), keys.len()))
         })?;
-        self.with_leases(|core, table| {
-            table.remove(lease.get()).map_err(engine)?;
-            core.granted.remove(&lease);
-            Ok(())
-        })?;
+        self.store.buffer.leases.insert(lease.get(), None);
+        self.store.core.granted.remove(&lease);
         let deleted = i64::try_from(deleted).expect("key counts fit in i64");
         Ok(LeaseRevokeResponse { revision, deleted })
     }
@@ -248,12 +234,13 @@ impl WriteBatch<'_> {
     pub fn txn(&mut self, req: &TxnRequest) -> MvccResult<TxnResponse> {
         check_txn_request(req, self.store.config.txn_ops_max)?;
         let path = {
-            let table = self.txn.as_ref().expect("an open batch");
-            let table = table.open_table(RECORDS).map_err(engine)?;
             let core = &self.store.core;
             let view = View {
                 index: &core.index,
-                table: &table,
+                records: Records {
+                    buffered: &self.store.buffer.records,
+                    table: self.engine.as_ref().expect("an open batch"),
+                },
                 current: core.current,
                 compacted: core.compacted,
             };
@@ -293,15 +280,20 @@ impl WriteBatch<'_> {
                 revision: self.store.core.current,
             });
         }
-        self.with_table(|core, table| {
+        self.with_records(|core, buffer, _| {
             let retained = core.index.compact(revision);
-            let below = RecordId::first_of(revision).encode();
-            table
-                .retain_in::<&[u8; 16], _>(..&below, |id, _| {
-                    // An undecodable id is kept: recovery reports it with context.
-                    RecordId::decode(id).is_ok_and(|id| retained.contains(&id))
-                })
-                .map_err(engine)?;
+            let below = RecordId::first_of(revision);
+            let mut removed = 0;
+            buffer.records.retain(|id, record| {
+                let keep = *id >= below || retained.contains(id);
+                if !keep {
+                    removed += RECORD_ID_BYTES + record.len();
+                }
+                keep
+            });
+            buffer.bytes -= removed;
+            // The engine's records go with the commit at the end of this batch.
+            buffer.compaction = Some((below, retained));
             core.compacted = revision;
             core.compacted_once = true;
             tracing::debug!(compact_revision = %revision, "compacted the mvcc store");
@@ -329,49 +321,35 @@ impl WriteBatch<'_> {
         self.dirty = true;
     }
 
-    /// Commits the batch: the records, the revisions and the applied index reach the engine
-    /// together (and the disk, unless the store was configured without `commit_sync`).
+    /// Ends the batch. Its records, the revisions and the applied index reach the engine
+    /// together (and the disk, unless the store was configured without `commit_sync`) now, or
+    /// with a later batch when the store batches its engine commits
+    /// (`MvccConfig::commit_sync_interval`); reads see them at once either way.
     pub fn commit(mut self) -> MvccResult<()> {
-        let txn = self.txn.take().expect("a batch commits once");
-        if self.store.failed {
+        drop(self.engine.take().expect("a batch commits once"));
+        let store = &mut *self.store;
+        if store.failed {
             // An operation failed half-way: its partial writes must not reach the engine.
             return Err(MvccError::Failed);
         }
-        let core = &self.store.core;
-        let result = (|| {
-            {
-                let mut meta = txn.open_table(META).map_err(engine)?;
-                meta.insert(META_CURRENT, core.current.get() as u64)
-                    .map_err(engine)?;
-                meta.insert(META_COMPACTED, core.compacted.get() as u64)
-                    .map_err(engine)?;
-                meta.insert(META_COMPACTED_ONCE, u64::from(core.compacted_once))
-                    .map_err(engine)?;
-                meta.insert(META_APPLIED, core.applied.get())
-                    .map_err(engine)?;
-            }
-            txn.commit().map_err(engine)
-        })();
-        if let Err(error) = &result {
-            tracing::error!(%error, "committing an mvcc batch failed; the store is closed");
-            self.store.failed = true;
+        store.buffer.pending = true;
+        if !store.commit_due() {
+            return Ok(());
         }
-        result
+        store.commit_buffer(store.durability())
     }
 
-    /// Runs `op` on the record table; a failure that is not a request error fails the store.
-    fn with_table<R>(
+    /// Runs `op` on the records; a failure that is not a request error fails the store.
+    fn with_records<R>(
         &mut self,
-        op: impl FnOnce(&mut Core, &mut RecordTableMut<'_>) -> MvccResult<R>,
+        op: impl FnOnce(&mut Core, &mut Buffer, &EngineTable) -> MvccResult<R>,
     ) -> MvccResult<R> {
         if self.store.failed {
             return Err(MvccError::Failed);
         }
-        let txn = self.txn.as_ref().expect("an open batch");
-        let result = txn
-            .open_table(RECORDS)
-            .map_err(engine)
-            .and_then(|mut table| op(&mut self.store.core, &mut table));
+        let engine = self.engine.as_ref().expect("an open batch");
+        let store = &mut *self.store;
+        let result = op(&mut store.core, &mut store.buffer, engine);
         match &result {
             Ok(_) => self.dirty = true,
             Err(error) if error.is_request_error() => {}
@@ -383,33 +361,10 @@ impl WriteBatch<'_> {
         result
     }
 
-    /// Runs `op` on the lease table; a failure that is not a request error fails the store.
-    fn with_leases<R>(
-        &mut self,
-        op: impl FnOnce(&mut Core, &mut Table<'_, i64, i64>) -> MvccResult<R>,
-    ) -> MvccResult<R> {
-        if self.store.failed {
-            return Err(MvccError::Failed);
-        }
-        let txn = self.txn.as_ref().expect("an open batch");
-        let result = txn
-            .open_table(LEASES)
-            .map_err(engine)
-            .and_then(|mut table| op(&mut self.store.core, &mut table));
-        match &result {
-            Ok(_) => self.dirty = true,
-            Err(error) => {
-                tracing::error!(%error, "an mvcc lease write failed; the store is closed");
-                self.store.failed = true;
-            }
-        }
-        result
-    }
-
     /// Runs `op` as one revision.
-    fn write<R>(&mut self, op: impl FnOnce(&mut Writer<'_, '_>) -> MvccResult<R>) -> MvccResult<R> {
-        self.with_table(|core, table| {
-            let mut writer = Writer::new(core, table);
+    fn write<R>(&mut self, op: impl FnOnce(&mut Writer<'_>) -> MvccResult<R>) -> MvccResult<R> {
+        self.with_records(|core, buffer, engine| {
+            let mut writer = Writer::new(core, buffer, engine);
             let response = op(&mut writer)?;
             writer.finish();
             Ok(response)
@@ -419,7 +374,7 @@ impl WriteBatch<'_> {
 
 impl Drop for WriteBatch<'_> {
     fn drop(&mut self) {
-        if self.txn.is_some() && self.dirty {
+        if self.engine.is_some() && self.dirty {
             tracing::error!("an mvcc batch was dropped after it changed the store; closing it");
             self.store.failed = true;
         }
@@ -427,19 +382,21 @@ impl Drop for WriteBatch<'_> {
 }
 
 /// The writes of one revision: every change gets the next sub-revision of `main`.
-struct Writer<'a, 't> {
+struct Writer<'a> {
     core: &'a mut Core,
-    table: &'a mut RecordTableMut<'t>,
+    buffer: &'a mut Buffer,
+    engine: &'a EngineTable,
     main: Revision,
     changes: u64,
 }
 
-impl<'a, 't> Writer<'a, 't> {
-    fn new(core: &'a mut Core, table: &'a mut RecordTableMut<'t>) -> Self {
+impl<'a> Writer<'a> {
+    fn new(core: &'a mut Core, buffer: &'a mut Buffer, engine: &'a EngineTable) -> Self {
         let main = core.current.next();
         Writer {
             core,
-            table,
+            buffer,
+            engine,
             main,
             changes: 0,
         }
@@ -454,10 +411,13 @@ impl<'a, 't> Writer<'a, 't> {
         }
     }
 
-    fn view(&self) -> View<'_, RecordTableMut<'t>> {
+    fn view(&self) -> View<'_, EngineTable> {
         View {
             index: &self.core.index,
-            table: &*self.table,
+            records: Records {
+                buffered: &self.buffer.records,
+                table: self.engine,
+            },
             current: self.revision_after(),
             compacted: self.core.compacted,
         }
@@ -470,9 +430,11 @@ impl<'a, 't> Writer<'a, 't> {
     }
 
     fn store(&mut self, id: RecordId, record: &Record) -> MvccResult<()> {
-        self.table
-            .insert(&id.encode(), record.encode().as_slice())
-            .map_err(engine)?;
+        let encoded = Bytes::from(record.encode());
+        self.buffer.bytes += RECORD_ID_BYTES + encoded.len();
+        if let Some(old) = self.buffer.records.insert(id, encoded) {
+            self.buffer.bytes -= RECORD_ID_BYTES + old.len();
+        }
         Ok(())
     }
 
