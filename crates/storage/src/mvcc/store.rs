@@ -415,11 +415,7 @@ impl MvccStore {
         let table = self.read_table()?;
         let mut crc = crc32c::crc32c(&self.core.current.get().to_be_bytes());
         crc = crc32c::crc32c_append(crc, &self.core.compacted.get().to_be_bytes());
-        self.records(&table).scan(.., |id, bytes| {
-            crc = crc32c::crc32c_append(crc, &id.encode());
-            crc = crc32c::crc32c_append(crc, bytes);
-            Ok(true)
-        })?;
+        crc = self.records(&table).crc(.., crc)?;
         for (id, ttl) in &self.core.granted {
             crc = crc32c::crc32c_append(crc, &id.get().to_be_bytes());
             crc = crc32c::crc32c_append(crc, &ttl.to_be_bytes());
@@ -435,13 +431,10 @@ impl MvccStore {
         self.check_not_failed()?;
         let table = self.read_table()?;
         let at = self.view(&table).read_revision(revision)?;
-        let mut crc = crc32c::crc32c(&self.core.compacted.get().to_be_bytes());
-        self.records(&table)
-            .scan(..RecordId::first_of(at.next()), |id, bytes| {
-                crc = crc32c::crc32c_append(crc, &id.encode());
-                crc = crc32c::crc32c_append(crc, bytes);
-                Ok(true)
-            })?;
+        let crc = crc32c::crc32c(&self.core.compacted.get().to_be_bytes());
+        let crc = self
+            .records(&table)
+            .crc(..RecordId::first_of(at.next()), crc)?;
         Ok(HashKv {
             hash: crc,
             revision: at,

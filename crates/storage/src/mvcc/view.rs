@@ -73,6 +73,18 @@ impl<T: RecordTable> Records<'_, T> {
     }
 }
 
+impl<T: RecordTable> Records<'_, T> {
+    /// `crc` extended with the id and the encoding of every record in `range`, in id order.
+    pub fn crc(&self, range: impl RangeBounds<RecordId>, mut crc: u32) -> MvccResult<u32> {
+        self.scan(range, |id, bytes| {
+            crc = crc32c::crc32c_append(crc, &id.encode());
+            crc = crc32c::crc32c_append(crc, bytes);
+            Ok(true)
+        })?;
+        Ok(crc)
+    }
+}
+
 /// Checks that the record read under `id` belongs to `key`.
 fn check_key(record: Record, id: RecordId, key: &[u8]) -> MvccResult<Record> {
     if record.kv.key.as_ref() != key {

@@ -432,9 +432,8 @@ impl<'a> Writer<'a> {
     fn store(&mut self, id: RecordId, record: &Record) -> MvccResult<()> {
         let encoded = Bytes::from(record.encode());
         self.buffer.bytes += RECORD_ID_BYTES + encoded.len();
-        if let Some(old) = self.buffer.records.insert(id, encoded) {
-            self.buffer.bytes -= RECORD_ID_BYTES + old.len();
-        }
+        let replaced = self.buffer.records.insert(id, encoded);
+        debug_assert!(replaced.is_none(), "record ids are never reused: {id:?}");
         Ok(())
     }
 
