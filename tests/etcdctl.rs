@@ -45,9 +45,10 @@ fn etcdctl_available() -> bool {
     );
 }
 
-/// Goal: etcdctl's put, get, get --prefix, del, del --prefix, endpoint status and member list
-/// work against Chorus and print what they print against etcd. Method: one member; each command's output compared with the
-/// text etcdctl prints for etcd.
+/// Goal: etcdctl's put, get, get --prefix, del, del --prefix, endpoint status and health (with
+/// URL and bare endpoints) and member list work against Chorus and print what they print
+/// against etcd. Method: one member; each command's output compared with the text etcdctl
+/// prints for etcd.
 #[tokio::test(flavor = "multi_thread")]
 async fn etcdctl_put_get_del_prefix() {
     if !etcdctl_available() {
@@ -74,9 +75,15 @@ async fn etcdctl_put_get_del_prefix() {
     assert_eq!(etcdctl(&endpoint, &["get", "foo"]), "");
     assert_eq!(etcdctl(&endpoint, &["del", "foo/", "--prefix"]), "2\n");
     assert_eq!(etcdctl(&endpoint, &["get", "", "--prefix"]), "other\nx\n");
-    // etcdctl 3.4's `endpoint status` dials each endpoint as a raw address and sends the whole
-    // URL as the HTTP/2 :authority, which the HTTP/2 library under tonic refuses as malformed
-    // (etcd's Go server accepts it). With a scheme-less endpoint the authority is valid.
+    // etcdctl 3.4's `endpoint` commands dial each endpoint on its own and send it as given as
+    // the HTTP/2 :authority: the whole URL here, which the member must accept as etcd does.
+    let status = etcdctl(&endpoint, &["endpoint", "status", "-w", "json"]);
+    assert!(status.contains("\"leader\""), "{status}");
+    let health = etcdctl(&endpoint, &["endpoint", "health", "-w", "json"]);
+    assert!(
+        health.starts_with(&format!("[{{\"endpoint\":\"{endpoint}\",\"health\":true,")),
+        "{health}"
+    );
     let bare = endpoint.trim_start_matches("http://");
     let status = etcdctl(bare, &["endpoint", "status", "-w", "json"]);
     assert!(status.contains("\"leader\""), "{status}");
@@ -101,11 +108,7 @@ async fn etcdctl_snapshot_defrag_hashkv_move_leader() {
     for endpoint in &endpoints {
         wait_ready(endpoint).await;
     }
-    // As for `endpoint status`: etcdctl 3.4 dials these commands with the URL as authority.
-    let bare: Vec<&str> = endpoints
-        .iter()
-        .map(|e| e.trim_start_matches("http://"))
-        .collect();
+    let all = endpoints.join(",");
     assert_eq!(etcdctl(&endpoints[0], &["put", "snap", "shot"]), "OK\n");
 
     let file = cluster.dir.path().join("backup.db");
@@ -114,16 +117,16 @@ async fn etcdctl_snapshot_defrag_hashkv_move_leader() {
     let size = std::fs::metadata(&file).unwrap().len();
     assert!(size > 0);
 
-    let defrag = etcdctl(bare[1], &["defrag"]);
+    let defrag = etcdctl(&endpoints[1], &["defrag"]);
     assert!(
         defrag.contains("Finished defragmenting etcd member"),
         "{defrag}"
     );
 
-    let hashkv = etcdctl(&bare.join(","), &["endpoint", "hashkv", "-w", "json"]);
+    let hashkv = etcdctl(&all, &["endpoint", "hashkv", "-w", "json"]);
     assert_eq!(hashkv.matches("\"hash\"").count(), 3, "{hashkv}");
 
-    let status = etcdctl(&bare.join(","), &["endpoint", "status", "-w", "json"]);
+    let status = etcdctl(&all, &["endpoint", "status", "-w", "json"]);
     let leader = status
         .split("\"leader\":")
         .nth(1)
@@ -137,9 +140,9 @@ async fn etcdctl_snapshot_defrag_hashkv_move_leader() {
         .filter(|id| *id != leader)
         .collect();
     let target = format!("{:x}", others[0]);
-    let moved = etcdctl(&bare.join(","), &["move-leader", &target]);
+    let moved = etcdctl(&all, &["move-leader", &target]);
     assert!(moved.contains("Leadership transferred"), "{moved}");
-    let status = etcdctl(&bare.join(","), &["endpoint", "status", "-w", "json"]);
+    let status = etcdctl(&all, &["endpoint", "status", "-w", "json"]);
     assert!(
         status.contains(&format!("\"leader\":{}", others[0])),
         "{status}"

@@ -14,6 +14,8 @@
 //!   service that hands writes to the leader.
 //! - [`watch`]: etcd's `Watch` service, fed by one hub per member that fans out new events.
 //! - [`membership`] and [`cluster`]: the replicated membership and etcd's `Cluster` service.
+//! - [`authority`]: lets clients that send a URL as the HTTP/2 authority (etcdctl 3.4's
+//!   per-endpoint commands) reach the gRPC services.
 //! - [`member`]: starts a whole member (storage, Raft, transport, servers) and stops it.
 //! - [`local`]: a single member inside the calling process, for examples and tests.
 //!
@@ -35,6 +37,7 @@
 //! ```
 
 pub mod alarm;
+pub mod authority;
 pub mod cluster;
 pub mod compactor;
 pub mod config;

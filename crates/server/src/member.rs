@@ -80,6 +80,17 @@ pub(crate) fn nodelay(listener: TcpListener) -> tonic::transport::server::TcpInc
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
+/// Client connections, each wrapped so that requests whose `:authority` is a URL (etcdctl 3.4
+/// given `http://` endpoints) are served; see [`crate::authority`].
+fn client_connections(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<
+    Item = Result<crate::authority::UrlAuthority<tokio::net::TcpStream>, std::io::Error>,
+> {
+    use tokio_stream::StreamExt as _;
+    nodelay(listener).map(|accepted| accepted.map(crate::authority::UrlAuthority::new))
+}
+
 async fn bind(url: &MemberUrl) -> Result<TcpListener, MemberError> {
     TcpListener::bind(url.authority())
         .await
@@ -412,7 +423,7 @@ async fn run_member(
                 .add_service(ElectionServer::new(ElectionService(election_edge)))
                 .add_service(watch_server)
                 .add_service(LeaseServer::new(lease))
-                .serve_with_incoming_shutdown(nodelay(listener), async move {
+                .serve_with_incoming_shutdown(client_connections(listener), async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
                 .await
