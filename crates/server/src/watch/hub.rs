@@ -324,6 +324,19 @@ impl Hub {
     /// store's, as etcd's.
     pub fn advance(&self) {
         let _advancing = self.advancing.lock().unwrap_or_else(|e| e.into_inner());
+        // With no synced watcher there is no one to offer events to: the hub moves to the
+        // store's revision without reading them. The revision is read before the hub is
+        // locked, so a watcher added meanwhile is seen here (and the events are read for it),
+        // and one added after starts behind this revision only if it asked to, and then
+        // catches up from history as unsynced watchers do.
+        let current = self.node.read_store(|store| store.current_revision());
+        {
+            let mut state = self.lock();
+            if !state.any_synced() {
+                state.revision = state.revision.max(current);
+                return;
+            }
+        }
         loop {
             let (from, with_prev_kv) = {
                 let state = self.lock();
@@ -379,6 +392,12 @@ impl Hub {
 }
 
 impl HubState {
+    fn any_synced(&self) -> bool {
+        self.streams
+            .values()
+            .any(|slot| slot.watchers.values().any(|w| w.synced))
+    }
+
     fn any_prev_kv(&self) -> bool {
         self.streams
             .values()

@@ -189,6 +189,9 @@ pub struct MvccStore {
     pub(crate) buffer: Buffer,
     /// When the last engine commit began (see `MvccConfig::commit_sync_interval`).
     pub(crate) last_commit: Option<std::time::Instant>,
+    /// The engine file's size after the last engine commit or compaction: only they change
+    /// it, and the quota check reads it on every write.
+    pub(crate) file_bytes: u64,
 }
 
 impl std::fmt::Debug for MvccStore {
@@ -268,6 +271,7 @@ impl MvccStore {
             failed: false,
             buffer: Buffer::default(),
             last_commit: None,
+            file_bytes: engine_file_size(dir),
         })
     }
 
@@ -451,7 +455,7 @@ impl MvccStore {
 
     /// The size of the engine's file on disk, in bytes (etcd's `dbSize`).
     pub fn file_size(&self) -> u64 {
-        std::fs::metadata(self.dir().join(ENGINE_FILE)).map_or(0, |m| m.len())
+        self.file_bytes
     }
 
     /// etcd's Defragment: rewrites the engine's file so that the space freed by compactions
@@ -463,7 +467,9 @@ impl MvccStore {
         // Everything in the engine first, and durable: compaction needs no state but the last
         // durable one alive.
         self.sync()?;
-        self.db.compact().map_err(engine)
+        let compacted = self.db.compact().map_err(engine);
+        self.file_bytes = engine_file_size(&self.dir);
+        compacted
     }
 
     /// Commits every batch applied so far to the engine, durably (see
@@ -509,6 +515,7 @@ impl MvccStore {
         self.check_not_failed()?;
         self.last_commit = Some(std::time::Instant::now());
         let result = self.write_buffer(durability);
+        self.file_bytes = engine_file_size(&self.dir);
         match &result {
             Ok(()) => self.buffer = Buffer::default(),
             Err(error) => {
@@ -689,6 +696,11 @@ fn read_leases(txn: &redb::ReadTransaction) -> MvccResult<BTreeMap<LeaseId, i64>
         granted.insert(id, ttl);
     }
     Ok(granted)
+}
+
+/// The size of the engine's file in `dir` (0 for a store on another backend).
+fn engine_file_size(dir: &Path) -> u64 {
+    std::fs::metadata(dir.join(ENGINE_FILE)).map_or(0, |m| m.len())
 }
 
 fn restore_record(core: &mut Core, id: RecordId, record: Record) -> MvccResult<()> {
