@@ -12,6 +12,7 @@
 //!   one fsync, applies committed entries to the MVCC store and answers waiting requests.
 //! - [`service`] and [`kv_convert`]: the etcd `KV` gRPC service and the internal `Forward`
 //!   service that hands writes to the leader.
+//! - [`forward`]: the stream on which members that do not lead hand writes to the leader.
 //! - [`watch`]: etcd's `Watch` service, fed by one hub per member that fans out new events.
 //! - [`membership`] and [`cluster`]: the replicated membership and etcd's `Cluster` service.
 //! - [`authority`]: lets clients that send a URL as the HTTP/2 authority (etcdctl 3.4's
@@ -43,6 +44,7 @@ pub mod compactor;
 pub mod config;
 pub mod coordination;
 pub mod error;
+pub mod forward;
 pub mod join;
 pub mod kv_convert;
 pub mod lease;

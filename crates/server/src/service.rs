@@ -3,8 +3,7 @@
 //! does not lead, to the leader through `Forward`), and maps the result; errors become etcd's
 //! statuses through [`crate::error`] only.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chorus_proto::etcdserverpb as pb;
@@ -12,7 +11,7 @@ use chorus_proto::internal as ipb;
 use chorus_raft::NodeId;
 use chorus_storage::mvcc::WriteResponse;
 use prost::Message as _;
-use tonic::transport::{Channel, Endpoint};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::alarm;
@@ -36,95 +35,7 @@ pub struct EdgeLimits {
     pub quota_backend_bytes: u64,
 }
 
-/// Sends writes to the leader's `Forward` service. Channels connect lazily and are kept.
-#[derive(Clone, Debug)]
-pub struct Forwarder {
-    peer_urls: Arc<Mutex<HashMap<NodeId, String>>>,
-    clients: Arc<Mutex<HashMap<NodeId, Channel>>>,
-}
-
-impl Forwarder {
-    /// A forwarder to the members at these peer URLs (`http://host:port`).
-    pub fn new(peer_urls: HashMap<NodeId, String>) -> Self {
-        Forwarder {
-            peer_urls: Arc::new(Mutex::new(peer_urls)),
-            clients: Arc::new(Mutex::new(HashMap::new())),
-        }
-    }
-
-    /// Points the forwarder at a member's (new) peer URL.
-    pub fn set_peer(&self, member: NodeId, url: String) {
-        let mut urls = self.peer_urls.lock().unwrap_or_else(|e| e.into_inner());
-        if urls
-            .insert(member, url.clone())
-            .is_some_and(|old| old != url)
-        {
-            self.clients
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&member);
-        }
-    }
-
-    /// Forgets a removed member.
-    pub fn remove_peer(&self, member: NodeId) {
-        self.peer_urls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&member);
-        self.clients
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&member);
-    }
-
-    pub(crate) fn channel(&self, member: NodeId) -> Result<Channel, Status> {
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(channel) = clients.get(&member) {
-            return Ok(channel.clone());
-        }
-        let url = self
-            .peer_urls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&member)
-            .cloned()
-            .ok_or_else(|| {
-                Status::from(ServerError::Unexpected {
-                    message: format!("etcdserver: unknown leader {member}"),
-                })
-            })?;
-        let channel = Endpoint::from_shared(url.clone())
-            .map_err(|e| {
-                Status::from(ServerError::Unexpected {
-                    message: format!("invalid peer URL {url}: {e}"),
-                })
-            })?
-            .connect_timeout(Duration::from_secs(3))
-            .tcp_nodelay(true)
-            .connect_lazy();
-        clients.insert(member, channel.clone());
-        Ok(channel)
-    }
-
-    async fn forward(
-        &self,
-        leader: NodeId,
-        request: ipb::forward_request::Request,
-    ) -> Result<ipb::forward_response::Response, Status> {
-        let mut client = ipb::forward_client::ForwardClient::new(self.channel(leader)?);
-        let response = client
-            .write(ipb::ForwardRequest {
-                request: Some(request),
-            })
-            .await?;
-        response.into_inner().response.ok_or_else(|| {
-            Status::from(ServerError::Unexpected {
-                message: "etcdserver: the leader sent an empty answer".to_string(),
-            })
-        })
-    }
-}
+pub use crate::forward::Forwarder;
 
 /// The state both services share.
 #[derive(Clone)]
@@ -407,19 +318,18 @@ pub struct ForwardService {
 
 #[tonic::async_trait]
 impl ipb::forward_server::Forward for ForwardService {
-    async fn write(
+    type WriteStreamStream = ReceiverStream<Result<ipb::ForwardStreamResponse, Status>>;
+
+    async fn write_stream(
         &self,
-        request: Request<ipb::ForwardRequest>,
-    ) -> Result<Response<ipb::ForwardResponse>, Status> {
-        let request = request.into_inner().request.ok_or_else(|| {
-            Status::from(ServerError::Unexpected {
-                message: "etcdserver: a forwarded write without a request".to_string(),
-            })
-        })?;
-        let response = self.edge.write_as_leader(request).await?;
-        Ok(Response::new(ipb::ForwardResponse {
-            response: Some(response),
-        }))
+        request: Request<tonic::Streaming<ipb::ForwardStreamRequest>>,
+    ) -> Result<Response<Self::WriteStreamStream>, Status> {
+        let edge = self.edge.clone();
+        let answers = crate::forward::serve_stream(request.into_inner(), move |request| {
+            let edge = edge.clone();
+            async move { edge.write_as_leader(request).await }
+        });
+        Ok(Response::new(answers))
     }
 
     async fn lease_keep_alive(

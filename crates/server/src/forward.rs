@@ -1,0 +1,310 @@
+//! Writes that reach a member which does not lead travel to the leader on one long-lived
+//! `Forward.WriteStream` per leader: each write is a message tagged with an id, and the leader
+//! answers each id once the write is applied there, in the order writes finish. A forwarded
+//! write therefore costs a message on a stream that is already open, not an HTTP/2 request of
+//! its own (headers, a new stream, a task on each side).
+//!
+//! When the stream breaks (the leader stopped, the connection dropped), every write still
+//! waiting on it fails with etcd's "request timed out, possibly due to connection lost": the
+//! leader may or may not have applied it. A write that never left this member is sent again on
+//! a new stream.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chorus_proto::internal as ipb;
+use chorus_raft::NodeId;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::error::ServerError;
+
+/// Writes queued for one stream before senders wait.
+const STREAM_QUEUE: usize = 1024;
+
+type WriteResult = Result<ipb::forward_response::Response, Status>;
+
+/// Sends writes to the leader's `Forward` service. Channels connect lazily and are kept.
+#[derive(Clone, Debug)]
+pub struct Forwarder {
+    peer_urls: Arc<Mutex<HashMap<NodeId, String>>>,
+    clients: Arc<Mutex<HashMap<NodeId, Channel>>>,
+    streams: Arc<Mutex<HashMap<NodeId, Arc<WriteStream>>>>,
+}
+
+/// One open `WriteStream` to a member.
+#[derive(Debug)]
+struct WriteStream {
+    requests: mpsc::Sender<ipb::ForwardStreamRequest>,
+    next_id: AtomicU64,
+    /// The writes sent and not yet answered; `None` once the stream has ended.
+    waiting: Mutex<Option<HashMap<u64, oneshot::Sender<WriteResult>>>>,
+}
+
+impl WriteStream {
+    /// Opens a stream on `channel` and starts the task that hands its answers out.
+    fn open(channel: Channel) -> Arc<WriteStream> {
+        let (requests, queued) = mpsc::channel(STREAM_QUEUE);
+        let stream = Arc::new(WriteStream {
+            requests,
+            next_id: AtomicU64::new(1),
+            waiting: Mutex::new(Some(HashMap::new())),
+        });
+        let answers = Arc::clone(&stream);
+        tokio::spawn(async move {
+            let mut client = ipb::forward_client::ForwardClient::new(channel);
+            match client.write_stream(ReceiverStream::new(queued)).await {
+                Ok(response) => {
+                    let mut incoming = response.into_inner();
+                    loop {
+                        match incoming.message().await {
+                            Ok(Some(answer)) => answers.answer(answer),
+                            Ok(None) => break,
+                            Err(status) => {
+                                tracing::debug!(%status, "forwarding stream to the leader ended");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(status) => tracing::debug!(%status, "could not open a forwarding stream"),
+            }
+            answers.close();
+        });
+        stream
+    }
+
+    fn lock_waiting(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Option<HashMap<u64, oneshot::Sender<WriteResult>>>> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn answer(&self, answer: ipb::ForwardStreamResponse) {
+        use ipb::forward_stream_response::Result as R;
+        let Some(waiter) = self
+            .lock_waiting()
+            .as_mut()
+            .and_then(|waiting| waiting.remove(&answer.id))
+        else {
+            return; // the writer gave up (its request timed out)
+        };
+        let result = match answer.result {
+            Some(R::Response(ipb::ForwardResponse {
+                response: Some(response),
+            })) => Ok(response),
+            Some(R::Error(error)) => Err(Status::new(Code::from(error.code), error.message)),
+            _ => Err(Status::from(ServerError::Unexpected {
+                message: "etcdserver: the leader sent an empty answer".to_string(),
+            })),
+        };
+        let _ = waiter.send(result);
+    }
+
+    /// Ends the stream: every write still waiting fails, and no new one is taken.
+    fn close(&self) {
+        let waiting = self.lock_waiting().take().unwrap_or_default();
+        for (_, waiter) in waiting {
+            let _ = waiter.send(Err(ServerError::TimeoutDueToConnectionLost.into()));
+        }
+    }
+
+    /// Sends one write and waits for its answer; `Err(request)` when the stream had already
+    /// ended and the write was not sent.
+    async fn write(
+        &self,
+        request: ipb::forward_request::Request,
+    ) -> Result<WriteResult, ipb::forward_request::Request> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        match self.lock_waiting().as_mut() {
+            Some(waiting) => waiting.insert(id, tx),
+            None => return Err(request),
+        };
+        // Forget the write if this future is dropped (the request timed out) before its answer.
+        let _forget = Forget { stream: self, id };
+        let message = ipb::ForwardStreamRequest {
+            id,
+            request: Some(ipb::ForwardRequest {
+                request: Some(request),
+            }),
+        };
+        if let Err(mpsc::error::SendError(message)) = self.requests.send(message).await {
+            let request = message.request.and_then(|r| r.request);
+            self.lock_waiting().as_mut().map(|w| w.remove(&id));
+            return Err(request.expect("the message was built with its request"));
+        }
+        Ok(rx
+            .await
+            .unwrap_or_else(|_| Err(ServerError::TimeoutDueToConnectionLost.into())))
+    }
+}
+
+/// Removes a write's waiter when its caller stops waiting.
+struct Forget<'a> {
+    stream: &'a WriteStream,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        if let Some(waiting) = self.stream.lock_waiting().as_mut() {
+            waiting.remove(&self.id);
+        }
+    }
+}
+
+impl Forwarder {
+    /// A forwarder to the members at these peer URLs (`http://host:port`).
+    pub fn new(peer_urls: HashMap<NodeId, String>) -> Self {
+        Forwarder {
+            peer_urls: Arc::new(Mutex::new(peer_urls)),
+            clients: Arc::new(Mutex::new(HashMap::new())),
+            streams: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Points the forwarder at a member's (new) peer URL.
+    pub fn set_peer(&self, member: NodeId, url: String) {
+        let mut urls = self.peer_urls.lock().unwrap_or_else(|e| e.into_inner());
+        if urls
+            .insert(member, url.clone())
+            .is_some_and(|old| old != url)
+        {
+            self.forget(member);
+        }
+    }
+
+    /// Forgets a removed member.
+    pub fn remove_peer(&self, member: NodeId) {
+        self.peer_urls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&member);
+        self.forget(member);
+    }
+
+    /// Drops the channel and stream to `member`: writes in flight on the stream still get
+    /// their answers; the next ones connect anew.
+    fn forget(&self, member: NodeId) {
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&member);
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&member);
+    }
+
+    pub(crate) fn channel(&self, member: NodeId) -> Result<Channel, Status> {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(channel) = clients.get(&member) {
+            return Ok(channel.clone());
+        }
+        let url = self
+            .peer_urls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&member)
+            .cloned()
+            .ok_or_else(|| {
+                Status::from(ServerError::Unexpected {
+                    message: format!("etcdserver: unknown leader {member}"),
+                })
+            })?;
+        let channel = Endpoint::from_shared(url.clone())
+            .map_err(|e| {
+                Status::from(ServerError::Unexpected {
+                    message: format!("invalid peer URL {url}: {e}"),
+                })
+            })?
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        clients.insert(member, channel.clone());
+        Ok(channel)
+    }
+
+    /// The open stream to `leader`, opened if there is none or the last one ended. Streams to
+    /// other members are let go: only the leader takes writes.
+    fn stream(&self, leader: NodeId) -> Result<Arc<WriteStream>, Status> {
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        streams.retain(|member, stream| *member == leader && stream.lock_waiting().is_some());
+        if let Some(stream) = streams.get(&leader) {
+            return Ok(Arc::clone(stream));
+        }
+        let stream = WriteStream::open(self.channel(leader)?);
+        streams.insert(leader, Arc::clone(&stream));
+        Ok(stream)
+    }
+
+    /// Has the leader propose `request` and returns its answer once applied there.
+    pub(crate) async fn forward(
+        &self,
+        leader: NodeId,
+        mut request: ipb::forward_request::Request,
+    ) -> WriteResult {
+        // A stream found ended before the write left is replaced once; a second failure means
+        // the leader cannot be reached now.
+        for _ in 0..2 {
+            match self.stream(leader)?.write(request).await {
+                Ok(result) => return result,
+                Err(unsent) => request = unsent,
+            }
+        }
+        Err(ServerError::TimeoutDueToConnectionLost.into())
+    }
+}
+
+/// The leader's side of `Forward.WriteStream`: proposes each write as it arrives and answers
+/// it once applied, with `write` (the edge's leader write).
+pub(crate) fn serve_stream<F, Fut>(
+    mut incoming: tonic::Streaming<ipb::ForwardStreamRequest>,
+    write: F,
+) -> ReceiverStream<Result<ipb::ForwardStreamResponse, Status>>
+where
+    F: Fn(ipb::forward_request::Request) -> Fut + Send + 'static,
+    Fut: Future<Output = WriteResult> + Send + 'static,
+{
+    use ipb::forward_stream_response::Result as R;
+    let (answers, outgoing) = mpsc::channel(STREAM_QUEUE);
+    tokio::spawn(async move {
+        while let Ok(Some(message)) = incoming.message().await {
+            let answers = answers.clone();
+            let id = message.id;
+            let work = message.request.and_then(|r| r.request).map(&write);
+            tokio::spawn(async move {
+                let result = match work {
+                    Some(work) => work.await,
+                    None => Err(Status::from(ServerError::Unexpected {
+                        message: "etcdserver: a forwarded write without a request".to_string(),
+                    })),
+                };
+                let result = match result {
+                    Ok(response) => R::Response(ipb::ForwardResponse {
+                        response: Some(response),
+                    }),
+                    Err(status) => R::Error(ipb::ForwardError {
+                        code: status.code() as i32,
+                        message: status.message().to_string(),
+                    }),
+                };
+                let answer = ipb::ForwardStreamResponse {
+                    id,
+                    result: Some(result),
+                };
+                // The sender may have gone; its writes' outcomes are then unknown to it anyway.
+                let _ = answers.send(Ok(answer)).await;
+            });
+        }
+    });
+    ReceiverStream::new(outgoing)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,207 @@
+use super::*;
+
+use chorus_proto::etcdserverpb as pb;
+use tokio::net::TcpListener;
+use tonic::{Request, Response};
+
+/// A leader stand-in: answers a put of key `n` (decimal) after `n % 7` ms with revision `n`,
+/// a put of key `fail` with etcd's "key not found" error, and never a put of key `hang`.
+struct Echo;
+
+async fn echo(request: ipb::forward_request::Request) -> WriteResult {
+    let ipb::forward_request::Request::Put(put) = request else {
+        return Err(Status::invalid_argument("only puts"));
+    };
+    if put.key.as_ref() == b"hang" {
+        std::future::pending::<()>().await;
+    }
+    if put.key.as_ref() == b"fail" {
+        return Err(Status::invalid_argument("etcdserver: key not found"));
+    }
+    let n: i64 = std::str::from_utf8(&put.key).unwrap().parse().unwrap();
+    tokio::time::sleep(Duration::from_millis((n % 7) as u64)).await;
+    Ok(ipb::forward_response::Response::Put(pb::PutResponse {
+        header: Some(pb::ResponseHeader {
+            revision: n,
+            ..Default::default()
+        }),
+        prev_kv: None,
+    }))
+}
+
+#[tonic::async_trait]
+impl ipb::forward_server::Forward for Echo {
+    type WriteStreamStream = ReceiverStream<Result<ipb::ForwardStreamResponse, Status>>;
+
+    async fn write_stream(
+        &self,
+        request: Request<tonic::Streaming<ipb::ForwardStreamRequest>>,
+    ) -> Result<Response<Self::WriteStreamStream>, Status> {
+        Ok(Response::new(serve_stream(request.into_inner(), echo)))
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        _: Request<pb::LeaseKeepAliveRequest>,
+    ) -> Result<Response<pb::LeaseKeepAliveResponse>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        _: Request<pb::LeaseTimeToLiveRequest>,
+    ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+
+    async fn member_info(
+        &self,
+        _: Request<ipb::MemberInfoRequest>,
+    ) -> Result<Response<ipb::MemberInfoResponse>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+
+    async fn member_change(
+        &self,
+        _: Request<ipb::MemberChangeRequest>,
+    ) -> Result<Response<ipb::MemberChangeResponse>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+
+    async fn member_table_get(
+        &self,
+        _: Request<ipb::MemberTableRequest>,
+    ) -> Result<Response<ipb::MemberTable>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+}
+
+/// Serves `Echo` on `listener` until `stop` fires.
+fn serve(listener: TcpListener, stop: oneshot::Receiver<()>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(ipb::forward_server::ForwardServer::new(Echo))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stop.await;
+                },
+            )
+            .await
+            .unwrap();
+    })
+}
+
+fn put(key: &str) -> ipb::forward_request::Request {
+    ipb::forward_request::Request::Put(pb::PutRequest {
+        key: bytes::Bytes::copy_from_slice(key.as_bytes()),
+        ..Default::default()
+    })
+}
+
+fn revision(result: WriteResult) -> i64 {
+    match result.unwrap() {
+        ipb::forward_response::Response::Put(put) => put.header.unwrap().revision,
+        other => panic!("not a put answer: {other:?}"),
+    }
+}
+
+// Property: writes forwarded concurrently over the one stream each get their own answer, also
+// when the leader finishes them out of order, and a request error keeps etcd's code and
+// message.
+// Method: 500 concurrent puts whose answers the stand-in delays by key; each answer's revision
+// must be its own key; then one failing put.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_get_their_own_answers() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let leader = NodeId(7);
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (_stop, stopped) = oneshot::channel();
+    serve(listener, stopped);
+    let forwarder = Forwarder::new(HashMap::from([(leader, url)]));
+    let writes = (0..500).map(|n| {
+        let forwarder = forwarder.clone();
+        tokio::spawn(async move { (n, forwarder.forward(leader, put(&n.to_string())).await) })
+    });
+    for write in writes {
+        let (n, result) = write.await.unwrap();
+        assert_eq!(revision(result), n);
+    }
+    assert_eq!(forwarder.streams.lock().unwrap().len(), 1, "one stream");
+    let error = forwarder.forward(leader, put("fail")).await.unwrap_err();
+    assert_eq!(
+        (error.code(), error.message()),
+        (Code::InvalidArgument, "etcdserver: key not found")
+    );
+}
+
+/// Forwards every connection accepted on `listener` to `to`, until the task is aborted, which
+/// drops every connection it carries (as a leader's crash would).
+fn proxy(listener: TcpListener, to: std::net::SocketAddr) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            connections.spawn(async move {
+                let mut outbound = tokio::net::TcpStream::connect(to).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    })
+}
+
+// Property: when the connection to the leader is lost, the writes waiting on its stream fail
+// with etcd's "connection lost" timeout instead of hanging, and once the leader can be reached
+// again a write opens a new stream and succeeds.
+// Method: the forwarder reaches the stand-in through a proxy; 20 writes the stand-in never
+// answers wait on the stream when the proxy (and every connection through it) is dropped; then
+// a new proxy on the same address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_stream_fails_its_writes_and_is_replaced() {
+    let server_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server_address = server_listener.local_addr().unwrap();
+    let (_stop, stopped) = oneshot::channel();
+    serve(server_listener, stopped);
+    let proxy_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = proxy_listener.local_addr().unwrap();
+    let first_proxy = proxy(proxy_listener, server_address);
+
+    let leader = NodeId(7);
+    let forwarder = Forwarder::new(HashMap::from([(leader, format!("http://{address}"))]));
+    assert_eq!(revision(forwarder.forward(leader, put("1")).await), 1);
+    let writes: Vec<_> = (0..20)
+        .map(|_| {
+            let forwarder = forwarder.clone();
+            tokio::spawn(async move { forwarder.forward(leader, put("hang")).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    first_proxy.abort();
+    let lost = Status::from(ServerError::TimeoutDueToConnectionLost);
+    for write in writes {
+        let error = tokio::time::timeout(Duration::from_secs(5), write)
+            .await
+            .expect("a waiting write fails once the stream is lost")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(
+            (error.code(), error.message()),
+            (lost.code(), lost.message())
+        );
+    }
+
+    proxy(TcpListener::bind(address).await.unwrap(), server_address);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match forwarder.forward(leader, put("2")).await {
+            Ok(answer) => {
+                assert_eq!(revision(Ok(answer)), 2);
+                break;
+            }
+            // The channel reconnects in the background.
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("the forwarder did not recover: {error}"),
+        }
+    }
+}
