@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chorus_proto::internal as ipb;
@@ -36,25 +36,28 @@ pub struct Forwarder {
     streams: Arc<Mutex<HashMap<NodeId, Arc<WriteStream>>>>,
 }
 
-/// One open `WriteStream` to a member.
+/// One open `WriteStream` to a member. Dropping the last handle ends the stream once the
+/// leader has answered the writes on it.
 #[derive(Debug)]
 struct WriteStream {
     requests: mpsc::Sender<ipb::ForwardStreamRequest>,
     next_id: AtomicU64,
-    /// The writes sent and not yet answered; `None` once the stream has ended.
-    waiting: Mutex<Option<HashMap<u64, oneshot::Sender<WriteResult>>>>,
+    waiting: Arc<Waiting>,
 }
+
+/// The writes sent on a stream and not yet answered; `None` once the stream has ended. Shared
+/// with the task that reads the answers, which must not keep the stream itself open.
+#[derive(Debug)]
+struct Waiting(Mutex<Option<HashMap<u64, oneshot::Sender<WriteResult>>>>);
+
+type WaitingGuard<'a> = MutexGuard<'a, Option<HashMap<u64, oneshot::Sender<WriteResult>>>>;
 
 impl WriteStream {
     /// Opens a stream on `channel` and starts the task that hands its answers out.
     fn open(channel: Channel) -> Arc<WriteStream> {
         let (requests, queued) = mpsc::channel(STREAM_QUEUE);
-        let stream = Arc::new(WriteStream {
-            requests,
-            next_id: AtomicU64::new(1),
-            waiting: Mutex::new(Some(HashMap::new())),
-        });
-        let answers = Arc::clone(&stream);
+        let waiting = Arc::new(Waiting(Mutex::new(Some(HashMap::new()))));
+        let answers = Arc::clone(&waiting);
         tokio::spawn(async move {
             let mut client = ipb::forward_client::ForwardClient::new(channel);
             match client.write_stream(ReceiverStream::new(queued)).await {
@@ -75,19 +78,59 @@ impl WriteStream {
             }
             answers.close();
         });
-        stream
+        Arc::new(WriteStream {
+            requests,
+            next_id: AtomicU64::new(1),
+            waiting,
+        })
     }
 
-    fn lock_waiting(
+    /// Sends one write and waits for its answer; `Err(request)` when the stream had already
+    /// ended and the write was not sent.
+    async fn write(
         &self,
-    ) -> std::sync::MutexGuard<'_, Option<HashMap<u64, oneshot::Sender<WriteResult>>>> {
-        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+        request: ipb::forward_request::Request,
+    ) -> Result<WriteResult, ipb::forward_request::Request> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        match self.waiting.lock().as_mut() {
+            Some(waiting) => waiting.insert(id, tx),
+            None => return Err(request),
+        };
+        // Forget the write if this future is dropped (the request timed out) before its answer.
+        let _forget = Forget {
+            waiting: &self.waiting,
+            id,
+        };
+        let message = ipb::ForwardStreamRequest {
+            id,
+            request: Some(ipb::ForwardRequest {
+                request: Some(request),
+            }),
+        };
+        if let Err(mpsc::error::SendError(message)) = self.requests.send(message).await {
+            let request = message.request.and_then(|r| r.request);
+            return Err(request.expect("the message was built with its request"));
+        }
+        Ok(rx
+            .await
+            .unwrap_or_else(|_| Err(ServerError::TimeoutDueToConnectionLost.into())))
+    }
+}
+
+impl Waiting {
+    fn lock(&self) -> WaitingGuard<'_> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_open(&self) -> bool {
+        self.lock().is_some()
     }
 
     fn answer(&self, answer: ipb::ForwardStreamResponse) {
         use ipb::forward_stream_response::Result as R;
         let Some(waiter) = self
-            .lock_waiting()
+            .lock()
             .as_mut()
             .and_then(|waiting| waiting.remove(&answer.id))
         else {
@@ -107,52 +150,22 @@ impl WriteStream {
 
     /// Ends the stream: every write still waiting fails, and no new one is taken.
     fn close(&self) {
-        let waiting = self.lock_waiting().take().unwrap_or_default();
+        let waiting = self.lock().take().unwrap_or_default();
         for (_, waiter) in waiting {
             let _ = waiter.send(Err(ServerError::TimeoutDueToConnectionLost.into()));
         }
     }
-
-    /// Sends one write and waits for its answer; `Err(request)` when the stream had already
-    /// ended and the write was not sent.
-    async fn write(
-        &self,
-        request: ipb::forward_request::Request,
-    ) -> Result<WriteResult, ipb::forward_request::Request> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        match self.lock_waiting().as_mut() {
-            Some(waiting) => waiting.insert(id, tx),
-            None => return Err(request),
-        };
-        // Forget the write if this future is dropped (the request timed out) before its answer.
-        let _forget = Forget { stream: self, id };
-        let message = ipb::ForwardStreamRequest {
-            id,
-            request: Some(ipb::ForwardRequest {
-                request: Some(request),
-            }),
-        };
-        if let Err(mpsc::error::SendError(message)) = self.requests.send(message).await {
-            let request = message.request.and_then(|r| r.request);
-            self.lock_waiting().as_mut().map(|w| w.remove(&id));
-            return Err(request.expect("the message was built with its request"));
-        }
-        Ok(rx
-            .await
-            .unwrap_or_else(|_| Err(ServerError::TimeoutDueToConnectionLost.into())))
-    }
 }
 
-/// Removes a write's waiter when its caller stops waiting.
+/// Removes a write's waiter when its caller stops waiting (answered, failed or timed out).
 struct Forget<'a> {
-    stream: &'a WriteStream,
+    waiting: &'a Waiting,
     id: u64,
 }
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        if let Some(waiting) = self.stream.lock_waiting().as_mut() {
+        if let Some(waiting) = self.waiting.lock().as_mut() {
             waiting.remove(&self.id);
         }
     }
@@ -234,7 +247,7 @@ impl Forwarder {
     /// other members are let go: only the leader takes writes.
     fn stream(&self, leader: NodeId) -> Result<Arc<WriteStream>, Status> {
         let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-        streams.retain(|member, stream| *member == leader && stream.lock_waiting().is_some());
+        streams.retain(|member, stream| *member == leader && stream.waiting.is_open());
         if let Some(stream) = streams.get(&leader) {
             return Ok(Arc::clone(stream));
         }

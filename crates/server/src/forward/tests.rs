@@ -205,3 +205,32 @@ async fn a_lost_stream_fails_its_writes_and_is_replaced() {
         }
     }
 }
+
+// Property: when the leader changes, the stream to the former leader ends once its writes are
+// answered, instead of staying open for as long as the member runs.
+// Method: one write to each of two stand-ins in turn; the first stand-in's stream must report
+// its end within 5 s of the switch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_to_a_former_leader_ends() {
+    let (a, b) = (NodeId(1), NodeId(2));
+    let (mut urls, mut stops) = (HashMap::new(), Vec::new());
+    for member in [a, b] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        urls.insert(member, format!("http://{}", listener.local_addr().unwrap()));
+        let (stop, stopped) = oneshot::channel::<()>();
+        stops.push(stop);
+        serve(listener, stopped);
+    }
+    let forwarder = Forwarder::new(urls);
+    assert_eq!(revision(forwarder.forward(a, put("3")).await), 3);
+    let to_a = Arc::clone(&forwarder.streams.lock().unwrap()[&a].waiting);
+    assert_eq!(revision(forwarder.forward(b, put("4")).await), 4);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while to_a.is_open() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stream to the former leader is still open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
