@@ -85,11 +85,6 @@ impl<S> UrlAuthority<S> {
         }
     }
 
-    /// The wrapped connection.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
     /// Moves every complete unit of `input` to `output`, transformed as the mode says.
     fn process(&mut self) -> io::Result<()> {
         loop {
