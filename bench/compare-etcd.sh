@@ -30,62 +30,26 @@ if ! command -v etcd >/dev/null 2>&1; then
   fi
 fi
 
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 cargo build --release --quiet
 CHORUS="$PWD/target/release/chorus"
 WORK="$(mktemp -d)"
 PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-# start_cluster SYSTEM BINARY BASE_PORT: 3 members, clients on BASE+1..3, peers on BASE+11..13.
-start_cluster() {
-  local system=$1 binary=$2 base=$3 cluster="" i
-  for i in 1 2 3; do
-    cluster+="${system}${i}=http://127.0.0.1:$((base + 10 + i)),"
-  done
-  cluster="${cluster%,}"
-  for i in 1 2 3; do
-    "$binary" --name "${system}${i}" --data-dir "$WORK/${system}${i}" \
-      --listen-client-urls "http://127.0.0.1:$((base + i))" \
-      --advertise-client-urls "http://127.0.0.1:$((base + i))" \
-      --listen-peer-urls "http://127.0.0.1:$((base + 10 + i))" \
-      --initial-advertise-peer-urls "http://127.0.0.1:$((base + 10 + i))" \
-      --initial-cluster "$cluster" --initial-cluster-token "bench-$system" \
-      --initial-cluster-state new >"$WORK/${system}${i}.log" 2>&1 &
-    PIDS+=($!)
-    eval "${system^^}_PID_$i=$!"
-  done
-}
-
-endpoints() { echo "http://127.0.0.1:$(($1 + 1)),http://127.0.0.1:$(($1 + 2)),http://127.0.0.1:$(($1 + 3))"; }
-
-wait_ready() {
-  local eps=$1 tries=0
-  until "$CHORUS" bench put --endpoints "$eps" --total 1 --no-progress >/dev/null 2>&1; do
-    tries=$((tries + 1))
-    if [[ $tries -gt 100 ]]; then echo "cluster at $eps did not become ready" >&2; exit 1; fi
-    sleep 0.2
-  done
-}
+trap 'stop_clusters "$WORK"' EXIT
 
 # Below Linux's ephemeral range (32768-60999): a port in it can be taken by an outgoing
 # connection (a member dialing another) before the server that wants it binds it.
 ETCD_BASE=22000
 CHORUS_BASE=23000
-start_cluster etcd etcd "$ETCD_BASE"
-# chorus serve takes etcd's flags.
-CHORUS_SERVE="$WORK/chorus-serve"
-printf '#!/bin/sh\nexec %q serve "$@"\n' "$CHORUS" >"$CHORUS_SERVE"
-chmod +x "$CHORUS_SERVE"
-start_cluster chorus "$CHORUS_SERVE" "$CHORUS_BASE"
+start_cluster etcd "$WORK" "$ETCD_BASE" etcd
+ETCD_PIDS=("${PIDS[@]}")
+start_cluster chorus "$WORK" "$CHORUS_BASE" "$CHORUS" serve
+CHORUS_PIDS=("${PIDS[@]:3}")
 ETCD_EPS=$(endpoints $ETCD_BASE)
 CHORUS_EPS=$(endpoints $CHORUS_BASE)
-wait_ready "$ETCD_EPS"
-wait_ready "$CHORUS_EPS"
+wait_ready "$CHORUS" "$ETCD_EPS"
+wait_ready "$CHORUS" "$CHORUS_EPS"
 
 # The options of each workload (same for both systems).
 workload_args() {
@@ -105,13 +69,18 @@ workload_args() {
 
 for w in $WORKLOADS; do
   for system in etcd chorus; do
-    eps=$ETCD_EPS
-    [[ $system == chorus ]] && eps=$CHORUS_EPS
+    eps=$ETCD_EPS members=("${ETCD_PIDS[@]}")
+    [[ $system == chorus ]] && eps=$CHORUS_EPS members=("${CHORUS_PIDS[@]}")
+    # The members' CPU time and the load generator's, per request: on a machine whose cores
+    # the load generator shares, throughput alone depends on how the scheduler splits them.
+    ticks=$(cpu_ticks "${members[@]}")
     # shellcheck disable=SC2046
-    if ! "$CHORUS" bench $(workload_args "$w") --endpoints "$eps" --duration "$DURATION" \
+    if ! /usr/bin/time -f "%U %S" -o "$WORK/$system-$w.time" "$CHORUS" bench $(workload_args "$w") --endpoints "$eps" --duration "$DURATION" \
       --json --no-progress >"$WORK/$system-$w.json" 2>"$WORK/$system-$w.err"; then
       echo "{\"failed\": $(python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().strip().splitlines()[0][:300]))' <"$WORK/$system-$w.err")}" >"$WORK/$system-$w.json"
     fi
+    echo "$(($(cpu_ticks "${members[@]}") - ticks)) $(getconf CLK_TCK) $(tail -1 "$WORK/$system-$w.time")" \
+      >"$WORK/$system-$w.cpu"
     echo "ran $w against $system" >&2
   done
 done
@@ -132,8 +101,8 @@ if [[ $MEMORY_KEYS -gt 0 ]]; then
       --json >"$WORK/$system-memory.json"
   done
 fi
-ETCD_RSS=$(rss_kib "$ETCD_PID_1" "$ETCD_PID_2" "$ETCD_PID_3")
-CHORUS_RSS=$(rss_kib "$CHORUS_PID_1" "$CHORUS_PID_2" "$CHORUS_PID_3")
+ETCD_RSS=$(rss_kib "${ETCD_PIDS[@]}")
+CHORUS_RSS=$(rss_kib "${CHORUS_PIDS[@]}")
 
 mkdir -p "$(dirname "$OUT")"
 python3 - "$WORK" "$WORKLOADS" "$DURATION" "$ETCD_RSS" "$CHORUS_RSS" "$MEMORY_KEYS" \
@@ -144,6 +113,15 @@ work, workloads, duration, etcd_rss, chorus_rss, memory_keys, etcd_version, comm
 def load(system, w):
     with open(os.path.join(work, f"{system}-{w}.json")) as f:
         return json.load(f)
+
+def cpu(system, w, r):
+    """The members' and the load generator's CPU milliseconds per 1,000 requests."""
+    ticks, hz, user, sys_ = open(os.path.join(work, f"{system}-{w}.cpu")).read().split()
+    ok = r.get("requests_ok", 0)
+    if "failed" in r or ok == 0:
+        return None
+    per_k = 1e6 / ok
+    return int(ticks) / int(hz) * per_k, (float(user) + float(sys_)) * per_k
 
 def cell(r, key):
     if "failed" in r:
@@ -177,6 +155,17 @@ for w in workloads.split():
     print(f"| {w} | {cell(e, 'throughput')} | {cell(c, 'throughput')} | "
           f"{ratio(e, c, 'throughput', True)} | {cell(e, 'p50_ms')} | {cell(c, 'p50_ms')} | "
           f"{cell(e, 'p99_ms')} | {cell(c, 'p99_ms')} | {ratio(e, c, 'p99_ms', False)} | {errors} |")
+print()
+print("CPU time per 1,000 requests (user + system): the three members', and the load generator's.")
+print()
+print("| workload | etcd members ms | chorus members ms | members' CPU ratio (etcd/chorus) "
+      "| load generator ms, etcd run | load generator ms, chorus run |")
+print("|---|---:|---:|---:|---:|---:|")
+for w in workloads.split():
+    e, c = cpu("etcd", w, load("etcd", w)), cpu("chorus", w, load("chorus", w))
+    show = lambda x, i: "-" if x is None else f"{x[i]:.1f}"
+    ratio_cpu = "-" if e is None or c is None or c[0] == 0 else f"{e[0] / c[0]:.2f}x"
+    print(f"| {w} | {show(e, 0)} | {show(c, 0)} | {ratio_cpu} | {show(e, 1)} | {show(c, 1)} |")
 for w in workloads.split():
     for system in ("etcd", "chorus"):
         r = load(system, w)

@@ -1,0 +1,56 @@
+# Shared by the scripts in bench/: source it, do not run it.
+
+# start_cluster PREFIX WORKDIR BASE_PORT SERVER...: starts a 3-member cluster of SERVER (etcd, or
+# `chorus serve`, which takes etcd's flags) named PREFIX1..3, with data under WORKDIR, clients on
+# BASE+1..3 and peers on BASE+11..13. Appends the members' pids to the array PIDS.
+start_cluster() {
+  local prefix=$1 work=$2 base=$3 cluster="" i
+  shift 3
+  for i in 1 2 3; do
+    cluster+="${prefix}${i}=http://127.0.0.1:$((base + 10 + i)),"
+  done
+  for i in 1 2 3; do
+    "$@" --name "${prefix}${i}" --data-dir "$work/${prefix}${i}" \
+      --listen-client-urls "http://127.0.0.1:$((base + i))" \
+      --advertise-client-urls "http://127.0.0.1:$((base + i))" \
+      --listen-peer-urls "http://127.0.0.1:$((base + 10 + i))" \
+      --initial-advertise-peer-urls "http://127.0.0.1:$((base + 10 + i))" \
+      --initial-cluster "${cluster%,}" --initial-cluster-token "bench-$prefix" \
+      --initial-cluster-state new >"$work/${prefix}${i}.log" 2>&1 &
+    PIDS+=($!)
+  done
+}
+
+# stop_clusters WORKDIR: stops every member in PIDS and removes WORKDIR (for an EXIT trap).
+stop_clusters() {
+  local pid
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$1"
+}
+
+# endpoints BASE_PORT: the client URLs of the cluster start_cluster started on BASE_PORT.
+endpoints() {
+  echo "http://127.0.0.1:$(($1 + 1)),http://127.0.0.1:$(($1 + 2)),http://127.0.0.1:$(($1 + 3))"
+}
+
+# wait_ready CHORUS ENDPOINTS: waits until the cluster takes a put.
+wait_ready() {
+  local chorus=$1 eps=$2 tries=0
+  until "$chorus" bench put --endpoints "$eps" --total 1 --no-progress >/dev/null 2>&1; do
+    tries=$((tries + 1))
+    if [[ $tries -gt 100 ]]; then echo "the cluster at $eps did not become ready" >&2; exit 1; fi
+    sleep 0.2
+  done
+}
+
+# cpu_ticks PIDS...: the user+system CPU time the processes have used, in clock ticks
+# (getconf CLK_TCK per second).
+cpu_ticks() {
+  local total=0 pid stat
+  for pid in "$@"; do
+    read -ra stat <"/proc/$pid/stat"
+    total=$((total + stat[13] + stat[14]))
+  done
+  echo "$total"
+}
