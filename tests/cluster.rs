@@ -29,9 +29,11 @@ async fn read_all(endpoint: &str, prefix: &str, serializable: bool) -> BTreeMap<
 }
 
 /// Goal: a write through any member is visible to a linearizable read from every member at
-/// once (no stale reads right after the acknowledgement). Method: three members; for each
-/// round, write through member i (followers forward to the leader), then read the key back
-/// linearizably from all three, without any pause in between. Then `Cluster.MemberList`
+/// once (no stale reads right after the acknowledgement), also when many reads arrive together
+/// and share one read index. Method: three members; for each round, write through member i
+/// (followers forward to the leader), then read the key back linearizably from all three,
+/// without any pause in between; then 64 clients at once, each writing its own key through one
+/// member and reading it back through another, round after round. Then `Cluster.MemberList`
 /// must describe the three members.
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_through_any_member_read_back_from_every_member() {
@@ -40,6 +42,29 @@ async fn writes_through_any_member_read_back_from_every_member() {
         wait_ready(&member.endpoint()).await;
     }
     write_then_read_everywhere(&cluster, 0..30).await;
+    let clients: Vec<_> = (0..64usize)
+        .map(|client| {
+            let writer = cluster.members[client % 3].endpoint();
+            let reader = cluster.members[(client + 1) % 3].endpoint();
+            tokio::spawn(async move {
+                let key = format!("many/{client:02}");
+                for round in 0..10 {
+                    let value = format!("v{round}");
+                    put_retrying(&writer, &key, &value).await;
+                    let got = range_retrying(&reader, get(&key)).await;
+                    assert_eq!(
+                        got.kvs.first().map(|kv| kv.value.as_ref()),
+                        Some(value.as_bytes()),
+                        "client {client} round {round}: {reader} does not see the write made \
+                         through {writer}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.unwrap();
+    }
     let leaders: Vec<u64> = {
         let mut leaders = Vec::new();
         for member in &cluster.members {

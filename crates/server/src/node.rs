@@ -304,8 +304,10 @@ pub struct Driver {
     seq: u64,
     waiters: BTreeMap<LogIndex, Waiter>,
     read_seq: u64,
-    /// Reads waiting for their read index, by context.
-    reads_unconfirmed: HashMap<Bytes, oneshot::Sender<Result<(), ServerError>>>,
+    /// Read barriers taken from the commands since the last Ready: they share one read index.
+    reads_new: Vec<oneshot::Sender<Result<(), ServerError>>>,
+    /// Reads waiting for their read index, by the context of the request they share.
+    reads_unconfirmed: HashMap<Bytes, Vec<oneshot::Sender<Result<(), ServerError>>>>,
     /// Reads with a read index, waiting for the applied index to reach it.
     reads_confirmed: Vec<(LogIndex, oneshot::Sender<Result<(), ServerError>>)>,
     snapshots: SnapshotPolicy,
@@ -462,6 +464,7 @@ impl Driver {
             seq: 0,
             waiters: BTreeMap::new(),
             read_seq: 0,
+            reads_new: Vec::new(),
             reads_unconfirmed: HashMap::new(),
             reads_confirmed: Vec::new(),
             snapshots: parts.snapshots,
@@ -508,6 +511,7 @@ impl Driver {
                     for command in batch.drain(..) {
                         self.handle_command(command);
                     }
+                    self.read_index();
                 }
                 _ = inputs.shutdown.changed() => return self.stop(),
             }
@@ -552,7 +556,7 @@ impl Driver {
     fn handle_command(&mut self, command: Command) {
         match command {
             Command::Propose { request, reply } => self.propose(request, reply),
-            Command::ReadBarrier { reply } => self.read_index(reply),
+            Command::ReadBarrier { reply } => self.reads_new.push(reply),
             Command::TransferLeader { to, reply } => {
                 let _ = reply.send(self.transfer_leader(to));
             }
@@ -790,11 +794,23 @@ impl Driver {
         }
     }
 
-    fn read_index(&mut self, reply: oneshot::Sender<Result<(), ServerError>>) {
-        if self.reads_unconfirmed.len() + self.reads_confirmed.len()
-            >= self.config.reads_pending_max
-        {
-            let _ = reply.send(Err(ServerError::TooManyRequests));
+    /// Asks Raft for one read index for all the read barriers taken since the last call: a
+    /// read index learnt after they all arrived serves each of them (etcd batches its reads the
+    /// same way), and one request costs one heartbeat round whatever the number of reads.
+    fn read_index(&mut self) {
+        if self.reads_new.is_empty() {
+            return;
+        }
+        let waiting = self.reads_unconfirmed.values().map(Vec::len).sum::<usize>()
+            + self.reads_confirmed.len();
+        let room = self.config.reads_pending_max.saturating_sub(waiting);
+        let mut replies = std::mem::take(&mut self.reads_new);
+        if replies.len() > room {
+            for reply in replies.drain(room..) {
+                let _ = reply.send(Err(ServerError::TooManyRequests));
+            }
+        }
+        if replies.is_empty() {
             return;
         }
         self.read_seq += 1;
@@ -804,10 +820,13 @@ impl Driver {
         let context = Bytes::from(context);
         match self.raw.read_index(context.clone()) {
             Ok(()) => {
-                self.reads_unconfirmed.insert(context, reply);
+                self.reads_unconfirmed.insert(context, replies);
             }
             Err(error) => {
-                let _ = reply.send(Err(propose_error(error)));
+                let error = propose_error(error);
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
             }
         }
     }
@@ -850,7 +869,12 @@ impl Driver {
         self.apply(&ready)?;
         self.maybe_snapshot()?;
         for read in &ready.read_states {
-            if let Some(reply) = self.reads_unconfirmed.remove(&read.context) {
+            for reply in self
+                .reads_unconfirmed
+                .remove(&read.context)
+                .into_iter()
+                .flatten()
+            {
                 if read.index == LogIndex(0) {
                     let _ = reply.send(Err(ServerError::NoLeader));
                 } else {
@@ -1199,7 +1223,11 @@ impl Driver {
             }
             if soft.role != Role::Leader {
                 // Reads waiting for this member's leadership will not be confirmed by it.
-                for (_, reply) in self.reads_unconfirmed.drain() {
+                for reply in self
+                    .reads_unconfirmed
+                    .drain()
+                    .flat_map(|(_, replies)| replies)
+                {
                     let _ = reply.send(Err(ServerError::LeaderChanged));
                 }
             }
