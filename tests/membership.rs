@@ -79,18 +79,27 @@ fn spawn_writer(
 /// (the log it needs was compacted), refuses what etcd's learners refuse, is promoted, and then
 /// the leader itself is removed; the removed member exits and refuses to start again. Writes
 /// go on throughout, and every acknowledged one is on every remaining member.
-/// Method: 3 processes with `--snapshot-count=100`, 300 writes before the add, a writer task
-/// during every change; membership checked through MemberList on several members.
+/// Method: 3 processes with `--snapshot-count=100`, 300 writes before the add while a follower
+/// is down (it then catches up through a snapshot file, which lists the three members only:
+/// the learner must get a newer one), a writer task during every change; membership checked
+/// through MemberList on several members.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_join_get_promoted_and_leave_while_serving() {
     let mut cluster = Cluster::start(3, &["--snapshot-count=100"]);
     for member in &cluster.members {
         wait_ready(&member.endpoint()).await;
     }
-    let first = cluster.members[0].endpoint();
+    let leader = leader_index(&cluster).await;
+    let lagging = (leader + 1) % 3;
+    cluster.members[lagging].kill();
+    let first = cluster.members[leader].endpoint();
     for i in 0..300 {
         put_retrying(&first, &format!("before/{i:04}"), "v").await;
     }
+    cluster.members[lagging].start();
+    cluster.members[lagging]
+        .wait_for_log("restored the store from a snapshot")
+        .await;
 
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -127,10 +136,16 @@ async fn members_join_get_promoted_and_leave_while_serving() {
         }
     })
     .await;
-    // The learner caught up through a snapshot.
+    // The learner caught up through a snapshot, and was never sent one that does not list it
+    // (as the file written for the lagging follower before the add does not).
     cluster.members[new]
         .wait_for_log("restored the store from a snapshot")
         .await;
+    let learner_log = cluster.members[new].log();
+    assert!(
+        !learner_log.contains("ignoring a snapshot"),
+        "{learner_log}"
+    );
     // A learner serves serializable reads only, as etcd's.
     let refused = kv(&new_endpoint).await.range(get("before/0000")).await;
     let status = refused.expect_err("a linearizable read on a learner");

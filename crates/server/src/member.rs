@@ -151,16 +151,21 @@ fn open_storage(
         member_dir.display()
     )))?;
     let mut snapshot_table = None;
-    if snapshot_meta.index.get() > 0 {
-        if !files.exists(&snapshot_meta) {
-            return Err(MemberError {
-                context: "check the data directory".into(),
-                detail: format!(
-                    "the WAL records snapshot {} but its data file is missing",
-                    snapshot_meta.index
-                ),
-            });
-        }
+    // A snapshot mark taken locally has no file: the store, synced before the mark was
+    // recorded, holds everything up to it. A snapshot received from the leader has one.
+    let has_file = snapshot_meta.index.get() > 0 && files.exists(&snapshot_meta);
+    if !has_file && store.applied_index() < snapshot_meta.index {
+        return Err(MemberError {
+            context: "check the data directory".into(),
+            detail: format!(
+                "the WAL records snapshot {} but the store has applied only up to {} and the \
+                 snapshot's data file is missing",
+                snapshot_meta.index,
+                store.applied_index()
+            ),
+        });
+    }
+    if has_file {
         // A crash came between recording a received snapshot and switching the store or
         // recording the membership it carries: finish both from the snapshot's data.
         if store.applied_index() < snapshot_meta.index || members_index < snapshot_meta.index {
@@ -191,6 +196,11 @@ fn open_storage(
             }
         }
     }
+    // Files written for followers before the stop are not offered again (the membership may
+    // have changed since): one is written anew when a follower needs it.
+    files
+        .purge_except(has_file.then_some(&snapshot_meta))
+        .map_err(fail("remove old snapshot files"))?;
     reconcile_commit(&log, store.applied_index())?;
     let mut raft_config = chorus_raft::Config::new(member_id, GROUP_ID);
     raft_config.election_ticks = u32::try_from(config.election_ticks()).unwrap_or(u32::MAX);

@@ -18,15 +18,18 @@
 //! Reads: a linearizable read asks Raft for a read index (ReadIndex, §6.4 of the Raft thesis)
 //! and proceeds once the applied index reaches it; the edge then reads the store locally.
 //!
-//! Snapshots: every `--snapshot-count` applied entries the driver starts writing an MVCC
-//! snapshot file on a thread of its own (from a read transaction of the store, so applies go
-//! on), and once it is on disk records it in the WAL and compacts the log; a snapshot received
-//! from the leader replaces the store (see [`crate::snap`]).
+//! Snapshots: every `--snapshot-count` applied entries the driver syncs the store, records a
+//! snapshot mark at the applied index in the WAL and compacts the log behind it: the store is
+//! the snapshot's data, and nothing is copied. Only when a follower needs entries the log no
+//! longer has does the driver write the store into a snapshot file, on a thread of its own
+//! (from a read transaction of the store, so applies go on), and offer it to Raft. A snapshot
+//! received from the leader replaces the store (see [`crate::snap`]).
 //!
 //! Membership: a committed ConfChange (or `member_update` proposal) updates the replicated
-//! table of [`crate::membership`] durably before the store records the entry as applied, the
-//! transport and forwarder follow it, and a snapshot is taken right after so that a member
-//! added later can catch up from it. A member that applies its own removal stops.
+//! table of [`crate::membership`] durably before the store records the entry as applied, and
+//! the transport and forwarder follow it. The snapshot file offered to followers is withdrawn,
+//! so that a member added later gets one that lists it. A member that applies its own removal
+//! stops.
 //!
 //! What is not here: leases.
 
@@ -321,8 +324,6 @@ pub struct Driver {
     member_waiters: BTreeMap<LogIndex, MemberWaiter>,
     /// etcd's answers to the alarm requests of the batch being applied, by index.
     alarm_answers: HashMap<LogIndex, Vec<pb::AlarmMember>>,
-    /// A membership change was applied: snapshot now, whatever the count.
-    snapshot_now: bool,
     /// The snapshot being written to its file by a background thread.
     snapshot_job: Option<SnapshotJob>,
     /// Woken when a snapshot job ends.
@@ -362,11 +363,12 @@ pub struct SnapshotPolicy {
     /// Entries kept in the log below a snapshot, so that a follower slightly behind catches up
     /// from the log rather than with a whole snapshot (etcd's `SnapshotCatchUpEntries`).
     pub catchup_entries: u64,
-    /// Where the snapshot files and the store directories live.
+    /// Where the snapshot files (written only when a follower needs one) and the store
+    /// directories live.
     pub files: SnapFiles,
     pub member_dir: PathBuf,
     pub mvcc_config: MvccConfig,
-    /// The index of the latest snapshot (0 for none).
+    /// The index of the latest snapshot mark (0 for none).
     pub last_index: LogIndex,
 }
 
@@ -375,6 +377,8 @@ pub struct SnapshotPolicy {
 struct SnapshotJob {
     meta: chorus_raft::SnapshotMeta,
     done: std::sync::mpsc::Receiver<std::io::Result<()>>,
+    /// The membership changed since the job began: its file must not be offered.
+    stale: bool,
 }
 
 /// Whether a snapshot job holds a read transaction of the store, for maintenance that needs
@@ -473,7 +477,6 @@ impl Driver {
             peers: parts.peers,
             member_waiters: BTreeMap::new(),
             alarm_answers: HashMap::new(),
-            snapshot_now: false,
             snapshot_job: None,
             snapshot_done: Arc::new(tokio::sync::Notify::new()),
             snapshot_writing,
@@ -522,6 +525,7 @@ impl Driver {
             while self.raw.has_ready() {
                 self.handle_ready()?;
             }
+            self.maybe_write_snapshot()?;
             if self.removed {
                 tracing::warn!("this member was removed from the cluster; stopping");
                 return Ok(());
@@ -867,7 +871,7 @@ impl Driver {
             self.restore(snapshot)?;
         }
         self.apply(&ready)?;
-        self.maybe_snapshot()?;
+        self.maybe_mark_snapshot()?;
         for read in &ready.read_states {
             for reply in self
                 .reads_unconfirmed
@@ -893,7 +897,11 @@ impl Driver {
         };
         let last_index = last.index;
         if self.apply_membership(&ready.committed_entries)? {
-            self.snapshot_now = true;
+            // Followers are sent a snapshot that lists them: the next one is written anew.
+            self.snapshots.files.withdraw();
+            if let Some(job) = &mut self.snapshot_job {
+                job.stale = true;
+            }
         }
         let decoded: Vec<(LogIndex, Term, Option<u64>, Option<WriteOp>)> = ready
             .committed_entries
@@ -976,6 +984,13 @@ impl Driver {
         if let Some(job) = self.snapshot_job.take() {
             let _ = job.done.recv();
         }
+        // The received file (saved before the WAL recorded it, so that a crash before the
+        // store is switched restores from it) is the one to offer should this member lead.
+        self.snapshots.files.offer(snapshot.meta.clone());
+        self.snapshots
+            .files
+            .purge_except(Some(&snapshot.meta))
+            .map_err(snapshot_error("remove old snapshots"))?;
         let policy = &self.snapshots;
         let (table, mvcc_data) = snap::open_envelope(snapshot.data.clone())
             .map_err(snapshot_error("open a received snapshot"))?;
@@ -1027,23 +1042,19 @@ impl Driver {
         Ok(())
     }
 
-    /// Every `snapshot_count` applied entries: start writing a snapshot of the store into a
-    /// file; [`Driver::poll_snapshot`] records it in the WAL once it is written and compacts the
-    /// log up to `catchup_entries` below it. One snapshot is written at a time.
-    fn maybe_snapshot(&mut self) -> Result<(), FatalError> {
-        self.poll_snapshot(false)?;
-        if self.snapshot_job.is_some() {
-            return Ok(());
-        }
+    /// Every `snapshot_count` applied entries: makes the store durable up to the applied
+    /// index, records a snapshot mark there in the WAL and compacts the log up to
+    /// `catchup_entries` below it. Nothing is copied: the synced store is the snapshot's data,
+    /// and a file is written only when a follower needs one ([`Driver::maybe_write_snapshot`]).
+    fn maybe_mark_snapshot(&mut self) -> Result<(), FatalError> {
         let status = self.raw.status();
         let applied = status.applied;
         let since = applied
             .get()
             .saturating_sub(self.snapshots.last_index.get());
-        if since < self.snapshots.snapshot_count && !self.snapshot_now {
+        if since < self.snapshots.snapshot_count {
             return Ok(());
         }
-        self.snapshot_now = false;
         // The WAL may already record a newer snapshot from the leader that this Ready's
         // entries have not reached yet (crates/sim/FOUND.md): no local snapshot below it.
         let recorded = self
@@ -1055,6 +1066,75 @@ impl Driver {
         }
         // The term comes from the stored log, not from the core: the core may hold a newer
         // snapshot not yet handed out and answer `Compacted` for indexes the log still has.
+        let term = self
+            .log
+            .term(applied)
+            .map_err(|e| FatalError::Snapshot(format!("term of the applied index: {e}")))?;
+        // The log forgets entries behind the mark: the store must hold them on disk first (its
+        // applies otherwise reach the disk only every MVCC_SYNC_INTERVAL).
+        {
+            let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
+            assert_eq!(
+                store.applied_index(),
+                applied,
+                "the store applied what Raft did"
+            );
+            store.sync()?;
+        }
+        self.log.set_snapshot(chorus_raft::Snapshot {
+            meta: chorus_raft::SnapshotMeta {
+                index: applied,
+                term,
+                conf_state: status.conf_state,
+            },
+            data: Bytes::new(),
+        })?;
+        let compact_to = applied.get().saturating_sub(self.snapshots.catchup_entries);
+        let first = self
+            .log
+            .first_index()
+            .map_err(|e| FatalError::Snapshot(e.to_string()))?;
+        if compact_to >= first.get() {
+            self.log.compact(LogIndex(compact_to))?;
+        }
+        self.log.sync()?;
+        // A file from before the compaction point cannot serve a follower any more: the log
+        // lacks the entries after it.
+        let files = &self.snapshots.files;
+        if files
+            .offered_meta()
+            .is_some_and(|meta| meta.index.get() < compact_to)
+        {
+            files.withdraw();
+            if self.snapshot_job.is_none() {
+                files
+                    .purge_except(None)
+                    .map_err(snapshot_error("remove old snapshots"))?;
+            }
+        }
+        self.snapshots.last_index = applied;
+        tracing::info!(index = %applied, %term, compacted_to = compact_to, "took a snapshot");
+        Ok(())
+    }
+
+    /// A follower needs a snapshot newer than the file offered (if any): write the store at
+    /// the applied index into a file on a thread of its own; [`Driver::poll_snapshot`] offers
+    /// it once it is on disk. One file is written at a time.
+    fn maybe_write_snapshot(&mut self) -> Result<(), FatalError> {
+        self.poll_snapshot(false)?;
+        if self.snapshot_job.is_some() || !self.snapshots.files.take_wanted() {
+            return Ok(());
+        }
+        let status = self.raw.status();
+        let applied = status.applied;
+        let recorded = self
+            .log
+            .snapshot_meta()
+            .map_err(|e| FatalError::Snapshot(format!("read the recorded snapshot: {e}")))?;
+        if recorded.index > applied {
+            // A snapshot from the leader is being installed: it will be offered itself.
+            return Ok(());
+        }
         let term = self
             .log
             .term(applied)
@@ -1100,12 +1180,17 @@ impl Driver {
                 notify.notify_one();
             })
             .map_err(snapshot_error("start the snapshot writer"))?;
-        self.snapshot_job = Some(SnapshotJob { meta, done });
+        tracing::info!(index = %applied, %term, "writing a snapshot file for a follower");
+        self.snapshot_job = Some(SnapshotJob {
+            meta,
+            done,
+            stale: false,
+        });
         Ok(())
     }
 
-    /// Records the snapshot of a finished job: in the WAL, then the log is compacted behind
-    /// it. With `wait`, waits for a job still running.
+    /// Offers the file of a finished snapshot job to followers and removes older files. With
+    /// `wait`, waits for a job still running.
     fn poll_snapshot(&mut self, wait: bool) -> Result<(), FatalError> {
         let Some(job) = &self.snapshot_job else {
             return Ok(());
@@ -1123,39 +1208,19 @@ impl Driver {
                 }
             }
         };
-        let meta = self.snapshot_job.take().expect("checked above").meta;
+        let job = self.snapshot_job.take().expect("checked above");
         result.map_err(snapshot_error("save a snapshot"))?;
         let files = &self.snapshots.files;
-        let recorded = self
-            .log
-            .snapshot_meta()
-            .map_err(|e| FatalError::Snapshot(format!("read the recorded snapshot: {e}")))?;
-        if recorded.index >= meta.index {
-            // A snapshot from the leader overtook this one while it was written.
-            return files
-                .purge_except(&recorded)
-                .map_err(snapshot_error("remove old snapshots"));
-        }
-        let (applied, term) = (meta.index, meta.term);
-        self.log.set_snapshot(chorus_raft::Snapshot {
-            meta: meta.clone(),
-            data: Bytes::new(),
-        })?;
-        let compact_to = applied.get().saturating_sub(self.snapshots.catchup_entries);
-        let first = self
-            .log
-            .first_index()
-            .map_err(|e| FatalError::Snapshot(e.to_string()))?;
-        if compact_to >= first.get() {
-            self.log.compact(LogIndex(compact_to))?;
-        }
-        self.log.sync()?;
+        let keep = if job.stale {
+            files.offered_meta()
+        } else {
+            files.offer(job.meta.clone());
+            tracing::info!(index = %job.meta.index, "offering a snapshot file to followers");
+            Some(job.meta)
+        };
         files
-            .purge_except(&meta)
-            .map_err(snapshot_error("remove old snapshots"))?;
-        self.snapshots.last_index = applied;
-        tracing::info!(index = %applied, %term, compacted_to = compact_to, "took a snapshot");
-        Ok(())
+            .purge_except(keep.as_ref())
+            .map_err(snapshot_error("remove old snapshots"))
     }
 
     /// The write of a normal entry, with this member's request counter if it proposed it.

@@ -1,8 +1,16 @@
 //! Raft snapshots on disk: the snapshot data files and the MVCC store directory they restore.
 //!
-//! The WAL keeps only a snapshot's metadata; its data (an MVCC snapshot stream) lives here, in
-//! `member/snap/<term>-<index>.snap`, written and fsynced before the WAL records the snapshot, so
-//! a recorded snapshot always has its data on disk.
+//! A snapshot's data (the membership and an MVCC snapshot stream) lives in
+//! `member/snap/<term>-<index>.snap`. Two kinds of file exist:
+//!
+//! - a snapshot received from the leader, written and fsynced before the WAL records it, so that
+//!   a crash before the store is replaced can finish the restore from it;
+//! - a snapshot of the local store, written only when a follower needs one that the log can no
+//!   longer give (see [`SnapFiles::offer`]). The snapshots a member takes every
+//!   `--snapshot-count` entries write no file: the store, synced, is their data.
+//!
+//! The newest file is offered to followers (the log store reads it back through
+//! [`chorus_storage::wal::SnapshotSource`]); older ones are removed.
 //!
 //! The MVCC store lives in the directory named by `member/mvcc.current` (`mvcc` when the file
 //! does not exist). A snapshot is restored into a fresh directory, the pointer file is replaced
@@ -13,9 +21,10 @@
 use std::fs::{self, File};
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use chorus_raft::SnapshotMeta;
+use chorus_raft::{LogIndex, SnapshotMeta};
 use chorus_storage::mvcc::{MvccConfig, MvccError, MvccStore};
 
 /// The file naming the current MVCC directory.
@@ -89,16 +98,57 @@ pub fn open_envelope(data: Bytes) -> io::Result<(Option<Bytes>, Bytes)> {
     Ok((Some(membership), data.slice(end..)))
 }
 
-/// The snapshot data files of one member.
+/// The snapshot data files of one member. Clones share which file is offered.
 #[derive(Clone, Debug)]
 pub struct SnapFiles {
     dir: PathBuf,
+    offered: Arc<Mutex<Offered>>,
+}
+
+/// Which snapshot followers are sent, and whether one needed a newer one.
+#[derive(Debug, Default)]
+struct Offered {
+    meta: Option<SnapshotMeta>,
+    wanted: bool,
 }
 
 impl SnapFiles {
     pub fn open(dir: PathBuf) -> io::Result<SnapFiles> {
         fs::create_dir_all(&dir)?;
-        Ok(SnapFiles { dir })
+        Ok(SnapFiles {
+            dir,
+            offered: Arc::default(),
+        })
+    }
+
+    fn offered(&self) -> std::sync::MutexGuard<'_, Offered> {
+        self.offered.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Offers the saved snapshot `meta` to followers that need a snapshot, and clears the
+    /// request for one ([`take_wanted`](Self::take_wanted)).
+    pub fn offer(&self, meta: SnapshotMeta) {
+        *self.offered() = Offered {
+            meta: Some(meta),
+            wanted: false,
+        };
+    }
+
+    /// Stops offering any snapshot (after a membership change: a member that the offered
+    /// snapshot's configuration does not list would ignore it).
+    pub fn withdraw(&self) {
+        self.offered().meta = None;
+    }
+
+    /// The snapshot offered to followers, if any.
+    pub fn offered_meta(&self) -> Option<SnapshotMeta> {
+        self.offered().meta.clone()
+    }
+
+    /// Whether a follower asked for a snapshot newer than the one offered since the last
+    /// call: the member should write one.
+    pub fn take_wanted(&self) -> bool {
+        std::mem::take(&mut self.offered().wanted)
     }
 
     fn path(&self, meta: &SnapshotMeta) -> PathBuf {
@@ -146,13 +196,13 @@ impl SnapFiles {
             .map_err(|e| io::Error::new(e.kind(), format!("read {}: {e}", path.display())))
     }
 
-    /// Removes every snapshot file but the one of `keep`.
-    pub fn purge_except(&self, keep: &SnapshotMeta) -> io::Result<()> {
-        let keep = self.path(keep);
+    /// Removes every snapshot file but the one of `keep` (all of them with `None`).
+    pub fn purge_except(&self, keep: Option<&SnapshotMeta>) -> io::Result<()> {
+        let keep = keep.map(|meta| self.path(meta));
         for entry in fs::read_dir(&self.dir)? {
             let path = entry?.path();
             let is_snap = path.extension().is_some_and(|e| e == "snap" || e == "tmp");
-            if is_snap && path != keep {
+            if is_snap && keep.as_ref() != Some(&path) {
                 fs::remove_file(&path)?;
             }
         }
@@ -210,15 +260,26 @@ pub fn remove_store_dir(dir: &Path) {
 }
 
 impl chorus_storage::wal::SnapshotSource for SnapFiles {
-    fn load(&self, meta: &SnapshotMeta) -> io::Result<Bytes> {
-        SnapFiles::load(self, meta)
+    fn snapshot(&self, min_index: LogIndex) -> io::Result<Option<chorus_raft::Snapshot>> {
+        let meta = {
+            let mut offered = self.offered();
+            match &offered.meta {
+                Some(meta) if meta.index >= min_index => meta.clone(),
+                _ => {
+                    offered.wanted = true;
+                    return Ok(None);
+                }
+            }
+        };
+        let data = self.load(&meta)?;
+        Ok(Some(chorus_raft::Snapshot { meta, data }))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chorus_raft::{LogIndex, Term};
+    use chorus_raft::Term;
     use chorus_storage::mvcc::{PutRequest, RangeRequest};
 
     /// Goal: a snapshot file round-trips, a restore becomes the store that the next open finds,
@@ -253,7 +314,7 @@ mod tests {
             ..meta.clone()
         };
         files.save(&older, b"old").unwrap();
-        files.purge_except(&meta).unwrap();
+        files.purge_except(Some(&meta)).unwrap();
         assert!(files.load(&older).is_err());
         let loaded = files.load(&meta).unwrap();
         assert_eq!(loaded.as_ref(), data.as_slice());
@@ -270,6 +331,44 @@ mod tests {
         assert_eq!(reopened.applied_index(), LogIndex(7));
         let got = reopened.range(&RangeRequest::key("k")).unwrap();
         assert_eq!(got.kvs[0].value.as_ref(), b"v");
+    }
+}
+
+#[cfg(test)]
+mod source_tests {
+    use super::*;
+    use chorus_raft::Term;
+    use chorus_storage::wal::SnapshotSource as _;
+
+    /// Goal: the files offer followers only the snapshot offered last, and only when it is
+    /// recent enough; asking for a newer one (or after a withdrawal) requests one once.
+    /// Method: save and offer a file at 10, ask at or below 10, above 10, then withdraw.
+    #[test]
+    fn offers_the_latest_file_and_asks_for_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = SnapFiles::open(dir.path().join("snap")).unwrap();
+        assert_eq!(
+            files.snapshot(LogIndex(1)).unwrap(),
+            None,
+            "nothing offered"
+        );
+        assert!(files.take_wanted());
+        assert!(!files.take_wanted(), "asked for once");
+        let meta = SnapshotMeta {
+            index: LogIndex(10),
+            term: Term(2),
+            ..SnapshotMeta::default()
+        };
+        files.save(&meta, b"at 10").unwrap();
+        files.offer(meta.clone());
+        let got = files.snapshot(LogIndex(10)).unwrap().expect("offered");
+        assert_eq!((got.meta, &got.data[..]), (meta.clone(), &b"at 10"[..]));
+        assert!(!files.take_wanted());
+        assert_eq!(files.snapshot(LogIndex(11)).unwrap(), None, "too old");
+        assert!(files.take_wanted());
+        files.withdraw();
+        assert_eq!(files.snapshot(LogIndex(5)).unwrap(), None, "withdrawn");
+        assert!(files.take_wanted());
     }
 }
 

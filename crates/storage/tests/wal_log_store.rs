@@ -376,29 +376,42 @@ fn a_raw_node_runs_on_the_wal_and_restarts_from_it() {
     assert_eq!(restarted.status().term, before.term);
 }
 
-/// Snapshot data read back from the files of a test, counting the reads.
+/// Snapshots read back from the files of a test, counting the reads and remembering the
+/// lowest index asked for.
 #[derive(Debug, Default)]
 struct Files {
-    data: Mutex<std::collections::HashMap<u64, Bytes>>,
+    snapshots: Mutex<Vec<Snapshot>>,
     reads: Mutex<u32>,
+    asked: Mutex<Vec<LogIndex>>,
+    broken: Mutex<bool>,
 }
 
 impl chorus_storage::wal::SnapshotSource for Files {
-    fn load(&self, meta: &SnapshotMeta) -> std::io::Result<Bytes> {
-        *self.reads.lock().unwrap() += 1;
-        self.data
+    fn snapshot(&self, min_index: LogIndex) -> std::io::Result<Option<Snapshot>> {
+        self.asked.lock().unwrap().push(min_index);
+        if *self.broken.lock().unwrap() {
+            return Err(std::io::Error::other("the disk failed"));
+        }
+        let found = self
+            .snapshots
             .lock()
             .unwrap()
-            .get(&meta.index.get())
-            .cloned()
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such snapshot"))
+            .iter()
+            .filter(|s| s.meta.index >= min_index)
+            .max_by_key(|s| s.meta.index)
+            .cloned();
+        if found.is_some() {
+            *self.reads.lock().unwrap() += 1;
+        }
+        Ok(found)
     }
 }
 
-/// Goal: with a snapshot source, the log store serves a snapshot's data from the source each
-/// time it is asked and keeps none in memory; a missing file is an I/O error, not stale data.
-/// Method: record a snapshot whose data lives only in the source; ask twice; then record a newer
-/// snapshot the source does not have.
+/// Goal: with a snapshot source, the log store serves snapshots from the source each time it
+/// is asked and keeps none in memory, asks for none older than the log's first entry needs,
+/// answers "temporarily unavailable" while the source has none recent enough, and reports a
+/// failing source as an I/O error. Method: record a mark with no data and compact behind it;
+/// the source holds a snapshot at another index; ask below, at and above it.
 #[test]
 fn snapshot_data_comes_from_the_source_not_memory() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -407,43 +420,47 @@ fn snapshot_data_comes_from_the_source_not_memory() {
     let files = Arc::new(Files::default());
     log.set_snapshot_source(files.clone());
     log.append(&entries(1, 10, 1, "e")).expect("append");
-    let meta = SnapshotMeta {
-        index: LogIndex(8),
-        term: Term(1),
-        conf_state: voters(&[1]),
-    };
-    files
-        .data
-        .lock()
-        .unwrap()
-        .insert(8, Bytes::from_static(b"the store at 8"));
+    // The WAL records a mark at 9 without data and keeps the entries after 6.
     log.set_snapshot(Snapshot {
-        meta: meta.clone(),
+        meta: SnapshotMeta {
+            index: LogIndex(9),
+            term: Term(1),
+            conf_state: voters(&[1]),
+        },
         // What a caller might still pass: ignored, the source is the truth.
-        data: Bytes::new(),
+        data: Bytes::from_static(b"not kept"),
     })
     .expect("record");
+    log.compact(LogIndex(6)).expect("compact");
+    let at_8 = Snapshot {
+        meta: SnapshotMeta {
+            index: LogIndex(8),
+            term: Term(1),
+            conf_state: voters(&[1]),
+        },
+        data: Bytes::from_static(b"the store at 8"),
+    };
+    files.snapshots.lock().unwrap().push(at_8.clone());
     for _ in 0..2 {
-        let snapshot = log.snapshot(LogIndex(5)).expect("available");
-        assert_eq!(snapshot.meta, meta);
-        assert_eq!(snapshot.data.as_ref(), b"the store at 8");
+        assert_eq!(log.snapshot(LogIndex(3)), Ok(at_8.clone()));
     }
     assert_eq!(
         *files.reads.lock().unwrap(),
         2,
         "read each time, never cached"
     );
-    let newer = SnapshotMeta {
-        index: LogIndex(10),
-        ..meta
-    };
-    log.set_snapshot(Snapshot {
-        meta: newer,
-        data: Bytes::from_static(b"not kept"),
-    })
-    .expect("record");
-    assert!(matches!(
+    assert_eq!(
+        *files.asked.lock().unwrap(),
+        vec![LogIndex(6); 2],
+        "no snapshot below the compaction point: the follower would need compacted entries"
+    );
+    assert_eq!(
         log.snapshot(LogIndex(9)),
+        Err(StorageError::SnapshotTemporarilyUnavailable)
+    );
+    *files.broken.lock().unwrap() = true;
+    assert!(matches!(
+        log.snapshot(LogIndex(3)),
         Err(StorageError::Io(_))
     ));
 }

@@ -17,12 +17,14 @@ use super::{GroupLog, SharedWal, Wal, WalError, WalPosition};
 /// Writes are durable only after [`RaftLogStore::sync`] (or a `sync` of the shared WAL by
 /// anyone): a node persists the Readies of all its groups and then syncs once.
 ///
-/// The WAL keeps snapshot metadata only. The application owns the durable copy of the data.
-/// With a [`SnapshotSource`] (see [`set_snapshot_source`](Self::set_snapshot_source)) the data
-/// is read from it each time a follower needs it and never kept in memory; without one, the data
-/// handed to [`apply_snapshot`](Self::apply_snapshot) or [`set_snapshot`](Self::set_snapshot) is
-/// held here (and after a restart the application hands it back with `set_snapshot`). Until the
-/// data is available [`LogStorage::snapshot`] answers `SnapshotTemporarilyUnavailable`.
+/// The WAL keeps snapshot metadata only: a recorded snapshot marks where the log may be
+/// compacted, and the application owns the data. With a [`SnapshotSource`] (see
+/// [`set_snapshot_source`](Self::set_snapshot_source)) a follower that needs a snapshot gets
+/// whatever recent snapshot the source holds, read back each time and never kept in memory, and
+/// the recorded marks need no data at all; without one, the data handed to
+/// [`apply_snapshot`](Self::apply_snapshot) or [`set_snapshot`](Self::set_snapshot) is held here
+/// (and after a restart the application hands it back with `set_snapshot`). Until the data is
+/// available [`LogStorage::snapshot`] answers `SnapshotTemporarilyUnavailable`.
 ///
 /// Clones share everything: give one to the `RawNode`, keep one to persist its Readies.
 #[derive(Clone, Debug)]
@@ -33,10 +35,16 @@ pub struct RaftLogStore {
     source: Arc<Mutex<Option<Arc<dyn SnapshotSource>>>>,
 }
 
-/// Where the data of a recorded snapshot can be read again (the application's snapshot files).
+/// Where snapshots for followers come from (the application's snapshot files).
+///
+/// A follower that needs a snapshot can be sent any snapshot from which the log still holds
+/// every later entry, so the source need not keep one for each mark the WAL records: it may
+/// build one when asked.
 pub trait SnapshotSource: Send + Sync + std::fmt::Debug {
-    /// The data of the snapshot `meta`.
-    fn load(&self, meta: &SnapshotMeta) -> std::io::Result<Bytes>;
+    /// A snapshot at an index of at least `min_index`, read back from where the source keeps
+    /// it, or `None` when it holds none that recent. On `None` the source should make one: the
+    /// log store answers `SnapshotTemporarilyUnavailable` meanwhile, and Raft asks again.
+    fn snapshot(&self, min_index: LogIndex) -> std::io::Result<Option<Snapshot>>;
 }
 
 fn storage_error(err: WalError) -> StorageError {
@@ -228,23 +236,26 @@ impl LogStorage for RaftLogStore {
     }
 
     fn snapshot(&self, request_index: LogIndex) -> Result<Snapshot, StorageError> {
-        let meta: SnapshotMeta = self.read(|log| Ok(log.snapshot_meta().clone()))?;
-        if meta.index < request_index {
-            return Err(StorageError::SnapshotTemporarilyUnavailable);
-        }
+        let (meta, first) =
+            self.read(|log| Ok((log.snapshot_meta().clone(), log.first_index())))?;
         let source = self
             .source
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        if let Some(source) = source.filter(|_| meta.index > LogIndex(0)) {
-            return match source.load(&meta) {
-                Ok(data) => Ok(Snapshot { meta, data }),
+        if let Some(source) = source {
+            // The follower continues from the entry after the snapshot: the log must hold it.
+            let min_index = request_index.max(first.prev());
+            return match source.snapshot(min_index) {
+                Ok(Some(snapshot)) => Ok(snapshot),
+                Ok(None) => Err(StorageError::SnapshotTemporarilyUnavailable),
                 Err(error) => Err(StorageError::Io(format!(
-                    "read the data of snapshot {}: {error}",
-                    meta.index
+                    "read a snapshot at or after {min_index}: {error}"
                 ))),
             };
+        }
+        if meta.index < request_index {
+            return Err(StorageError::SnapshotTemporarilyUnavailable);
         }
         let data = self.snapshot_data.lock().unwrap_or_else(|e| e.into_inner());
         match &*data {
