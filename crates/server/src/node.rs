@@ -1098,6 +1098,9 @@ impl Driver {
             self.log.compact(LogIndex(compact_to))?;
         }
         self.log.sync()?;
+        // The segments that held only compacted entries go (etcd's WAL purge): without this
+        // the WAL's directory grows with every write ever made, and so does replay at start.
+        self.log.purge()?;
         // A file from before the compaction point cannot serve a follower any more: the log
         // lacks the entries after it.
         let files = &self.snapshots.files;

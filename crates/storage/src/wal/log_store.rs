@@ -198,6 +198,12 @@ impl RaftLogStore {
         Ok(self.lock().appended_position())
     }
 
+    /// Deletes the shared WAL's oldest segments that no group needs any more (after a
+    /// [`compact`](Self::compact)), and returns how many. See [`Wal::purge`].
+    pub fn purge(&self) -> Result<usize, WalError> {
+        self.lock().purge()
+    }
+
     /// Makes everything appended to the shared WAL durable.
     pub fn sync(&self) -> Result<WalPosition, WalError> {
         self.lock().sync()
