@@ -1042,6 +1042,33 @@ impl Driver {
         Ok(())
     }
 
+    /// The index of the snapshot the WAL records: a local mark, or one from the leader.
+    fn recorded_snapshot_index(&self) -> Result<LogIndex, FatalError> {
+        self.log
+            .snapshot_meta()
+            .map(|meta| meta.index)
+            .map_err(|e| FatalError::Snapshot(format!("read the recorded snapshot: {e}")))
+    }
+
+    /// The metadata of a snapshot of the store at the applied index. The term comes from the
+    /// stored log, not from the core: the core may hold a newer snapshot not yet handed out and
+    /// answer `Compacted` for indexes the log still has.
+    fn snapshot_meta_at(
+        &self,
+        applied: LogIndex,
+        conf_state: chorus_raft::ConfState,
+    ) -> Result<chorus_raft::SnapshotMeta, FatalError> {
+        let term = self
+            .log
+            .term(applied)
+            .map_err(|e| FatalError::Snapshot(format!("term of the applied index: {e}")))?;
+        Ok(chorus_raft::SnapshotMeta {
+            index: applied,
+            term,
+            conf_state,
+        })
+    }
+
     /// Every `snapshot_count` applied entries: makes the store durable up to the applied
     /// index, records a snapshot mark there in the WAL and compacts the log up to
     /// `catchup_entries` below it. Nothing is copied: the synced store is the snapshot's data,
@@ -1057,19 +1084,11 @@ impl Driver {
         }
         // The WAL may already record a newer snapshot from the leader that this Ready's
         // entries have not reached yet (crates/sim/FOUND.md): no local snapshot below it.
-        let recorded = self
-            .log
-            .snapshot_meta()
-            .map_err(|e| FatalError::Snapshot(format!("read the recorded snapshot: {e}")))?;
-        if recorded.index >= applied {
+        if self.recorded_snapshot_index()? >= applied {
             return Ok(());
         }
-        // The term comes from the stored log, not from the core: the core may hold a newer
-        // snapshot not yet handed out and answer `Compacted` for indexes the log still has.
-        let term = self
-            .log
-            .term(applied)
-            .map_err(|e| FatalError::Snapshot(format!("term of the applied index: {e}")))?;
+        let meta = self.snapshot_meta_at(applied, status.conf_state)?;
+        let term = meta.term;
         // The log forgets entries behind the mark: the store must hold them on disk first (its
         // applies otherwise reach the disk only every MVCC_SYNC_INTERVAL).
         {
@@ -1082,11 +1101,7 @@ impl Driver {
             store.sync()?;
         }
         self.log.set_snapshot(chorus_raft::Snapshot {
-            meta: chorus_raft::SnapshotMeta {
-                index: applied,
-                term,
-                conf_state: status.conf_state,
-            },
+            meta,
             data: Bytes::new(),
         })?;
         let compact_to = applied.get().saturating_sub(self.snapshots.catchup_entries);
@@ -1130,23 +1145,12 @@ impl Driver {
         }
         let status = self.raw.status();
         let applied = status.applied;
-        let recorded = self
-            .log
-            .snapshot_meta()
-            .map_err(|e| FatalError::Snapshot(format!("read the recorded snapshot: {e}")))?;
-        if recorded.index > applied {
+        if self.recorded_snapshot_index()? > applied {
             // A snapshot from the leader is being installed: it will be offered itself.
             return Ok(());
         }
-        let term = self
-            .log
-            .term(applied)
-            .map_err(|e| FatalError::Snapshot(format!("term of the applied index: {e}")))?;
-        let meta = chorus_raft::SnapshotMeta {
-            index: applied,
-            term,
-            conf_state: status.conf_state,
-        };
+        let meta = self.snapshot_meta_at(applied, status.conf_state)?;
+        let term = meta.term;
         let files = &self.snapshots.files;
         let snapshot = {
             let store = self.store.read().unwrap_or_else(|e| e.into_inner());
