@@ -732,7 +732,7 @@ fn restore_record(core: &mut Core, id: RecordId, record: Record) -> MvccResult<(
 fn check_index<T: RecordTable>(core: &Core, records: &Records<'_, T>) -> MvccResult<()> {
     let all = super::index::KeySpan::From(Bytes::from_static(b"\0"));
     for (key, id) in core.index.live(&all) {
-        records.get(id, &key)?;
+        records.get(id, key)?;
     }
     Ok(())
 }

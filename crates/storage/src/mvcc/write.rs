@@ -483,10 +483,13 @@ impl<'a> Writer<'a> {
     }
 
     fn delete_range(&mut self, req: &DeleteRangeRequest) -> MvccResult<DeleteRangeResponse> {
-        let live = self
+        let live: Vec<(Bytes, RecordId)> = self
             .core
             .index
-            .live(&KeySpan::new(&req.key, &req.range_end));
+            .live(&KeySpan::new(&req.key, &req.range_end))
+            .into_iter()
+            .map(|(key, id)| (Bytes::copy_from_slice(key), id))
+            .collect();
         let prev_kvs = if req.prev_kv {
             let view = self.view();
             live.iter()
