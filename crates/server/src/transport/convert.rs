@@ -7,6 +7,7 @@
 //! Node id 0 is never a member, so it stands for "none" on the wire where the Rust type has an
 //! `Option` (the vote of a hard state).
 
+use bytes::Bytes;
 use chorus_proto::peer as pb;
 use chorus_raft::{
     ConfChange, ConfChangeSingle, ConfChangeTransition, ConfState, Entry, EntryPayload, GroupId,
@@ -280,7 +281,11 @@ fn body_from_proto(body: pb::message::Body) -> Result<MessageBody, DecodeError> 
 /// Decodes a log entry; its payload must be set.
 pub fn entry_from_proto(entry: pb::Entry) -> Result<Entry, DecodeError> {
     let payload = match entry.payload {
-        Some(pb::entry::Payload::Normal(data)) => EntryPayload::Normal(data),
+        // A copy, not a slice of the received frame: the log keeps entries until compaction,
+        // and a slice would keep the frame's whole receive buffer in memory with it.
+        Some(pb::entry::Payload::Normal(data)) => {
+            EntryPayload::Normal(Bytes::copy_from_slice(&data))
+        }
         Some(pb::entry::Payload::ConfChange(cc)) => {
             EntryPayload::ConfChange(conf_change_from_proto(cc)?)
         }

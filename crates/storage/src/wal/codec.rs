@@ -636,7 +636,9 @@ impl<'a> Reader<'a> {
             .ok()
             .filter(|&l| l <= self.remaining())
             .ok_or_else(|| self.error("byte string longer than the bytes left"))?;
-        let data = self.buf.slice(self.pos..self.pos + len);
+        // A copy, not a slice: entries outlive the read (the log keeps them until compaction),
+        // and a slice would keep the whole buffer it was read from in memory with them.
+        let data = Bytes::copy_from_slice(&self.buf[self.pos..self.pos + len]);
         self.pos += len;
         Ok(data)
     }
