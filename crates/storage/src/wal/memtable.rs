@@ -2,7 +2,7 @@
 //! every append. Both the write path and recovery apply records through [`GroupLog::apply`], so
 //! the state after a restart is, by construction, the state before it.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 
 use chorus_raft::{ConfState, Entry, HardState, LogIndex, SnapshotMeta, StorageError, Term};
 
@@ -18,19 +18,27 @@ pub(crate) enum Mode {
 /// The state of one group: kept entries, hard state, configuration, latest snapshot.
 ///
 /// Invariants (outside replay):
-/// - the keys of `entries` are exactly `first_index..=last_index`, and each entry's own index is
-///   its key;
+/// - `entries` holds exactly `first_index..=last_index`, the entry at position `i` having index
+///   `base + i` (so `base == first_index` whenever an entry is kept);
 /// - the segments of the entries never decrease with the index (later entries are written later);
 /// - `compact_term` is the term of `first_index - 1`;
 /// - `first_index` never decreases, except when the group is removed.
 ///
-/// During replay the map may have holes: a record in the oldest retained segment may hold entries
-/// that a later record, also retained, replaces. [`GroupLog::finish_replay`] checks that the holes
-/// are gone once every record is applied.
+/// During replay the log may skip ahead: the segments between a record in the oldest retained
+/// segment and a later one may have been purged, the skipped entries being compacted. The entries
+/// before such a gap are dropped (a consistent log compacts past the gap, hence past them too),
+/// and [`GroupLog::finish_replay`] checks that `base` is again `first_index` once every record is
+/// applied.
 #[derive(Clone, Debug)]
 pub struct GroupLog {
-    /// Each kept entry, with the segment that holds it.
-    entries: BTreeMap<u64, (Entry, u64)>,
+    /// Each kept entry, with the segment that holds it, in index order: a deque rather than a
+    /// map, since the indexes are contiguous (a lookup is an offset, and an entry costs its own
+    /// size and no tree node).
+    entries: VecDeque<(Entry, u64)>,
+    /// The index of the front of `entries`.
+    base: u64,
+    /// In replay, the first index of the latest gap skipped (for the error if it stays).
+    replay_gap: Option<u64>,
     first_index: LogIndex,
     compact_term: Term,
     hard_state: HardState,
@@ -43,7 +51,9 @@ pub struct GroupLog {
 impl Default for GroupLog {
     fn default() -> Self {
         GroupLog {
-            entries: BTreeMap::new(),
+            entries: VecDeque::new(),
+            base: 1,
+            replay_gap: None,
             first_index: LogIndex(1),
             compact_term: Term(0),
             hard_state: HardState::default(),
@@ -62,10 +72,10 @@ impl GroupLog {
 
     /// The index of the last entry, or `first_index - 1` when none is kept.
     pub fn last_index(&self) -> LogIndex {
-        self.entries
-            .keys()
-            .next_back()
-            .map_or(self.first_index.prev(), |&i| LogIndex(i))
+        match self.entries.len() {
+            0 => self.first_index.prev(),
+            len => LogIndex(self.base + len as u64 - 1),
+        }
     }
 
     /// The hard state.
@@ -91,7 +101,7 @@ impl GroupLog {
         if index < self.first_index {
             return Err(StorageError::Compacted);
         }
-        let entry = self.entries.get(&index.0);
+        let entry = self.position(index).and_then(|i| self.entries.get(i));
         entry.map(|(e, _)| e.term).ok_or(StorageError::Unavailable)
     }
 
@@ -109,8 +119,14 @@ impl GroupLog {
             return Err(StorageError::Unavailable);
         }
         let mut out = Vec::with_capacity((high.0 - low.0).min(1024) as usize);
+        if low == high {
+            return Ok(out);
+        }
+        let (Some(start), Some(end)) = (self.position(low), self.position(high.prev())) else {
+            return Err(StorageError::Unavailable);
+        };
         let mut bytes = 0u64;
-        for (entry, _) in self.entries.range(low.0..high.0).map(|(_, v)| v) {
+        for (entry, _) in self.entries.range(start..=end) {
             bytes += entry.size_bytes();
             if !out.is_empty() && bytes > bytes_max {
                 break;
@@ -120,9 +136,17 @@ impl GroupLog {
         Ok(out)
     }
 
+    /// The position in `entries` of the entry at `index`, if it is kept.
+    fn position(&self, index: LogIndex) -> Option<usize> {
+        let offset = index.0.checked_sub(self.base)?;
+        usize::try_from(offset)
+            .ok()
+            .filter(|&i| i < self.entries.len())
+    }
+
     /// The segment of the oldest kept entry.
     pub(crate) fn first_entry_segment(&self) -> Option<u64> {
-        self.entries.values().next().map(|&(_, segment)| segment)
+        self.entries.front().map(|&(_, segment)| segment)
     }
 
     /// The oldest segment holding a record this group's non-entry state still depends on.
@@ -212,6 +236,7 @@ impl GroupLog {
             }
             Record::Snapshot { meta, .. } => {
                 self.entries.clear();
+                self.base = meta.index.next().0;
                 self.first_index = meta.index.next();
                 self.compact_term = meta.term;
                 self.conf_state = meta.conf_state.clone();
@@ -255,10 +280,20 @@ impl GroupLog {
 
     fn apply_entries(&mut self, entries: &[Entry], segment: u64) {
         let Some(first) = entries.first() else { return };
-        // Entries replace everything from their first index on (§5.3).
-        self.entries.split_off(&first.index.0);
+        // Entries replace everything from their first index on (§5.3). One that starts past the
+        // end (in replay only, see the type's documentation) leaves nothing before it.
+        let kept = first.index.0.saturating_sub(self.base);
+        if kept > self.entries.len() as u64 {
+            self.replay_gap = Some(self.base + self.entries.len() as u64);
+            self.entries.clear();
+        } else {
+            self.entries.truncate(kept as usize);
+        }
         for entry in entries.iter().filter(|e| e.index >= self.first_index) {
-            self.entries.insert(entry.index.0, (entry.clone(), segment));
+            if self.entries.is_empty() {
+                self.base = entry.index.0;
+            }
+            self.entries.push_back((entry.clone(), segment));
         }
     }
 
@@ -268,20 +303,152 @@ impl GroupLog {
         if index.0 + 1 < self.first_index.0 {
             return;
         }
-        self.entries = self.entries.split_off(&index.next().0);
+        let compacted = index.next().0.saturating_sub(self.base);
+        if compacted >= self.entries.len() as u64 {
+            self.entries.clear();
+            self.base = index.next().0;
+        } else {
+            self.entries.drain(..compacted as usize);
+            self.base += compacted;
+        }
         self.first_index = index.next();
         self.compact_term = term;
     }
 
     /// Checks, after replay, that the entries are again contiguous from `first_index`.
     pub(crate) fn finish_replay(&self) -> Result<(), String> {
-        for (expected, &index) in (self.first_index.0..).zip(self.entries.keys()) {
-            if index != expected {
-                return Err(format!(
-                    "entry {expected} is missing (the next kept is {index})"
-                ));
-            }
+        if !self.entries.is_empty() && self.base != self.first_index.0 {
+            let missing = self
+                .replay_gap
+                .filter(|&gap| gap >= self.first_index.0)
+                .unwrap_or(self.first_index.0);
+            return Err(format!(
+                "entry {missing} is missing (the next kept is {})",
+                self.base
+            ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use chorus_raft::{EntryPayload, GroupId};
+
+    use super::*;
+
+    fn entries(first: u64, last: u64, term: u64) -> Record {
+        Record::Entries {
+            group: GroupId(1),
+            entries: (first..=last)
+                .map(|i| Entry {
+                    term: Term(term),
+                    index: LogIndex(i),
+                    payload: EntryPayload::Normal(Bytes::from(vec![i as u8; 10])),
+                })
+                .collect(),
+        }
+    }
+
+    fn compact(index: u64, term: u64) -> Record {
+        Record::Compact {
+            group: GroupId(1),
+            index: LogIndex(index),
+            term: Term(term),
+        }
+    }
+
+    fn apply(log: &mut GroupLog, record: &Record, segment: u64, mode: Mode) {
+        log.check(record, mode).unwrap();
+        log.apply(record, segment);
+    }
+
+    fn indexes(log: &GroupLog, low: u64, high: u64) -> Vec<u64> {
+        let got = log
+            .entries(LogIndex(low), LogIndex(high), u64::MAX)
+            .unwrap();
+        got.iter().map(|e| e.index.0).collect()
+    }
+
+    // Goal: the live log keeps exactly first_index..=last_index through appends, a conflicting
+    // suffix, compaction into and past the kept entries, and answers terms, slices and byte
+    // limits at every boundary. Method: one log driven through each step, checked after each.
+    #[test]
+    fn appends_truncations_and_compactions_keep_the_log_contiguous() {
+        let mut log = GroupLog::default();
+        assert_eq!(log.last_index(), LogIndex(0));
+        assert_eq!(log.entries(LogIndex(1), LogIndex(1), 0).unwrap(), vec![]);
+        apply(&mut log, &entries(1, 10, 1), 1, Mode::Live);
+        assert_eq!(log.last_index(), LogIndex(10));
+        // A conflicting suffix from 6 on replaces 6..=10.
+        apply(&mut log, &entries(6, 7, 2), 2, Mode::Live);
+        assert_eq!(log.last_index(), LogIndex(7));
+        assert_eq!(log.term(LogIndex(5)), Ok(Term(1)));
+        assert_eq!(log.term(LogIndex(6)), Ok(Term(2)));
+        assert_eq!(log.term(LogIndex(8)), Err(StorageError::Unavailable));
+        assert_eq!(indexes(&log, 3, 8), vec![3, 4, 5, 6, 7]);
+        assert_eq!(
+            log.entries(LogIndex(3), LogIndex(9), u64::MAX),
+            Err(StorageError::Unavailable)
+        );
+        // A byte limit still returns at least one entry.
+        assert_eq!(log.entries(LogIndex(2), LogIndex(8), 0).unwrap().len(), 1);
+        let two = log.entries(LogIndex(2), LogIndex(4), u64::MAX).unwrap();
+        let limit = two.iter().map(Entry::size_bytes).sum();
+        assert_eq!(
+            log.entries(LogIndex(2), LogIndex(8), limit).unwrap().len(),
+            2
+        );
+
+        apply(&mut log, &compact(4, 1), 2, Mode::Live);
+        assert_eq!(log.first_index(), LogIndex(5));
+        assert_eq!(log.term(LogIndex(4)), Ok(Term(1)));
+        assert_eq!(log.term(LogIndex(3)), Err(StorageError::Compacted));
+        assert_eq!(
+            log.entries(LogIndex(4), LogIndex(6), u64::MAX),
+            Err(StorageError::Compacted)
+        );
+        assert_eq!(indexes(&log, 5, 8), vec![5, 6, 7]);
+        assert_eq!(log.first_entry_segment(), Some(1));
+
+        // Compacting everything leaves an empty log that appends continue.
+        apply(&mut log, &compact(7, 2), 2, Mode::Live);
+        assert_eq!(
+            (log.first_index(), log.last_index()),
+            (LogIndex(8), LogIndex(7))
+        );
+        assert_eq!(log.first_entry_segment(), None);
+        assert!(log.check(&entries(9, 9, 2), Mode::Live).is_err(), "a gap");
+        apply(&mut log, &entries(8, 9, 2), 3, Mode::Live);
+        assert_eq!(indexes(&log, 8, 10), vec![8, 9]);
+        assert_eq!(log.first_entry_segment(), Some(3));
+        // Entries partly below the compaction point keep only the part above it.
+        apply(&mut log, &entries(6, 12, 3), 3, Mode::Live);
+        assert_eq!(indexes(&log, 8, 13), vec![8, 9, 10, 11, 12]);
+        assert_eq!(log.term(LogIndex(8)), Ok(Term(3)));
+        log.finish_replay().unwrap();
+    }
+
+    // Goal: replay accepts a log whose middle segments were purged (the entries before the gap
+    // are compacted later in the log), and refuses one where the gap is never compacted.
+    // Method: entries 1..=5, then 10..=12 with nothing between, with and without a later compact.
+    #[test]
+    fn replay_skips_a_purged_gap_only_when_compaction_covers_it() {
+        let mut log = GroupLog::default();
+        apply(&mut log, &entries(1, 5, 1), 1, Mode::Replay);
+        apply(&mut log, &entries(10, 12, 1), 3, Mode::Replay);
+        apply(&mut log, &compact(9, 1), 3, Mode::Replay);
+        log.finish_replay().unwrap();
+        assert_eq!(indexes(&log, 10, 13), vec![10, 11, 12]);
+        assert_eq!(log.term(LogIndex(9)), Ok(Term(1)));
+        assert_eq!(log.first_entry_segment(), Some(3));
+
+        let mut log = GroupLog::default();
+        apply(&mut log, &entries(1, 5, 1), 1, Mode::Replay);
+        apply(&mut log, &entries(10, 12, 1), 3, Mode::Replay);
+        apply(&mut log, &compact(3, 1), 3, Mode::Replay);
+        let err = log.finish_replay().unwrap_err();
+        assert!(err.contains("entry 6 is missing"), "{err}");
     }
 }
