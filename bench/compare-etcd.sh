@@ -9,13 +9,19 @@
 #        WORKLOADS="put range" bench/compare-etcd.sh
 #        MEMORY_KEYS=1000000 bench/compare-etcd.sh   (also: resident memory after writing that
 #                                                     many 256-byte values to each)
+# The `-paced` workloads (`put-paced`, `range-paced`) offer both systems the same load: a fixed
+# rate of PACED_FRACTION (default 0.8) times the throughput etcd reached in this run's unpaced
+# workload of the same name, which must run first. Their latency is measured from each
+# request's scheduled start, so it compares the two at the same offered load rather than each
+# at its own saturation.
 # Installs etcd 3.4 (Debian package etcd-server) when it is missing and this runs as root.
 # Writes the table to stdout and to $OUT (default: bench/results/latest.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION="${DURATION:-15s}"
-WORKLOADS="${WORKLOADS:-put range range-serializable put-1 range-1 txn-cas mixed watch lease}"
+WORKLOADS="${WORKLOADS:-put put-paced range range-paced range-serializable put-1 range-1 txn-cas mixed watch lease}"
+export PACED_FRACTION="${PACED_FRACTION:-0.8}"
 MEMORY_KEYS="${MEMORY_KEYS:-0}"
 OUT="${OUT:-bench/results/latest.md}"
 
@@ -63,11 +69,27 @@ workload_args() {
     mixed) echo "mixed --conns 30 --clients 300 --read-ratio 0.9" ;;
     watch) echo "watch --conns 10 --clients 10 --watchers 100 --rate 1000" ;;
     lease) echo "lease --conns 10 --clients 100" ;;
+    *-paced) echo "$(workload_args "${1%-paced}") --rate $(paced_rate "${1%-paced}")" ;;
     *) echo "unknown workload $1" >&2; exit 1 ;;
   esac
 }
 
+# paced_rate WORKLOAD: PACED_FRACTION of the throughput etcd reached in WORKLOAD in this run.
+paced_rate() {
+  local measured="$WORK/etcd-$1.json"
+  if [[ ! -s $measured ]]; then
+    echo "workload $1-paced needs $1 to run before it (WORKLOADS=\"$1 $1-paced\")" >&2
+    exit 1
+  fi
+  python3 -c 'import json, sys
+r = json.load(open(sys.argv[1]))
+if "failed" in r or not r.get("throughput"):
+    sys.exit("the unpaced etcd run failed: no rate to pace at")
+print(round(r["throughput"] * float(sys.argv[2])))' "$measured" "$PACED_FRACTION"
+}
+
 for w in $WORKLOADS; do
+  args=$(workload_args "$w")
   for system in etcd chorus; do
     eps=$ETCD_EPS members=("${ETCD_PIDS[@]}")
     [[ $system == chorus ]] && eps=$CHORUS_EPS members=("${CHORUS_PIDS[@]}")
@@ -75,7 +97,7 @@ for w in $WORKLOADS; do
     # the load generator shares, throughput alone depends on how the scheduler splits them.
     ticks=$(cpu_ticks "${members[@]}")
     # shellcheck disable=SC2046
-    if ! /usr/bin/time -f "%U %S" -o "$WORK/$system-$w.time" "$CHORUS" bench $(workload_args "$w") --endpoints "$eps" --duration "$DURATION" \
+    if ! /usr/bin/time -f "%U %S" -o "$WORK/$system-$w.time" "$CHORUS" bench $args --endpoints "$eps" --duration "$DURATION" \
       --json --no-progress >"$WORK/$system-$w.json" 2>"$WORK/$system-$w.err"; then
       echo "{\"failed\": $(python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().strip().splitlines()[0][:300]))' <"$WORK/$system-$w.err")}" >"$WORK/$system-$w.json"
     fi
@@ -166,6 +188,12 @@ for w in workloads.split():
     show = lambda x, i: "-" if x is None else f"{x[i]:.1f}"
     ratio_cpu = "-" if e is None or c is None or c[0] == 0 else f"{e[0] / c[0]:.2f}x"
     print(f"| {w} | {show(e, 0)} | {show(c, 0)} | {ratio_cpu} | {show(e, 1)} | {show(c, 1)} |")
+for w in workloads.split():
+    r = load("etcd", w)
+    if w.endswith("-paced") and r.get("rate_limit"):
+        print(f"\n{w}: both offered {r['rate_limit']:,.0f} req/s, {float(os.environ.get('PACED_FRACTION', 0.8)):.0%} "
+              f"of etcd's unpaced {w.removesuffix('-paced')} throughput; latency from each request's "
+              f"scheduled start")
 for w in workloads.split():
     for system in ("etcd", "chorus"):
         r = load(system, w)
