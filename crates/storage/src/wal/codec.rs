@@ -270,7 +270,7 @@ pub fn encode_record(record: &Record, out: &mut Vec<u8>) {
 }
 
 /// Decodes a record body (kind byte and payload).
-pub fn decode_record(body: &Bytes) -> Result<Record, CodecError> {
+pub fn decode_record(body: &[u8]) -> Result<Record, CodecError> {
     let mut r = Reader::new(body);
     let record = match r.u8()? {
         kind::SEGMENT_HEADER => {
@@ -547,13 +547,13 @@ fn put_bytes(out: &mut Vec<u8>, data: &[u8]) {
 
 /// A cursor over untrusted bytes. Every read checks bounds and returns an error when short.
 pub struct Reader<'a> {
-    buf: &'a Bytes,
+    buf: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Reader<'a> {
     /// A reader at the start of `buf`.
-    pub fn new(buf: &'a Bytes) -> Self {
+    pub fn new(buf: &'a [u8]) -> Self {
         Reader { buf, pos: 0 }
     }
 
@@ -636,8 +636,9 @@ impl<'a> Reader<'a> {
             .ok()
             .filter(|&l| l <= self.remaining())
             .ok_or_else(|| self.error("byte string longer than the bytes left"))?;
-        // A copy, not a slice: entries outlive the read (the log keeps them until compaction),
-        // and a slice would keep the whole buffer it was read from in memory with them.
+        // A copy, not a slice of a shared buffer: entries outlive the read (the log keeps them
+        // until compaction), and a slice would keep the whole buffer it was read from in memory
+        // with them.
         let data = Bytes::copy_from_slice(&self.buf[self.pos..self.pos + len]);
         self.pos += len;
         Ok(data)
