@@ -464,3 +464,62 @@ fn snapshot_data_comes_from_the_source_not_memory() {
         Err(StorageError::Io(_))
     ));
 }
+
+#[test]
+fn detached_segments_replay_harmlessly_until_a_remover_deletes_them() {
+    // Goal: the two halves of a purge as a server runs them (forget under the lock, delete on
+    // another thread) keep the log whole at every point: a restart between them replays the
+    // detached segments and reads the same log, and the remover leaves a gap-free directory.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal_dir = dir.path().join("wal");
+    let files = || RealDisk::new().list(&wal_dir).expect("list").len();
+    let wal = open(dir.path(), 8192);
+    let g1 = RaftLogStore::new(wal.clone(), G1);
+    g1.set_hard_state(hard_state(3, 1, 0)).expect("hard state");
+    for i in 0..60 {
+        g1.append(&entries(1 + 10 * i, 10, 1, &"d".repeat(40)))
+            .expect("append");
+        g1.sync().expect("sync");
+    }
+    g1.compact(LogIndex(590)).expect("compact");
+    let before = files();
+    let detached = g1.detach_purgeable().expect("detach");
+    assert!(
+        detached.len() >= before - 2,
+        "{} of {before}",
+        detached.len()
+    );
+    assert_eq!(files(), before, "detaching deletes nothing");
+    assert_eq!(
+        wal.lock().unwrap().segment_paths().len(),
+        before - detached.len(),
+        "the log forgot them"
+    );
+    let remover = g1.segment_remover();
+    drop((g1, wal));
+
+    // A crash before the deletion: the detached segments are replayed again.
+    let wal = open(dir.path(), 8192);
+    let g1 = RaftLogStore::new(wal.clone(), G1);
+    assert_eq!(g1.first_index(), Ok(LogIndex(591)));
+    assert_eq!(g1.last_index(), Ok(LogIndex(600)));
+    assert_eq!(
+        g1.initial_state().expect("state").hard_state,
+        hard_state(3, 1, 0)
+    );
+    drop((g1, wal));
+
+    let background = remover.spawn().expect("spawn");
+    background.remove(detached.clone());
+    drop(background); // waits for the batch
+    assert_eq!(files(), before - detached.len());
+    assert!(detached.iter().all(|p| !p.exists()));
+    let wal = open(dir.path(), 8192);
+    let g1 = RaftLogStore::new(wal, G1);
+    assert_eq!(g1.first_index(), Ok(LogIndex(591)));
+    assert_eq!(g1.last_index(), Ok(LogIndex(600)));
+    assert_eq!(
+        g1.initial_state().expect("state").hard_state,
+        hard_state(3, 1, 0)
+    );
+}

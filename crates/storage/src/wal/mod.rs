@@ -36,7 +36,11 @@
 //!
 //! [`Wal::purge`] deletes the oldest segments once no group keeps entries in them (they were
 //! compacted after a snapshot). Groups whose hard state or configuration was last written in those
-//! segments get a `GroupState` record in the active segment first.
+//! segments get a `GroupState` record in the active segment first. A server splits it in two:
+//! [`Wal::detach_purgeable`] forgets the segments under the log's lock, and a
+//! [`SegmentRemover`] deletes the files on another thread, oldest first. Segments detached and
+//! not yet deleted at a crash are replayed again at the next start, which is harmless: they hold
+//! only entries compacted since and state restated since.
 
 pub mod codec;
 mod log_store;
@@ -435,8 +439,19 @@ impl Wal {
         }
         self.write_pending()?;
         let path = self.segment_path(self.active);
+        let started = std::time::Instant::now();
         if let Err(source) = self.disk.sync(&path) {
             return Err(self.poison(WalError::SyncFailed { file: path, source }));
+        }
+        let took = started.elapsed();
+        crate::metrics::WAL_FSYNC_SECONDS.observe(took.as_secs_f64());
+        if took > crate::metrics::SLOW_FSYNC {
+            tracing::warn!(
+                ?took,
+                expected = ?crate::metrics::SLOW_FSYNC,
+                file = %path.display(),
+                "slow fdatasync of the write-ahead log"
+            );
         }
         debug_assert!(target >= self.synced);
         self.synced = target;
@@ -478,6 +493,25 @@ impl Wal {
     /// Deletes the oldest segments that no group needs any more, and returns how many. Groups
     /// whose non-entry state was last written in those segments get it restated first.
     pub fn purge(&mut self) -> Result<usize, WalError> {
+        let old = self.detach_purgeable()?;
+        if let Err(error) = self.remover().remove(&old) {
+            return Err(match error {
+                error @ WalError::SyncFailed { .. } => self.poison(error),
+                error => error,
+            });
+        }
+        Ok(old.len())
+    }
+
+    /// The first half of [`Wal::purge`]: makes the oldest segments that no group needs any more
+    /// unneeded for replay (restating, and syncing, the state of groups last written in them),
+    /// forgets them, and returns their paths, oldest first, without deleting them. A server
+    /// hands them to a [`SegmentRemover`] on a thread of its own, so that the file system's
+    /// work (on some, a discard of every freed block) does not stall the log.
+    ///
+    /// Until they are deleted, a restart replays them as well: they hold nothing that
+    /// contradicts the live segments, only entries compacted and state restated since.
+    pub fn detach_purgeable(&mut self) -> Result<Vec<PathBuf>, WalError> {
         self.check_poisoned()?;
         let pinned = self
             .groups
@@ -487,7 +521,7 @@ impl Wal {
         let cut = pinned.unwrap_or(self.active).min(self.active);
         let old: Vec<u64> = self.segments.range(..cut).copied().collect();
         if old.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let restate: Vec<Record> = self
             .groups
@@ -497,18 +531,19 @@ impl Wal {
             .collect();
         self.append_batch(&restate)?;
         self.sync()?;
-        // Oldest first, so that a crash part-way leaves a gap-free run of segments.
-        for &seq in &old {
-            let path = self.segment_path(seq);
-            self.disk.remove(&path).map_err(io_error("remove", &path))?;
-            self.segments.remove(&seq);
+        for seq in &old {
+            self.segments.remove(seq);
         }
-        if let Err(source) = self.disk.sync_dir(&self.config.dir) {
-            let file = self.config.dir.clone();
-            return Err(self.poison(WalError::SyncFailed { file, source }));
+        Ok(old.iter().map(|&seq| self.segment_path(seq)).collect())
+    }
+
+    /// What deletes the segments [`Wal::detach_purgeable`] returns; it may be moved to
+    /// another thread.
+    pub fn remover(&self) -> SegmentRemover {
+        SegmentRemover {
+            disk: self.disk.clone(),
+            dir: self.config.dir.clone(),
         }
-        tracing::info!(segments = old.len(), "purged write-ahead log segments");
-        Ok(old.len())
     }
 
     /// Replays the segments `seqs` (sorted, non-empty) and opens the last one for appending.
@@ -650,6 +685,92 @@ impl Wal {
             .map_err(|r| format!("group {group}: {r}"))?;
         log.apply(record, segment);
         Ok(())
+    }
+}
+
+/// Deletes segments detached from a [`Wal`] (see [`Wal::detach_purgeable`]).
+#[derive(Clone, Debug)]
+pub struct SegmentRemover {
+    disk: Arc<dyn Disk>,
+    dir: PathBuf,
+}
+
+impl SegmentRemover {
+    /// Deletes `paths` in order and makes the deletions durable. The segments must be the
+    /// log's oldest, oldest first: a crash part-way then leaves a gap-free run of segments.
+    /// On an error the later paths are left in place, for the same reason.
+    pub fn remove(&self, paths: &[PathBuf]) -> Result<(), WalError> {
+        if paths.is_empty() {
+            return Ok(());
+        }
+        for path in paths {
+            self.disk.remove(path).map_err(io_error("remove", path))?;
+        }
+        self.disk
+            .sync_dir(&self.dir)
+            .map_err(|source| WalError::SyncFailed {
+                file: self.dir.clone(),
+                source,
+            })?;
+        tracing::info!(segments = paths.len(), "purged write-ahead log segments");
+        Ok(())
+    }
+
+    /// Starts a thread that deletes the batches of segments handed to the returned
+    /// [`BackgroundRemover`], in the order they are handed over.
+    pub fn spawn(self) -> io::Result<BackgroundRemover> {
+        let (queue, batches) = std::sync::mpsc::channel::<Vec<PathBuf>>();
+        let thread = std::thread::Builder::new()
+            .name("wal-purge".to_string())
+            .spawn(move || {
+                for batch in batches {
+                    if let Err(error) = self.remove(&batch) {
+                        // Deleting later segments while this one stays would leave a gap, which
+                        // the next start refuses: nothing more is deleted by this process. The
+                        // files left hold nothing that is needed; the next start replays them.
+                        tracing::error!(
+                            %error,
+                            "could not purge write-ahead log segments; no more are purged \
+                             until a restart"
+                        );
+                        return;
+                    }
+                }
+            })?;
+        Ok(BackgroundRemover {
+            queue: Some(queue),
+            thread: Some(thread),
+        })
+    }
+}
+
+/// A thread deleting detached segments (see [`SegmentRemover::spawn`]). Dropping it waits for
+/// the batches already handed over.
+#[derive(Debug)]
+pub struct BackgroundRemover {
+    queue: Option<std::sync::mpsc::Sender<Vec<PathBuf>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BackgroundRemover {
+    /// Queues `paths` (from [`Wal::detach_purgeable`]) for deletion.
+    pub fn remove(&self, paths: Vec<PathBuf>) {
+        if paths.is_empty() {
+            return;
+        }
+        if let Some(queue) = &self.queue {
+            // A send fails only once the thread stopped after a failure, which it logged.
+            let _ = queue.send(paths);
+        }
+    }
+}
+
+impl Drop for BackgroundRemover {
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
