@@ -623,3 +623,66 @@ async fn background_snapshots_with_concurrent_defragment_keep_every_write() {
         "no snapshot mark was taken"
     );
 }
+
+/// A GET over plain HTTP/1.1, as a Prometheus scraper or a health check sends it: the status
+/// line and the body.
+async fn http_get(port: u16, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the metrics port");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.expect("read");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a header and a body");
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+/// The value of an unlabelled sample (or of the labelled one `name{labels}`) in a scrape.
+fn sample(scrape: &str, name: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{scrape}"))
+        .parse()
+        .expect("a number")
+}
+
+/// Goal: `--listen-metrics-urls` serves etcd's metric names with values that follow the
+/// member (its fsyncs, applies and leadership), and `/health` as etcd answers it. Method: one
+/// member, 50 puts, then scrape; unknown paths get 404.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_and_health_are_served_under_etcds_names() {
+    let port = common::free_port();
+    let metrics_flag = format!("--listen-metrics-urls=http://127.0.0.1:{port}");
+    let cluster = Cluster::start(1, &[&metrics_flag]);
+    let endpoint = cluster.members[0].endpoint();
+    wait_ready(&endpoint).await;
+    let mut client = kv(&endpoint).await;
+    for i in 0..50 {
+        client.put(put(&format!("m{i}"), "v")).await.unwrap();
+    }
+    let (status, scrape) = http_get(port, "/metrics").await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{scrape}");
+    // Each acknowledged put was fsynced in the WAL before its answer.
+    assert!(sample(&scrape, "etcd_disk_wal_fsync_duration_seconds_count") >= 50.0);
+    assert!(
+        sample(
+            &scrape,
+            "etcd_disk_wal_fsync_duration_seconds_bucket{le=\"+Inf\"}"
+        ) >= 50.0
+    );
+    assert!(sample(&scrape, "etcd_disk_backend_commit_duration_seconds_count") >= 1.0);
+    assert_eq!(sample(&scrape, "etcd_server_has_leader"), 1.0);
+    assert_eq!(sample(&scrape, "etcd_server_is_leader"), 1.0);
+    assert!(sample(&scrape, "etcd_server_proposals_applied_total") >= 50.0);
+    let (status, body) = http_get(port, "/health").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(body, r#"{"health":"true","reason":""}"#);
+    let (status, _) = http_get(port, "/nothing-here").await;
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+}

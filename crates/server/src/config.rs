@@ -116,6 +116,10 @@ pub struct ServerArgs {
     /// or `500ms` [default: 10m]
     #[arg(long)]
     pub experimental_watch_progress_notify_interval: Option<String>,
+    /// URLs to serve `/metrics` (Prometheus text, etcd's metric names) and `/health` on over
+    /// plain HTTP, comma-separated [default: none]
+    #[arg(long)]
+    pub listen_metrics_urls: Option<String>,
     /// How the leader confirms a linearizable read: read-index (a heartbeat round to a
     /// quorum, etcd's way) | lease (no round while the leader's lease from its last quorum
     /// contact holds; assumes bounded clock drift) [default: read-index]
@@ -147,6 +151,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "config-file",
     "experimental-watch-progress-notify-interval",
     "read-mode",
+    "listen-metrics-urls",
 ];
 
 /// The prefix of the environment variables that set options.
@@ -190,6 +195,7 @@ impl ServerArgs {
             path(&self.config_file),
             text(&self.experimental_watch_progress_notify_interval),
             text(&self.read_mode),
+            text(&self.listen_metrics_urls),
         ];
         debug_assert_eq!(values.len(), OPTION_NAMES.len());
         OPTION_NAMES
@@ -399,6 +405,8 @@ pub struct ServerConfig {
     pub watch_progress_notify_interval: Duration,
     /// `--read-mode`.
     pub read_mode: ReadMode,
+    /// `--listen-metrics-urls` (none unless given).
+    pub listen_metrics_urls: Vec<MemberUrl>,
 }
 
 /// How linearizable reads are confirmed (`--read-mode`).
@@ -732,6 +740,10 @@ impl ServerConfig {
                     ("lease", ReadMode::Lease),
                 ],
             )?,
+            listen_metrics_urls: match l.is_set("listen-metrics-urls") {
+                true => l.urls_or("listen-metrics-urls", "")?,
+                false => Vec::new(),
+            },
             name,
         })
     }

@@ -52,6 +52,7 @@ pub mod local;
 pub mod maintenance;
 pub mod member;
 pub mod membership;
+pub mod metrics;
 pub mod node;
 pub mod service;
 pub mod snap;

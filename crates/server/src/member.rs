@@ -72,6 +72,8 @@ fn fail<E: std::fmt::Display>(context: impl Into<String>) -> impl FnOnce(E) -> M
 pub struct Bound {
     pub client: Vec<std::net::SocketAddr>,
     pub peer: std::net::SocketAddr,
+    /// Where `/metrics` and `/health` are served (`--listen-metrics-urls`).
+    pub metrics: Vec<std::net::SocketAddr>,
 }
 
 /// Accepted connections send small messages (heartbeats, answers) at once: without
@@ -386,14 +388,22 @@ async fn run_member(
     for url in &config.listen_client_urls {
         client_listeners.push(bind(url).await?);
     }
-    let bound = Bound {
-        client: client_listeners
+    let mut metrics_listeners = Vec::new();
+    for url in &config.listen_metrics_urls {
+        metrics_listeners.push(bind(url).await?);
+    }
+    let local_addrs = |listeners: &[TcpListener]| {
+        listeners
             .iter()
             .filter_map(|l| l.local_addr().ok())
-            .collect(),
+            .collect()
+    };
+    let bound = Bound {
+        client: local_addrs(&client_listeners),
         peer: peer_listener
             .local_addr()
             .map_err(fail("read the peer address"))?,
+        metrics: local_addrs(&metrics_listeners),
     };
 
     let watch = crate::watch::server(edge.node.clone(), &config).map_err(fail("start watch"))?;
@@ -440,6 +450,10 @@ async fn run_member(
                 .map_err(fail("serve clients"))
         });
     }
+    for listener in metrics_listeners {
+        let served = crate::metrics::serve(listener, edge.node.clone(), stop_rx.clone());
+        tasks.spawn(async move { served.await.map_err(fail("serve metrics")) });
+    }
     let compactor = crate::compactor::run(edge.clone(), config.auto_compaction, stop_rx.clone());
     tasks.spawn(async move {
         compactor.await;
@@ -460,6 +474,7 @@ async fn run_member(
     tracing::info!(
         client = ?bound.client,
         peer = %bound.peer,
+        metrics = ?bound.metrics,
         cluster_id = format_args!("{cluster_id:x}"),
         "ready to serve client requests"
     );

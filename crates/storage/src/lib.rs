@@ -7,5 +7,6 @@
 //!   of a Raft group, with its applied index), its event history and its snapshots.
 
 pub mod disk;
+pub mod metrics;
 pub mod mvcc;
 pub mod wal;

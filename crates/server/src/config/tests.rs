@@ -72,6 +72,7 @@ fn defaults_match_etcd() {
         config_file: None,
         watch_progress_notify_interval: std::time::Duration::from_secs(600),
         read_mode: ReadMode::ReadIndex,
+        listen_metrics_urls: Vec::new(),
     };
     assert_eq!(config, expected);
     assert_eq!(config.election_ticks(), 10);
@@ -157,6 +158,7 @@ fn every_option_from_file_and_from_env() {
         log-level = "debug"
         log-format = "json"
         read-mode = "lease"
+        listen-metrics-urls = "http://127.0.0.1:3381"
     "#;
     let from_file = resolve(&[], &[], Some(file)).expect("file config is valid");
     let env_pairs: Vec<(String, String)> = file
@@ -187,6 +189,7 @@ fn every_option_from_file_and_from_env() {
     );
     assert_eq!(c.advertise_client_urls, vec![url("http://n1:3379")]);
     assert_eq!(c.listen_peer_urls, vec![url("http://0.0.0.0:3380")]);
+    assert_eq!(c.listen_metrics_urls, vec![url("http://127.0.0.1:3381")]);
     assert_eq!(c.initial_cluster.len(), 3);
     assert_eq!(c.initial_cluster["n2"], vec![url("http://n2:3380")]);
     assert_eq!(c.initial_cluster_state, ClusterState::Existing);

@@ -513,8 +513,10 @@ impl MvccStore {
     /// A failure closes the store: the index is then ahead of the engine.
     pub(crate) fn commit_buffer(&mut self, durability: Durability) -> MvccResult<()> {
         self.check_not_failed()?;
-        self.last_commit = Some(std::time::Instant::now());
+        let started = std::time::Instant::now();
+        self.last_commit = Some(started);
         let result = self.write_buffer(durability);
+        crate::metrics::BACKEND_COMMIT_SECONDS.observe(started.elapsed().as_secs_f64());
         self.file_bytes = engine_file_size(&self.dir);
         match &result {
             Ok(()) => self.buffer = Buffer::default(),
