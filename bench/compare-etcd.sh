@@ -95,6 +95,9 @@ for w in $WORKLOADS; do
     [[ $system == chorus ]] && eps=$CHORUS_EPS members=("${CHORUS_PIDS[@]}")
     # The members' CPU time and the load generator's, per request: on a machine whose cores
     # the load generator shares, throughput alone depends on how the scheduler splits them.
+    base=$ETCD_BASE
+    [[ $system == chorus ]] && base=$CHORUS_BASE
+    scrape_wal_fsync "$base" >"$WORK/$system-$w.fsync-before"
     ticks=$(cpu_ticks "${members[@]}")
     # shellcheck disable=SC2046
     if ! /usr/bin/time -f "%U %S" -o "$WORK/$system-$w.time" "$CHORUS" bench $args --endpoints "$eps" --duration "$DURATION" \
@@ -103,6 +106,7 @@ for w in $WORKLOADS; do
     fi
     echo "$(($(cpu_ticks "${members[@]}") - ticks)) $(getconf CLK_TCK) $(tail -1 "$WORK/$system-$w.time")" \
       >"$WORK/$system-$w.cpu"
+    scrape_wal_fsync "$base" >"$WORK/$system-$w.fsync-after"
     echo "ran $w against $system" >&2
   done
 done
@@ -188,6 +192,39 @@ for w in workloads.split():
     show = lambda x, i: "-" if x is None else f"{x[i]:.1f}"
     ratio_cpu = "-" if e is None or c is None or c[0] == 0 else f"{e[0] / c[0]:.2f}x"
     print(f"| {w} | {show(e, 0)} | {show(c, 0)} | {ratio_cpu} | {show(e, 1)} | {show(c, 1)} |")
+
+def fsyncs(system, w):
+    """The members' WAL fsyncs during w, from their histograms: (count, over 128 ms, over
+    512 ms, the bucket bound under which 99% fell)."""
+    def read(suffix):
+        try:
+            with open(f"{work}/{system}-{w}.fsync-{suffix}") as f:
+                return {float(le): int(n) for le, n in (line.split() for line in f)}
+        except (OSError, ValueError):
+            return {}
+    before, after = read("before"), read("after")
+    if not after:
+        return None
+    cumulative = {le: after[le] - before.get(le, 0) for le in sorted(after)}
+    total = cumulative[float("inf")]
+    if total == 0:
+        return None
+    p99 = next(le for le, n in cumulative.items() if n >= 0.99 * total)
+    return total, total - cumulative.get(0.128, 0), total - cumulative.get(0.512, 0), p99
+
+print()
+print("WAL fsyncs of the three members during each workload, from their own "
+      "`etcd_disk_wal_fsync_duration_seconds` histograms: a disk stall shows in both systems.")
+print()
+print("| workload | etcd fsyncs | chorus fsyncs | etcd over 128 ms | chorus over 128 ms "
+      "| etcd over 512 ms | chorus over 512 ms | etcd p99 bucket | chorus p99 bucket |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+for w in workloads.split():
+    e, c = fsyncs("etcd", w), fsyncs("chorus", w)
+    show = lambda x, i: "-" if x is None else f"{x[i]:,}"
+    bound = lambda x: "-" if x is None else f"≤ {x[3] * 1000:g} ms"
+    print(f"| {w} | {show(e, 0)} | {show(c, 0)} | {show(e, 1)} | {show(c, 1)} | {show(e, 2)} "
+          f"| {show(c, 2)} | {bound(e)} | {bound(c)} |")
 for w in workloads.split():
     r = load("etcd", w)
     if w.endswith("-paced") and r.get("rate_limit"):

@@ -2,7 +2,8 @@
 
 # start_cluster PREFIX WORKDIR BASE_PORT SERVER...: starts a 3-member cluster of SERVER (etcd, or
 # `chorus serve`, which takes etcd's flags) named PREFIX1..3, with data under WORKDIR, clients on
-# BASE+1..3 and peers on BASE+11..13. Appends the members' pids to the array PIDS.
+# BASE+1..3, peers on BASE+11..13 and metrics (/metrics, etcd's names for both) on BASE+21..23.
+# Appends the members' pids to the array PIDS.
 start_cluster() {
   local prefix=$1 work=$2 base=$3 cluster="" i
   shift 3
@@ -15,6 +16,7 @@ start_cluster() {
       --advertise-client-urls "http://127.0.0.1:$((base + i))" \
       --listen-peer-urls "http://127.0.0.1:$((base + 10 + i))" \
       --initial-advertise-peer-urls "http://127.0.0.1:$((base + 10 + i))" \
+      --listen-metrics-urls "http://127.0.0.1:$((base + 20 + i))" \
       --initial-cluster "${cluster%,}" --initial-cluster-token "bench-$prefix" \
       --initial-cluster-state new >"$work/${prefix}${i}.log" 2>&1 &
     PIDS+=($!)
@@ -27,6 +29,28 @@ stop_clusters() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$1"
+}
+
+# scrape_wal_fsync BASE_PORT: the WAL fsync histogram of the three members of the cluster
+# start_cluster started on BASE_PORT, summed, as "upper_bound count" lines (cumulative).
+scrape_wal_fsync() {
+  python3 - "$1" <<'PY'
+import sys, urllib.request
+base = int(sys.argv[1])
+buckets = {}
+for i in (1, 2, 3):
+    url = f"http://127.0.0.1:{base + 20 + i}/metrics"
+    try:
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+    except OSError:
+        continue
+    for line in text.splitlines():
+        if line.startswith('etcd_disk_wal_fsync_duration_seconds_bucket{le="'):
+            le, count = line.split('le="')[1].split('"}')
+            buckets[le] = buckets.get(le, 0) + float(count)
+for le, count in buckets.items():
+    print(le, int(count))
+PY
 }
 
 # endpoints BASE_PORT: the client URLs of the cluster start_cluster started on BASE_PORT.
