@@ -493,12 +493,20 @@ impl Wal {
     /// Deletes the oldest segments that no group needs any more, and returns how many. Groups
     /// whose non-entry state was last written in those segments get it restated first.
     pub fn purge(&mut self) -> Result<usize, WalError> {
-        let old = self.detach_purgeable()?;
-        if let Err(error) = self.remover().remove(&old) {
-            return Err(match error {
-                error @ WalError::SyncFailed { .. } => self.poison(error),
-                error => error,
-            });
+        let old = self.purgeable()?;
+        // Oldest first, each forgotten only once deleted, so that a crash or an error part-way
+        // leaves a gap-free run of segments that a later purge starts from again.
+        for &seq in &old {
+            let path = self.segment_path(seq);
+            self.disk.remove(&path).map_err(io_error("remove", &path))?;
+            self.segments.remove(&seq);
+        }
+        if !old.is_empty() {
+            if let Err(source) = self.disk.sync_dir(&self.config.dir) {
+                let file = self.config.dir.clone();
+                return Err(self.poison(WalError::SyncFailed { file, source }));
+            }
+            tracing::info!(segments = old.len(), "purged write-ahead log segments");
         }
         Ok(old.len())
     }
@@ -512,6 +520,16 @@ impl Wal {
     /// Until they are deleted, a restart replays them as well: they hold nothing that
     /// contradicts the live segments, only entries compacted and state restated since.
     pub fn detach_purgeable(&mut self) -> Result<Vec<PathBuf>, WalError> {
+        let old = self.purgeable()?;
+        for seq in &old {
+            self.segments.remove(seq);
+        }
+        Ok(old.iter().map(|&seq| self.segment_path(seq)).collect())
+    }
+
+    /// The oldest segments that no group needs any more, once the state of the groups last
+    /// written in them is restated and synced.
+    fn purgeable(&mut self) -> Result<Vec<u64>, WalError> {
         self.check_poisoned()?;
         let pinned = self
             .groups
@@ -521,7 +539,7 @@ impl Wal {
         let cut = pinned.unwrap_or(self.active).min(self.active);
         let old: Vec<u64> = self.segments.range(..cut).copied().collect();
         if old.is_empty() {
-            return Ok(Vec::new());
+            return Ok(old);
         }
         let restate: Vec<Record> = self
             .groups
@@ -531,10 +549,7 @@ impl Wal {
             .collect();
         self.append_batch(&restate)?;
         self.sync()?;
-        for seq in &old {
-            self.segments.remove(seq);
-        }
-        Ok(old.iter().map(|&seq| self.segment_path(seq)).collect())
+        Ok(old)
     }
 
     /// What deletes the segments [`Wal::detach_purgeable`] returns; it may be moved to
