@@ -133,16 +133,22 @@ fn respond(
 }
 
 /// Serves `/metrics` and `/health` on `listener` until `stop` turns true.
-pub async fn serve(
-    listener: TcpListener,
-    node: NodeHandle,
-    mut stop: watch::Receiver<bool>,
-) -> std::io::Result<()> {
+pub async fn serve(listener: TcpListener, node: NodeHandle, mut stop: watch::Receiver<bool>) {
     let gauges = std::sync::Arc::new(MemberGauges::new());
     loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => accepted?,
-            _ = stop.wait_for(|s| *s) => return Ok(()),
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of file descriptors, or a connection gone before it was accepted: the
+                // member serves on, and the scraper asks again.
+                tracing::warn!(%error, "could not accept a metrics connection");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let (gauges, node) = (gauges.clone(), node.clone());
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
