@@ -121,8 +121,10 @@ fn open_storage(
     let member_dir: PathBuf = config.data_dir.join("member");
     let wal_dir = member_dir.join("wal");
     std::fs::create_dir_all(&wal_dir).map_err(fail(format!("create {}", wal_dir.display())))?;
-    let wal = Wal::open(Arc::new(RealDisk::new()), WalConfig::new(&wal_dir))
+    let mut wal = Wal::open(Arc::new(RealDisk::new()), WalConfig::new(&wal_dir))
         .map_err(fail(format!("open the WAL in {}", wal_dir.display())))?;
+    wal.prepare_segments_in_background()
+        .map_err(fail("start the thread preparing WAL segments"))?;
     let snapshot_meta = wal
         .group(GROUP_ID)
         .map_err(fail("read the WAL"))?

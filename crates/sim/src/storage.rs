@@ -271,8 +271,11 @@ impl WalDisk {
             .paths()
             .into_iter()
             .find(|p| p.extension().is_some_and(|e| e == "wal") && p.starts_with(WAL_DIR))?;
-        let len = self.disk.file_len(&path).ok()?;
-        if len < 512 {
+        // Segments are preallocated: what counts is the length up to the zeros after the last
+        // record, not the file's.
+        let bytes = self.disk.read(&path).ok()?;
+        let used = bytes.iter().rposition(|&b| b != 0).map_or(0, |at| at + 1);
+        if used < 512 {
             return None;
         }
         let offset = pick(FLIP_WINDOW_BYTES);

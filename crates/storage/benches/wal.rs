@@ -1,5 +1,7 @@
 //! WAL throughput with group commit: `batch` appends of one 256-byte entry each, spread over
 //! eight groups, made durable by one fsync, on the real file system in a temporary directory.
+//! Each batch size runs twice: with segments preallocated by a thread of their own, as a server
+//! runs (`preallocated`), and with segments that grow as records are appended (`appending`).
 //!
 //! Run: `cargo bench -p chorus-storage --bench wal`. Criterion reports appends per second
 //! (elements); MB/s is that times 256 bytes of payload.
@@ -25,13 +27,14 @@ struct Writer {
 }
 
 impl Writer {
-    fn new() -> Self {
+    fn new(preallocate: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let wal = Wal::open(
-            Arc::new(RealDisk::new()),
-            WalConfig::new(dir.path().join("wal")),
-        )
-        .expect("open");
+        let config = WalConfig {
+            preallocate,
+            ..WalConfig::new(dir.path().join("wal"))
+        };
+        let mut wal = Wal::open(Arc::new(RealDisk::new()), config).expect("open");
+        wal.prepare_segments_in_background().expect("spawn");
         Writer {
             wal,
             next_index: vec![1; GROUPS as usize],
@@ -83,14 +86,12 @@ fn group_commit(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(3));
     for batch in [1usize, 8, 64, 256] {
         group.throughput(Throughput::Elements(batch as u64));
-        let mut writer = Writer::new();
-        group.bench_with_input(
-            BenchmarkId::new("entries_256b", batch),
-            &batch,
-            |b, &batch| {
+        for (name, preallocate) in [("preallocated", true), ("appending", false)] {
+            let mut writer = Writer::new(preallocate);
+            group.bench_with_input(BenchmarkId::new(name, batch), &batch, |b, &batch| {
                 b.iter(|| writer.commit(batch));
-            },
-        );
+            });
+        }
     }
     group.finish();
 }

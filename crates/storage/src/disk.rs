@@ -3,7 +3,7 @@
 //! ([`FaultyDisk`]).
 //!
 //! The contract every implementation keeps, and that the WAL relies on:
-//! - `append` and `truncate` are durable only after `sync` of that file returns `Ok`;
+//! - `append`, `write_at` and `truncate` are durable only after `sync` of that file returns `Ok`;
 //! - `create`, `rename` and `remove` are durable only after `sync_dir` of the parent returns `Ok`;
 //! - a `sync` that returns an error may have lost the unsynced data: the caller must not retry it
 //!   and assume success (fsync errors on Linux clear the dirty state of the pages).
@@ -26,6 +26,9 @@ pub trait Disk: Send + Sync + fmt::Debug {
     fn create(&self, path: &Path) -> io::Result<()>;
     /// Appends `data` at the end of the file.
     fn append(&self, path: &Path, data: &[u8]) -> io::Result<()>;
+    /// Writes `data` at byte `offset` of the file, over what is there and past its end. The
+    /// offset must not be past the end: files have no holes.
+    fn write_at(&self, path: &Path, offset: u64, data: &[u8]) -> io::Result<()>;
     /// Reads the whole file as it is now (including unsynced writes).
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// The file's length now.

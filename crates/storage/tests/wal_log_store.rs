@@ -523,3 +523,68 @@ fn detached_segments_replay_harmlessly_until_a_remover_deletes_them() {
         hard_state(3, 1, 0)
     );
 }
+
+#[test]
+fn segments_prepared_in_the_background_are_full_size_and_replay() {
+    // Goal: with the preparing thread, every segment is created at its full size, records are
+    // written over the zeros, and the log replays them all; a prepared segment never started is
+    // removed at the next open. Method: rotate through several 16 KiB segments on a real
+    // directory, check the files, reopen.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let segment_bytes_max = 16 << 10;
+    let wal_dir = dir.path().join("wal");
+    let written = entries(1, 300, 1, &"p".repeat(200));
+    {
+        let shared = open(dir.path(), segment_bytes_max);
+        shared
+            .lock()
+            .unwrap()
+            .prepare_segments_in_background()
+            .expect("spawn");
+        let log = RaftLogStore::new(shared.clone(), G1);
+        for chunk in written.chunks(10) {
+            log.append(chunk).expect("append");
+            log.sync().expect("sync");
+        }
+        let wal = shared.lock().unwrap();
+        let paths = wal.segment_paths();
+        assert!(paths.len() >= 4, "rotated through {} segments", paths.len());
+        let disk = RealDisk::new();
+        for path in &paths {
+            assert_eq!(
+                disk.file_len(path).expect("len"),
+                segment_bytes_max,
+                "{} is preallocated",
+                path.display()
+            );
+        }
+    }
+    let names = RealDisk::new().list(&wal_dir).expect("list");
+    assert!(
+        names.iter().any(|n| n.ends_with(".wal.tmp")),
+        "the next segment was prepared ahead: {names:?}"
+    );
+    let shared = open(dir.path(), segment_bytes_max);
+    let log = RaftLogStore::new(shared.clone(), G1);
+    assert_eq!(log.last_index(), Ok(LogIndex(300)));
+    assert_eq!(
+        log.entries(LogIndex(1), LogIndex(301), u64::MAX),
+        Ok(written.clone())
+    );
+    let names = RealDisk::new().list(&wal_dir).expect("list");
+    assert!(
+        !names.iter().any(|n| n.ends_with(".tmp")),
+        "the leftover prepared segment is removed at open: {names:?}"
+    );
+    // The reopened log goes on writing over the zeros of its last segment.
+    log.append(&entries(301, 1, 1, "after")).expect("append");
+    log.sync().expect("sync");
+    drop(log);
+    drop(shared);
+    let log = RaftLogStore::new(open(dir.path(), segment_bytes_max), G1);
+    assert_eq!(log.last_index(), Ok(LogIndex(301)));
+    assert_eq!(
+        log.entries(LogIndex(1), LogIndex(301), u64::MAX),
+        Ok(written)
+    );
+}

@@ -21,8 +21,10 @@ pub enum TornFill {
 /// How [`FaultyDisk::crash`] treats unsynced data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CrashOptions {
-    /// How many unsynced bytes of the last file written survive, after its synced bytes. Zero
-    /// loses every unsynced write. Ignored if that file was truncated since its last sync.
+    /// How many unsynced bytes of the last file written survive over its synced contents: the
+    /// first this many bytes of its writes since its last sync, in the order they were made
+    /// (appends and writes in place alike). Zero loses every unsynced write. Ignored if that
+    /// file was truncated since its last sync.
     pub torn_bytes: u64,
     pub torn_fill: TornFill,
 }
@@ -41,6 +43,54 @@ struct FileData {
     data: Vec<u8>,
     /// The contents as of the last successful sync: what survives a crash.
     durable: Vec<u8>,
+    /// The writes since the last sync, in order: offset and bytes. A torn write keeps a prefix
+    /// of them.
+    unsynced: Vec<(usize, Vec<u8>)>,
+    /// Whether the file was truncated since the last sync; a crash then keeps no torn bytes.
+    truncated: bool,
+}
+
+impl FileData {
+    fn write(&mut self, offset: usize, data: &[u8]) {
+        let end = offset + data.len();
+        if self.data.len() < end {
+            self.data.resize(end, 0);
+        }
+        self.data[offset..end].copy_from_slice(data);
+        self.unsynced.push((offset, data.to_vec()));
+    }
+
+    fn unsynced_bytes(&self) -> u64 {
+        self.unsynced.iter().map(|(_, d)| d.len() as u64).sum()
+    }
+
+    /// What survives a crash: the synced contents and, if `torn_bytes` is not zero, the first
+    /// `torn_bytes` of the writes since, as `fill` says.
+    fn crash(&mut self, torn_bytes: u64, fill_with: TornFill) {
+        let mut kept = self.durable.clone();
+        let mut budget = usize::try_from(torn_bytes).unwrap_or(usize::MAX);
+        if self.truncated {
+            budget = 0;
+        }
+        for (offset, data) in &self.unsynced {
+            if budget == 0 {
+                break;
+            }
+            let take = data.len().min(budget);
+            budget -= take;
+            let mut torn = data[..take].to_vec();
+            fill(&mut torn, fill_with);
+            let end = offset + take;
+            if kept.len() < end {
+                kept.resize(end, 0);
+            }
+            kept[*offset..end].copy_from_slice(&torn);
+        }
+        self.data = kept.clone();
+        self.durable = kept;
+        self.unsynced.clear();
+        self.truncated = false;
+    }
 }
 
 #[derive(Debug, Default)]
@@ -124,15 +174,12 @@ impl FaultyDisk {
         let live: BTreeSet<u64> = state.names.values().copied().collect();
         state.inodes.retain(|inode, _| live.contains(inode));
         for (inode, file) in state.inodes.iter_mut() {
-            let torn = Some(*inode) == state.last_written && file.data.starts_with(&file.durable);
-            if torn && options.torn_bytes > 0 {
-                let unsynced = &file.data[file.durable.len()..];
-                let keep = unsynced.len().min(options.torn_bytes as usize);
-                let mut tail = unsynced[..keep].to_vec();
-                fill(&mut tail, options.torn_fill);
-                file.durable.extend_from_slice(&tail);
-            }
-            file.data = file.durable.clone();
+            let torn_bytes = if Some(*inode) == state.last_written {
+                options.torn_bytes
+            } else {
+                0
+            };
+            file.crash(torn_bytes, options.torn_fill);
         }
         state.crash_at_ops = None;
         state.halted = false;
@@ -167,7 +214,7 @@ impl FaultyDisk {
             .names
             .get(path)
             .and_then(|inode| state.inodes.get(inode))
-            .map_or(0, |f| f.data.len().saturating_sub(f.durable.len()) as u64)
+            .map_or(0, FileData::unsynced_bytes)
     }
 
     /// Unsynced bytes of the file written last: the most a torn write can keep at a crash now.
@@ -176,7 +223,7 @@ impl FaultyDisk {
         let file = state
             .last_written
             .and_then(|inode| state.inodes.get(&inode));
-        file.map_or(0, |f| f.data.len().saturating_sub(f.durable.len()) as u64)
+        file.map_or(0, FileData::unsynced_bytes)
     }
 
     /// Every file path, sorted.
@@ -273,7 +320,26 @@ impl Disk for FaultyDisk {
         let mut state = self.lock();
         state.begin_op()?;
         let (inode, file) = state.file_mut(path)?;
-        file.data.extend_from_slice(data);
+        file.write(file.data.len(), data);
+        state.last_written = Some(inode);
+        Ok(())
+    }
+
+    fn write_at(&self, path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mut state = self.lock();
+        state.begin_op()?;
+        let (inode, file) = state.file_mut(path)?;
+        let offset = usize::try_from(offset).unwrap_or(usize::MAX);
+        if offset > file.data.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "faulty disk: write at {offset}, past the end of {}",
+                    path.display()
+                ),
+            ));
+        }
+        file.write(offset, data);
         state.last_written = Some(inode);
         Ok(())
     }
@@ -296,6 +362,7 @@ impl Disk for FaultyDisk {
         let (inode, file) = state.file_mut(path)?;
         file.data
             .resize(usize::try_from(len).unwrap_or(usize::MAX), 0);
+        file.truncated = true;
         state.last_written = Some(inode);
         Ok(())
     }
@@ -307,6 +374,8 @@ impl Disk for FaultyDisk {
         state.take_sync_failure()?;
         let (_, file) = state.file_mut(path)?;
         file.durable = file.data.clone();
+        file.unsynced.clear();
+        file.truncated = false;
         Ok(())
     }
 

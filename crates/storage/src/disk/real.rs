@@ -2,9 +2,10 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::Disk;
 
@@ -12,10 +13,15 @@ use super::Disk;
 ///
 /// Open files are cached so that a file's `sync` uses the same descriptor as its writes. This
 /// matters: since Linux 4.13 a writeback error is reported once per open file description, so an
-/// fsync through a descriptor opened after the error would not see it.
+/// fsync through a descriptor opened after the error would not see it. The cache's lock is held
+/// only to find a file, never during its I/O, so that one thread filling a file does not hold up
+/// another's fsync.
+///
+/// Files are opened for writing without `O_APPEND`, which on Linux would make every positioned
+/// write land at the end of the file whatever its offset.
 #[derive(Debug, Default)]
 pub struct RealDisk {
-    open: Mutex<HashMap<PathBuf, File>>,
+    open: Mutex<HashMap<PathBuf, Arc<File>>>,
 }
 
 impl RealDisk {
@@ -24,17 +30,14 @@ impl RealDisk {
         Self::default()
     }
 
-    fn with_file<T>(
-        &self,
-        path: &Path,
-        f: impl FnOnce(&mut File) -> io::Result<T>,
-    ) -> io::Result<T> {
+    fn file(&self, path: &Path) -> io::Result<Arc<File>> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if !open.contains_key(path) {
-            let file = OpenOptions::new().read(true).append(true).open(path)?;
-            open.insert(path.to_path_buf(), file);
+        if let Some(file) = open.get(path) {
+            return Ok(file.clone());
         }
-        f(open.get_mut(path).expect("inserted above"))
+        let file = Arc::new(OpenOptions::new().read(true).write(true).open(path)?);
+        open.insert(path.to_path_buf(), file.clone());
+        Ok(file)
     }
 
     fn forget(&self, path: &Path) {
@@ -53,18 +56,31 @@ impl Disk for RealDisk {
     fn create(&self, path: &Path) -> io::Result<()> {
         let file = OpenOptions::new()
             .read(true)
-            .append(true)
+            .write(true)
             .create_new(true)
             .open(path)?;
         self.open
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(path.to_path_buf(), file);
+            .insert(path.to_path_buf(), Arc::new(file));
         Ok(())
     }
 
     fn append(&self, path: &Path, data: &[u8]) -> io::Result<()> {
-        self.with_file(path, |file| file.write_all(data))
+        let file = self.file(path)?;
+        let end = file.metadata()?.len();
+        file.write_all_at(data, end)
+    }
+
+    fn write_at(&self, path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
+        let file = self.file(path)?;
+        if offset > file.metadata()?.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("write at {offset}, past the end of {}", path.display()),
+            ));
+        }
+        file.write_all_at(data, offset)
     }
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
@@ -76,11 +92,11 @@ impl Disk for RealDisk {
     }
 
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
-        self.with_file(path, |file| file.set_len(len))
+        self.file(path)?.set_len(len)
     }
 
     fn sync(&self, path: &Path) -> io::Result<()> {
-        self.with_file(path, |file| file.sync_data())
+        self.file(path)?.sync_data()
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {

@@ -14,9 +14,16 @@
 //! one is created, so every segment but the last is complete and durable. The record format is
 //! described in [`codec`].
 //!
+//! With `WalConfig::preallocate` a segment is zero-filled to `segment_bytes_max` before its first
+//! record, and records are written over the zeros (see [`prepare`] for why): the end of a
+//! segment's records is then the first frame that does not read, with nothing but zeros after
+//! it. Zeros after the seal are the unused rest of a preallocated segment.
+//!
 //! # Recovery
 //!
 //! [`Wal::open`] replays every segment in order into a per-group memtable ([`GroupLog`]):
+//! - where a frame does not read and only zeros follow, the segment's records end (the unused
+//!   rest of a preallocated segment, or a write whose data never reached the disk);
 //! - a record that cannot be read at the end of the last segment, after which no valid record
 //!   can be found, is a write torn by a crash: it was never acknowledged, and it is cut off;
 //! - any other unreadable record (in a sealed segment, or followed by a valid record), a missing
@@ -45,6 +52,7 @@
 pub mod codec;
 mod log_store;
 mod memtable;
+mod prepare;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -79,16 +87,20 @@ pub struct WalConfig {
     pub record_bytes_max: u32,
     /// Appended bytes kept in memory before they are written to the segment (without fsync).
     pub pending_bytes_max: usize,
+    /// Whether each segment is zero-filled to `segment_bytes_max` before its first record, so
+    /// that an fsync writes the records alone and not the file's new size as well.
+    pub preallocate: bool,
 }
 
 impl WalConfig {
-    /// Defaults for a node: 64 MiB segments, 8 MiB records, 1 MiB write buffer.
+    /// Defaults for a node: 64 MiB segments, preallocated, 8 MiB records, 1 MiB write buffer.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         WalConfig {
             dir: dir.into(),
             segment_bytes_max: 64 << 20,
             record_bytes_max: 8 << 20,
             pending_bytes_max: 1 << 20,
+            preallocate: true,
         }
     }
 
@@ -180,6 +192,8 @@ pub struct Wal {
     synced: WalPosition,
     groups: BTreeMap<GroupId, GroupLog>,
     poisoned: Option<String>,
+    /// The thread preparing the next segment, once started.
+    preparer: Option<prepare::Preparer>,
 }
 
 /// The file name of segment `seq`.
@@ -224,7 +238,9 @@ impl Wal {
             synced: WalPosition::default(),
             groups: BTreeMap::new(),
             poisoned: None,
+            preparer: None,
         };
+        wal.remove_leftover_temp_files(&names)?;
         if seqs.is_empty() {
             // A fresh log: make the directory's own name durable before anything is acknowledged.
             if let Some(parent) = wal
@@ -418,9 +434,12 @@ impl Wal {
             return Ok(());
         }
         let path = self.segment_path(self.active);
-        if let Err(source) = self.disk.append(&path, &self.pending) {
+        if let Err(source) = self
+            .disk
+            .write_at(&path, self.active_written, &self.pending)
+        {
             return Err(self.poison(WalError::Io {
-                op: "append to",
+                op: "write to",
                 file: path,
                 source,
             }));
@@ -468,16 +487,21 @@ impl Wal {
         self.start_segment(next)
     }
 
-    /// Creates segment `seq`, makes its name durable, and queues its header.
+    /// Creates segment `seq` (preallocated if the configuration says so), makes its name
+    /// durable, and queues its header.
     fn start_segment(&mut self, seq: u64) -> Result<(), WalError> {
         debug_assert!(self.pending.is_empty());
         let path = self.segment_path(seq);
-        if let Err(source) = self.disk.create(&path) {
-            return Err(self.poison(WalError::Io {
-                op: "create",
-                file: path,
-                source,
-            }));
+        let prepared = self.preparer.as_mut().and_then(|p| p.take(seq));
+        let made = match prepared {
+            Some(temp) => self
+                .disk
+                .rename(&temp, &path)
+                .map_err(io_error("rename", &temp)),
+            None => self.create_segment_file(&path),
+        };
+        if let Err(err) = made {
+            return Err(self.poison(err));
         }
         if let Err(source) = self.disk.sync_dir(&self.config.dir) {
             let file = self.config.dir.clone();
@@ -487,6 +511,46 @@ impl Wal {
         self.active = seq;
         self.active_written = 0;
         codec::encode_frame(&Record::SegmentHeader { seq }, &mut self.pending);
+        if let Some(preparer) = &mut self.preparer {
+            preparer.request(seq + 1);
+        }
+        Ok(())
+    }
+
+    /// Creates the file of a segment here and now, zero-filled if the configuration says so.
+    /// A crash part-way leaves a segment of zeros, which recovery takes for an empty one.
+    fn create_segment_file(&self, path: &Path) -> Result<(), WalError> {
+        self.disk.create(path).map_err(io_error("create", path))?;
+        if self.config.preallocate {
+            prepare::zero_fill(self.disk.as_ref(), path, self.config.segment_bytes_max)
+                .map_err(io_error("preallocate", path))?;
+        }
+        Ok(())
+    }
+
+    /// Starts a thread that zero-fills the next segment while the current one fills, so that
+    /// starting a segment costs a rename instead of writing `segment_bytes_max` bytes. Does
+    /// nothing unless the configuration preallocates segments.
+    pub fn prepare_segments_in_background(&mut self) -> io::Result<()> {
+        if !self.config.preallocate || self.preparer.is_some() {
+            return Ok(());
+        }
+        let mut preparer = prepare::Preparer::spawn(
+            self.disk.clone(),
+            self.config.dir.clone(),
+            self.config.segment_bytes_max,
+        )?;
+        preparer.request(self.active + 1);
+        self.preparer = Some(preparer);
+        Ok(())
+    }
+
+    /// Deletes segments prepared ahead of time and never started (see [`prepare`]).
+    fn remove_leftover_temp_files(&self, names: &[String]) -> Result<(), WalError> {
+        for name in names.iter().filter(|n| n.ends_with(prepare::TEMP_SUFFIX)) {
+            let path = self.config.dir.join(name);
+            self.disk.remove(&path).map_err(io_error("remove", &path))?;
+        }
         Ok(())
     }
 
@@ -636,6 +700,9 @@ impl Wal {
         while offset < bytes.len() {
             let (body, next) = match codec::read_frame(&bytes, offset, body_bytes_max) {
                 Ok(frame) => frame,
+                // The unused rest of a preallocated segment, or a write whose data never
+                // reached the disk: the records end here.
+                Err(_) if bytes[offset..].iter().all(|&b| b == 0) => break,
                 Err(err) if !is_last => return Err(corrupt(offset, err.to_string())),
                 Err(err) => match find_valid_frame(&bytes, offset + 1, body_bytes_max) {
                     Some(at) => {

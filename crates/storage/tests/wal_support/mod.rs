@@ -245,13 +245,23 @@ pub fn assert_prefix(outcome: &Outcome, image: &Image, context: &str) -> usize {
     }
 }
 
-/// Small limits, so that short workloads rotate segments often.
+/// Small limits, so that short workloads rotate segments often. Segments are preallocated, as a
+/// server's are.
 pub fn small_config() -> WalConfig {
     WalConfig {
         dir: PathBuf::from("/wal"),
         segment_bytes_max: 220,
         record_bytes_max: 128,
         pending_bytes_max: 64,
+        preallocate: true,
+    }
+}
+
+/// [`small_config`] with segments that grow as records are appended.
+pub fn appending_config() -> WalConfig {
+    WalConfig {
+        preallocate: false,
+        ..small_config()
     }
 }
 
