@@ -125,6 +125,32 @@ fn flip_bit_changes_one_bit_in_place() {
 }
 
 #[test]
+fn a_torn_write_in_place_keeps_a_prefix_of_the_writes_over_the_synced_bytes() {
+    // Preallocated WAL segments are written over their zeros: a crash keeps the synced bytes
+    // and the first torn bytes of the writes since, in the order they were made.
+    let disk = FaultyDisk::new();
+    synced_file(&disk, "a", &[0u8; 8]);
+    disk.write_at(&file("a"), 2, b"xyz").expect("write");
+    disk.write_at(&file("a"), 6, b"uv").expect("write");
+    assert_eq!(disk.unsynced_bytes(&file("a")), 5);
+    assert_eq!(disk.read(&file("a")).expect("read"), b"\0\0xyz\0uv");
+    disk.crash(CrashOptions {
+        torn_bytes: 4,
+        torn_fill: TornFill::Data,
+    });
+    assert_eq!(disk.read(&file("a")).expect("read"), b"\0\0xyz\0u\0");
+    assert_eq!(disk.unsynced_bytes(&file("a")), 0);
+    assert!(
+        disk.write_at(&file("a"), 9, b"x").is_err(),
+        "a write past the end would leave a hole"
+    );
+    disk.write_at(&file("a"), 8, b"w")
+        .expect("a write at the end extends");
+    disk.crash(CrashOptions::LOSE_UNSYNCED);
+    assert_eq!(disk.read(&file("a")).expect("read").len(), 8);
+}
+
+#[test]
 fn the_real_disk_does_the_same_operations() {
     let dir = tempfile::tempdir().expect("tempdir");
     let disk = RealDisk::new();
@@ -139,6 +165,10 @@ fn the_real_disk_does_the_same_operations() {
     disk.truncate(&a, 5).expect("truncate");
     disk.append(&a, b"!").expect("append after truncate");
     assert_eq!(disk.read(&a).expect("read"), b"hello!");
+    disk.write_at(&a, 1, b"EL").expect("write in place");
+    disk.write_at(&a, 6, b"?").expect("write at the end");
+    disk.sync(&a).expect("sync");
+    assert_eq!(disk.read(&a).expect("read"), b"hELlo!?");
     disk.rename(&a, &b).expect("rename");
     disk.sync_dir(dir.path()).expect("sync dir");
     assert_eq!(disk.list(dir.path()).expect("list"), vec!["b".to_string()]);
