@@ -1,10 +1,12 @@
 //! Segments created at their full size ahead of time.
 //!
-//! An fdatasync after an append must write the file's new size as well as its data: on ext4 a
-//! journal commit besides the data block, three device writes where a write into a file whose
-//! blocks are already allocated and zero-filled takes two. So a segment is zero-filled to
-//! `segment_bytes_max` before its first record (`WalConfig::preallocate`), and a server does it
-//! on a thread of its own for the next segment while the current one fills
+//! An fdatasync after an append must make the file's new size durable as well as its data: on
+//! ext4 the inode (through the journal, where there is one) besides the data block and the
+//! flush, three device writes where a write into a file whose blocks are already allocated and
+//! zero-filled takes two. `fallocate` alone is not enough: the extents it leaves unwritten are
+//! converted by the first write into them, a metadata change of its own. So a segment is
+//! zero-filled to `segment_bytes_max` before its first record (`WalConfig::preallocate`), and a
+//! server does it on a thread of its own for the next segment while the current one fills
 //! ([`Wal::prepare_segments_in_background`](super::Wal::prepare_segments_in_background)).
 //!
 //! The thread fills `<seq>.wal.tmp`, which the log ignores; the log renames it to the segment's
@@ -41,7 +43,7 @@ pub(super) fn zero_fill(disk: &dyn Disk, path: &Path, len: u64) -> io::Result<()
 }
 
 /// The temporary path of segment `seq` while it is prepared.
-pub(super) fn temp_path(dir: &Path, seq: u64) -> PathBuf {
+fn temp_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:016x}{TEMP_SUFFIX}"))
 }
 
@@ -56,6 +58,7 @@ pub(super) struct Preparer {
 }
 
 impl Preparer {
+    /// Starts the thread; it fills segments of `len` bytes in `dir` as they are requested.
     pub(super) fn spawn(disk: Arc<dyn Disk>, dir: PathBuf, len: u64) -> io::Result<Preparer> {
         let (requests, asked) = channel::<u64>();
         let (done, results) = channel();
