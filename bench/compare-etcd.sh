@@ -9,6 +9,9 @@
 #        WORKLOADS="put range" bench/compare-etcd.sh
 #        MEMORY_KEYS=1000000 bench/compare-etcd.sh   (also: resident memory after writing that
 #                                                     many 256-byte values to each)
+#        KEEP_LOGS=DIR bench/compare-etcd.sh   (keeps the members' logs and each workload's
+#                                               JSON result in DIR; the workloads' times in
+#                                               UTC are printed, to find them in the logs)
 # The `-paced` workloads (`put-paced`, `range-paced`) offer both systems the same load: a fixed
 # rate of PACED_FRACTION (default 0.8) times the throughput etcd reached in this run's unpaced
 # workload of the same name, which must run first. Their latency is measured from each
@@ -99,6 +102,7 @@ for w in $WORKLOADS; do
     [[ $system == chorus ]] && base=$CHORUS_BASE
     scrape_wal_fsync "$base" >"$WORK/$system-$w.fsync-before"
     ticks=$(cpu_ticks "${members[@]}")
+    started=$(date -u +%T.%3N)
     # shellcheck disable=SC2046
     if ! /usr/bin/time -f "%U %S" -o "$WORK/$system-$w.time" "$CHORUS" bench $args --endpoints "$eps" --duration "$DURATION" \
       --json --no-progress >"$WORK/$system-$w.json" 2>"$WORK/$system-$w.err"; then
@@ -107,7 +111,7 @@ for w in $WORKLOADS; do
     echo "$(($(cpu_ticks "${members[@]}") - ticks)) $(getconf CLK_TCK) $(tail -1 "$WORK/$system-$w.time")" \
       >"$WORK/$system-$w.cpu"
     scrape_wal_fsync "$base" >"$WORK/$system-$w.fsync-after"
-    echo "ran $w against $system" >&2
+    echo "ran $w against $system ($started to $(date -u +%T.%3N) UTC)" >&2
   done
 done
 

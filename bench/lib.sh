@@ -24,10 +24,16 @@ start_cluster() {
 }
 
 # stop_clusters WORKDIR: stops every member in PIDS and removes WORKDIR (for an EXIT trap).
+# With KEEP_LOGS=DIR, the members' logs and the load generator's JSON results in WORKDIR are
+# copied to DIR first.
 stop_clusters() {
   local pid
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  if [[ -n "${KEEP_LOGS:-}" ]]; then
+    mkdir -p "$KEEP_LOGS"
+    cp "$1"/*.log "$1"/*.json "$KEEP_LOGS"/ 2>/dev/null || true
+  fi
   rm -rf "$1"
 }
 
