@@ -125,6 +125,8 @@ fn open_storage(
         .map_err(fail(format!("open the WAL in {}", wal_dir.display())))?;
     wal.prepare_segments_in_background()
         .map_err(fail("start the thread preparing WAL segments"))?;
+    wal.purge_in_background()
+        .map_err(fail("start the thread purging WAL segments"))?;
     let snapshot_meta = wal
         .group(GROUP_ID)
         .map_err(fail("read the WAL"))?

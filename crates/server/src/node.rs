@@ -36,7 +36,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chorus_proto::etcdserverpb as pb;
@@ -46,7 +46,7 @@ use chorus_raft::{
     Term,
 };
 use chorus_storage::mvcc::{self, MvccConfig, MvccError, MvccStore, WriteOp, WriteResponse};
-use chorus_storage::wal::{BackgroundRemover, RaftLogStore, WalError};
+use chorus_storage::wal::{RaftLogStore, WalError};
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -143,7 +143,7 @@ enum Command {
         reply: oneshot::Sender<WriteResult>,
     },
     ReadBarrier {
-        reply: oneshot::Sender<Result<(), ServerError>>,
+        reply: ReadReply,
     },
     /// Starts handing leadership to a voter (etcd's MoveLeader); answers once started.
     TransferLeader {
@@ -308,11 +308,14 @@ pub struct Driver {
     waiters: BTreeMap<LogIndex, Waiter>,
     read_seq: u64,
     /// Read barriers taken from the commands since the last Ready: they share one read index.
-    reads_new: Vec<oneshot::Sender<Result<(), ServerError>>>,
-    /// Reads waiting for their read index, by the context of the request they share.
-    reads_unconfirmed: HashMap<Bytes, Vec<oneshot::Sender<Result<(), ServerError>>>>,
+    reads_new: Vec<ReadReply>,
+    /// Reads waiting for their read index, by the context of the request they share, with
+    /// when it was asked.
+    reads_unconfirmed: HashMap<Bytes, (Instant, Vec<ReadReply>)>,
+    /// When a read index slower than `SLOW_STEP` was last logged: at most one a second is.
+    slow_read_logged: Option<Instant>,
     /// Reads with a read index, waiting for the applied index to reach it.
-    reads_confirmed: Vec<(LogIndex, oneshot::Sender<Result<(), ServerError>>)>,
+    reads_confirmed: Vec<(LogIndex, ReadReply)>,
     snapshots: SnapshotPolicy,
     /// The term and vote last made durable: a change of either must be synced before any
     /// message that depends on it is sent.
@@ -331,8 +334,6 @@ pub struct Driver {
     snapshot_writing: Arc<SnapshotWriting>,
     /// This member applied its own removal.
     removed: bool,
-    /// Deletes the WAL segments that snapshots free; started with the first of them.
-    segment_remover: Option<BackgroundRemover>,
 }
 
 /// Everything the driver's task listens to.
@@ -352,6 +353,13 @@ pub enum FatalError {
     #[error("snapshot: {0}")]
     Snapshot(String),
 }
+
+/// Where a read barrier is answered.
+type ReadReply = oneshot::Sender<Result<(), ServerError>>;
+
+/// A step of the Raft loop that takes longer than this is logged with where the time went, as
+/// etcd warns of an apply that took over 100 ms: every client of the member waits for it.
+const SLOW_STEP: Duration = Duration::from_millis(100);
 
 fn snapshot_error(context: &str) -> impl FnOnce(std::io::Error) -> FatalError + '_ {
     move |e| FatalError::Snapshot(format!("{context}: {e}"))
@@ -472,6 +480,7 @@ impl Driver {
             read_seq: 0,
             reads_new: Vec::new(),
             reads_unconfirmed: HashMap::new(),
+            slow_read_logged: None,
             reads_confirmed: Vec::new(),
             snapshots: parts.snapshots,
             synced_hard_state,
@@ -483,7 +492,6 @@ impl Driver {
             snapshot_done: Arc::new(tokio::sync::Notify::new()),
             snapshot_writing,
             removed: false,
-            segment_remover: None,
         };
         (driver, handle, Commands(commands_rx))
     }
@@ -540,8 +548,13 @@ impl Driver {
     /// `MVCC_SYNC_INTERVAL`: applies commit with the batch that finds the interval passed,
     /// and this covers a member that applies nothing more for a while.
     fn commit_store_if_due(&mut self) -> Result<(), FatalError> {
+        let started = Instant::now();
         let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
         store.commit_if_due()?;
+        let took = started.elapsed();
+        if took > SLOW_STEP {
+            tracing::warn!(?took, "committing the store on a tick took too long");
+        }
         Ok(())
     }
 
@@ -808,7 +821,11 @@ impl Driver {
         if self.reads_new.is_empty() {
             return;
         }
-        let waiting = self.reads_unconfirmed.values().map(Vec::len).sum::<usize>()
+        let waiting = self
+            .reads_unconfirmed
+            .values()
+            .map(|(_, r)| r.len())
+            .sum::<usize>()
             + self.reads_confirmed.len();
         let room = self.config.reads_pending_max.saturating_sub(waiting);
         let mut replies = std::mem::take(&mut self.reads_new);
@@ -827,7 +844,8 @@ impl Driver {
         let context = Bytes::from(context);
         match self.raw.read_index(context.clone()) {
             Ok(()) => {
-                self.reads_unconfirmed.insert(context, replies);
+                self.reads_unconfirmed
+                    .insert(context, (Instant::now(), replies));
             }
             Err(error) => {
                 let error = propose_error(error);
@@ -838,7 +856,22 @@ impl Driver {
         }
     }
 
+    /// Logs a read index that took longer than `SLOW_STEP` to confirm (a heartbeat round to a
+    /// quorum), at most once a second.
+    fn note_read_index_time(&mut self, took: Duration, reads: usize) {
+        if took <= SLOW_STEP
+            || self
+                .slow_read_logged
+                .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.slow_read_logged = Some(Instant::now());
+        tracing::warn!(?took, reads, "confirming a read index took too long");
+    }
+
     fn handle_ready(&mut self) -> Result<(), FatalError> {
+        let started = Instant::now();
         let ready = self.raw.ready();
         for message in ready.messages.iter().cloned() {
             self.transport.send(message);
@@ -866,6 +899,7 @@ impl Driver {
                 }
             }
         }
+        let persisted = started.elapsed();
         self.raw.on_persisted(ready.number);
         for message in ready.persisted_messages.iter().cloned() {
             self.transport.send(message);
@@ -873,15 +907,18 @@ impl Driver {
         if let Some(snapshot) = &ready.snapshot {
             self.restore(snapshot)?;
         }
+        let applying = Instant::now();
         self.apply(&ready)?;
+        let applied = applying.elapsed();
+        let marking = Instant::now();
         self.maybe_mark_snapshot()?;
+        let marked = marking.elapsed();
         for read in &ready.read_states {
-            for reply in self
-                .reads_unconfirmed
-                .remove(&read.context)
-                .into_iter()
-                .flatten()
-            {
+            let Some((asked, replies)) = self.reads_unconfirmed.remove(&read.context) else {
+                continue;
+            };
+            self.note_read_index_time(asked.elapsed(), replies.len());
+            for reply in replies {
                 if read.index == LogIndex(0) {
                     let _ = reply.send(Err(ServerError::NoLeader));
                 } else {
@@ -891,6 +928,18 @@ impl Driver {
         }
         self.release_reads();
         self.publish_status(&ready);
+        let took = started.elapsed();
+        if took > SLOW_STEP {
+            tracing::warn!(
+                ?took,
+                ?persisted,
+                ?applied,
+                snapshot_mark = ?marked,
+                entries = ready.entries.len(),
+                committed_entries = ready.committed_entries.len(),
+                "handling a Raft ready took too long"
+            );
+        }
         Ok(())
     }
 
@@ -1118,24 +1167,8 @@ impl Driver {
         self.log.sync()?;
         // The segments that held only compacted entries go (etcd's WAL purge): without this
         // the WAL's directory grows with every write ever made, and so does replay at start.
-        // They are deleted by a thread of their own: deleting one 64 MiB segment and syncing
-        // the directory took 58-75 ms on the benchmark machine, and every member takes its
-        // snapshot at the same index, so the whole cluster stalled for it at once.
-        let detached = self.log.detach_purgeable()?;
-        if !detached.is_empty() {
-            if self.segment_remover.is_none() {
-                let remover = self.log.segment_remover().spawn().map_err(|source| {
-                    FatalError::Wal(WalError::Io {
-                        op: "start the thread that purges",
-                        file: detached[0].clone(),
-                        source,
-                    })
-                })?;
-                self.segment_remover = Some(remover);
-            }
-            let remover = self.segment_remover.as_ref().expect("started above");
-            remover.remove(detached);
-        }
+        // The WAL deletes them on a thread of its own (see `open_storage`).
+        self.log.purge()?;
         // A file from before the compaction point cannot serve a follower any more: the log
         // lacks the entries after it.
         let files = &self.snapshots.files;
@@ -1318,7 +1351,7 @@ impl Driver {
                 for reply in self
                     .reads_unconfirmed
                     .drain()
-                    .flat_map(|(_, replies)| replies)
+                    .flat_map(|(_, (_, replies))| replies)
                 {
                     let _ = reply.send(Err(ServerError::LeaderChanged));
                 }

@@ -466,13 +466,22 @@ fn snapshot_data_comes_from_the_source_not_memory() {
 }
 
 #[test]
-fn detached_segments_replay_harmlessly_until_a_remover_deletes_them() {
-    // Goal: the two halves of a purge as a server runs them (forget under the lock, delete on
-    // another thread) keep the log whole at every point: a restart between them replays the
-    // detached segments and reads the same log, and the remover leaves a gap-free directory.
+fn segments_purged_in_the_background_replay_harmlessly_until_deleted() {
+    // Goal: a purge as a server runs it (forget the segments under the lock, delete them on
+    // another thread) keeps the log whole at every point: a restart between the two halves
+    // replays the forgotten segments and reads the same log, a later purge deletes them, and
+    // the thread leaves a gap-free directory holding the same log.
     let dir = tempfile::tempdir().expect("tempdir");
     let wal_dir = dir.path().join("wal");
     let files = || RealDisk::new().list(&wal_dir).expect("list").len();
+    let check = |g1: &RaftLogStore| {
+        assert_eq!(g1.first_index(), Ok(LogIndex(591)));
+        assert_eq!(g1.last_index(), Ok(LogIndex(600)));
+        assert_eq!(
+            g1.initial_state().expect("state").hard_state,
+            hard_state(3, 1, 0)
+        );
+    };
     let wal = open(dir.path(), 8192);
     let g1 = RaftLogStore::new(wal.clone(), G1);
     g1.set_hard_state(hard_state(3, 1, 0)).expect("hard state");
@@ -483,7 +492,7 @@ fn detached_segments_replay_harmlessly_until_a_remover_deletes_them() {
     }
     g1.compact(LogIndex(590)).expect("compact");
     let before = files();
-    let detached = g1.detach_purgeable().expect("detach");
+    let detached = wal.lock().unwrap().detach_purgeable().expect("detach");
     assert!(
         detached.len() >= before - 2,
         "{} of {before}",
@@ -495,33 +504,20 @@ fn detached_segments_replay_harmlessly_until_a_remover_deletes_them() {
         before - detached.len(),
         "the log forgot them"
     );
-    let remover = g1.segment_remover();
     drop((g1, wal));
 
-    // A crash before the deletion: the detached segments are replayed again.
+    // A crash before the deletion: the detached segments are replayed again, and purged again.
     let wal = open(dir.path(), 8192);
     let g1 = RaftLogStore::new(wal.clone(), G1);
-    assert_eq!(g1.first_index(), Ok(LogIndex(591)));
-    assert_eq!(g1.last_index(), Ok(LogIndex(600)));
-    assert_eq!(
-        g1.initial_state().expect("state").hard_state,
-        hard_state(3, 1, 0)
-    );
-    drop((g1, wal));
-
-    let background = remover.spawn().expect("spawn");
-    background.remove(detached.clone());
-    drop(background); // waits for the batch
+    check(&g1);
+    assert_eq!(wal.lock().unwrap().segment_paths().len(), before);
+    wal.lock().unwrap().purge_in_background().expect("spawn");
+    assert_eq!(g1.purge().expect("purge"), detached.len());
+    drop((g1, wal)); // the last handle drops the log, which waits for the thread
     assert_eq!(files(), before - detached.len());
     assert!(detached.iter().all(|p| !p.exists()));
     let wal = open(dir.path(), 8192);
-    let g1 = RaftLogStore::new(wal, G1);
-    assert_eq!(g1.first_index(), Ok(LogIndex(591)));
-    assert_eq!(g1.last_index(), Ok(LogIndex(600)));
-    assert_eq!(
-        g1.initial_state().expect("state").hard_state,
-        hard_state(3, 1, 0)
-    );
+    check(&RaftLogStore::new(wal, G1));
 }
 
 #[test]

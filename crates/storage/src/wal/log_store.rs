@@ -1,7 +1,6 @@
 //! One group's view of the shared WAL: the read side is [`chorus_raft::LogStorage`], the write
 //! side persists what a `Ready` hands over.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -11,7 +10,7 @@ use chorus_raft::{
 };
 
 use super::codec::Record;
-use super::{GroupLog, SegmentRemover, SharedWal, Wal, WalError, WalPosition};
+use super::{GroupLog, SharedWal, Wal, WalError, WalPosition};
 
 /// The persisted Raft log of one group, stored in the node's shared [`Wal`].
 ///
@@ -203,17 +202,6 @@ impl RaftLogStore {
     /// [`compact`](Self::compact)), and returns how many. See [`Wal::purge`].
     pub fn purge(&self) -> Result<usize, WalError> {
         self.lock().purge()
-    }
-
-    /// Forgets the shared WAL's oldest segments that no group needs any more and returns
-    /// their paths for a [`SegmentRemover`] to delete. See [`Wal::detach_purgeable`].
-    pub fn detach_purgeable(&self) -> Result<Vec<PathBuf>, WalError> {
-        self.lock().detach_purgeable()
-    }
-
-    /// What deletes the segments [`detach_purgeable`](Self::detach_purgeable) returns.
-    pub fn segment_remover(&self) -> SegmentRemover {
-        self.lock().remover()
     }
 
     /// Makes everything appended to the shared WAL durable.

@@ -43,16 +43,15 @@
 //!
 //! [`Wal::purge`] deletes the oldest segments once no group keeps entries in them (they were
 //! compacted after a snapshot). Groups whose hard state or configuration was last written in those
-//! segments get a `GroupState` record in the active segment first. A server splits it in two:
-//! [`Wal::detach_purgeable`] forgets the segments under the log's lock, and a
-//! [`SegmentRemover`] deletes the files on another thread, oldest first. Segments detached and
-//! not yet deleted at a crash are replayed again at the next start, which is harmless: they hold
-//! only entries compacted since and state restated since.
+//! segments get a `GroupState` record in the active segment first. In a server
+//! ([`Wal::purge_in_background`]) the log forgets the segments under its lock and a thread of
+//! their own deletes the files, oldest first (see [`purge`]).
 
 pub mod codec;
 mod log_store;
 mod memtable;
 mod prepare;
+mod purge;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -194,6 +193,8 @@ pub struct Wal {
     poisoned: Option<String>,
     /// The thread preparing the next segment, once started.
     preparer: Option<prepare::Preparer>,
+    /// The thread deleting purged segments, once started.
+    purger: Option<purge::Purger>,
 }
 
 /// The file name of segment `seq`.
@@ -239,6 +240,7 @@ impl Wal {
             groups: BTreeMap::new(),
             poisoned: None,
             preparer: None,
+            purger: None,
         };
         wal.remove_leftover_temp_files(&names)?;
         if seqs.is_empty() {
@@ -554,9 +556,28 @@ impl Wal {
         Ok(())
     }
 
+    /// Starts a thread that deletes the segments [`Wal::purge`] frees, so that a purge costs
+    /// the log no more than restating some groups' state (see [`purge`]).
+    pub fn purge_in_background(&mut self) -> io::Result<()> {
+        if self.purger.is_none() {
+            self.purger = Some(purge::Purger::spawn(
+                self.disk.clone(),
+                self.config.dir.clone(),
+            )?);
+        }
+        Ok(())
+    }
+
     /// Deletes the oldest segments that no group needs any more, and returns how many. Groups
-    /// whose non-entry state was last written in those segments get it restated first.
+    /// whose non-entry state was last written in those segments get it restated first. With
+    /// [`Wal::purge_in_background`] the files are deleted by that thread, after this returns.
     pub fn purge(&mut self) -> Result<usize, WalError> {
+        if self.purger.is_some() {
+            let paths = self.detach_purgeable()?;
+            let count = paths.len();
+            self.purger.as_ref().expect("checked above").remove(paths);
+            return Ok(count);
+        }
         let old = self.purgeable()?;
         // Oldest first, each forgotten only once deleted, so that a crash or an error part-way
         // leaves a gap-free run of segments that a later purge starts from again.
@@ -575,11 +596,10 @@ impl Wal {
         Ok(old.len())
     }
 
-    /// The first half of [`Wal::purge`]: makes the oldest segments that no group needs any more
-    /// unneeded for replay (restating, and syncing, the state of groups last written in them),
-    /// forgets them, and returns their paths, oldest first, without deleting them. A server
-    /// hands them to a [`SegmentRemover`] on a thread of its own, so that the file system's
-    /// work (on some, a discard of every freed block) does not stall the log.
+    /// The first half of a purge in the background: makes the oldest segments that no group
+    /// needs any more unneeded for replay (restating, and syncing, the state of groups last
+    /// written in them), forgets them, and returns their paths, oldest first, without deleting
+    /// them.
     ///
     /// Until they are deleted, a restart replays them as well: they hold nothing that
     /// contradicts the live segments, only entries compacted and state restated since.
@@ -614,15 +634,6 @@ impl Wal {
         self.append_batch(&restate)?;
         self.sync()?;
         Ok(old)
-    }
-
-    /// What deletes the segments [`Wal::detach_purgeable`] returns; it may be moved to
-    /// another thread.
-    pub fn remover(&self) -> SegmentRemover {
-        SegmentRemover {
-            disk: self.disk.clone(),
-            dir: self.config.dir.clone(),
-        }
     }
 
     /// Replays the segments `seqs` (sorted, non-empty) and opens the last one for appending.
@@ -767,92 +778,6 @@ impl Wal {
             .map_err(|r| format!("group {group}: {r}"))?;
         log.apply(record, segment);
         Ok(())
-    }
-}
-
-/// Deletes segments detached from a [`Wal`] (see [`Wal::detach_purgeable`]).
-#[derive(Clone, Debug)]
-pub struct SegmentRemover {
-    disk: Arc<dyn Disk>,
-    dir: PathBuf,
-}
-
-impl SegmentRemover {
-    /// Deletes `paths` in order and makes the deletions durable. The segments must be the
-    /// log's oldest, oldest first: a crash part-way then leaves a gap-free run of segments.
-    /// On an error the later paths are left in place, for the same reason.
-    pub fn remove(&self, paths: &[PathBuf]) -> Result<(), WalError> {
-        if paths.is_empty() {
-            return Ok(());
-        }
-        for path in paths {
-            self.disk.remove(path).map_err(io_error("remove", path))?;
-        }
-        self.disk
-            .sync_dir(&self.dir)
-            .map_err(|source| WalError::SyncFailed {
-                file: self.dir.clone(),
-                source,
-            })?;
-        tracing::info!(segments = paths.len(), "purged write-ahead log segments");
-        Ok(())
-    }
-
-    /// Starts a thread that deletes the batches of segments handed to the returned
-    /// [`BackgroundRemover`], in the order they are handed over.
-    pub fn spawn(self) -> io::Result<BackgroundRemover> {
-        let (queue, batches) = std::sync::mpsc::channel::<Vec<PathBuf>>();
-        let thread = std::thread::Builder::new()
-            .name("wal-purge".to_string())
-            .spawn(move || {
-                for batch in batches {
-                    if let Err(error) = self.remove(&batch) {
-                        // Deleting later segments while this one stays would leave a gap, which
-                        // the next start refuses: nothing more is deleted by this process. The
-                        // files left hold nothing that is needed; the next start replays them.
-                        tracing::error!(
-                            %error,
-                            "could not purge write-ahead log segments; no more are purged \
-                             until a restart"
-                        );
-                        return;
-                    }
-                }
-            })?;
-        Ok(BackgroundRemover {
-            queue: Some(queue),
-            thread: Some(thread),
-        })
-    }
-}
-
-/// A thread deleting detached segments (see [`SegmentRemover::spawn`]). Dropping it waits for
-/// the batches already handed over.
-#[derive(Debug)]
-pub struct BackgroundRemover {
-    queue: Option<std::sync::mpsc::Sender<Vec<PathBuf>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl BackgroundRemover {
-    /// Queues `paths` (from [`Wal::detach_purgeable`]) for deletion.
-    pub fn remove(&self, paths: Vec<PathBuf>) {
-        if paths.is_empty() {
-            return;
-        }
-        if let Some(queue) = &self.queue {
-            // A send fails only once the thread stopped after a failure, which it logged.
-            let _ = queue.send(paths);
-        }
-    }
-}
-
-impl Drop for BackgroundRemover {
-    fn drop(&mut self) {
-        drop(self.queue.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
