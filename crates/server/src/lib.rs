@@ -57,6 +57,7 @@ pub mod node;
 pub mod service;
 pub mod snap;
 pub mod transport;
+mod wal_sync;
 pub mod watch;
 
 pub use config::{ConfigError, ServerArgs, ServerConfig};

@@ -364,7 +364,8 @@ async fn run_member(
         ))),
         members: members.clone(),
         peers,
-    });
+    })
+    .map_err(fail("start the thread syncing the WAL"))?;
     let edge = Edge {
         node: handle,
         forwarder,

@@ -6,9 +6,13 @@
 //! taken in batches of up to `proposal_batch_max` before the next `Ready`, so one fsync covers
 //! them all (group commit).
 //!
-//! For each `Ready`: send `messages`; persist snapshot, entries and hard state to the WAL and
-//! fsync once; `on_persisted`; send `persisted_messages`; apply the committed entries to the MVCC
-//! store in one batch with the applied index; `on_applied`; answer the waiters.
+//! For each `Ready`, at once: send `messages`; hand snapshot, entries and hard state to the WAL;
+//! ask the `wal-sync` thread for an fsync if they need one (see [`crate::wal_sync`]); confirm
+//! its read indexes. Then the driver goes on with its inputs. Once the fsync covering it
+//! returns, and the Readies before it are done: `on_persisted`; send `persisted_messages`;
+//! apply the committed entries to the MVCC store in one batch with the applied index;
+//! `on_applied`; answer the waiters. Readies taken while an fsync runs share the next one.
+//! A snapshot received from the leader is made durable in line, before anything after it.
 //!
 //! A proposal carries a request id (member id and counter, see `chorus.internal.v1.Proposal`).
 //! The proposer remembers the index and term Raft gave it. When the entry at that index is
@@ -33,7 +37,7 @@
 //!
 //! What is not here: leases.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -42,8 +46,8 @@ use bytes::Bytes;
 use chorus_proto::etcdserverpb as pb;
 use chorus_proto::internal as ipb;
 use chorus_raft::{
-    Entry, EntryPayload, LogIndex, LogStorage, Message, NodeId, ProposeError, RawNode, Ready, Role,
-    Term,
+    Entry, EntryPayload, LogIndex, LogStorage, Message, NodeId, ProposeError, RawNode, ReadState,
+    Ready, Role, Term,
 };
 use chorus_storage::mvcc::{self, MvccConfig, MvccError, MvccStore, WriteOp, WriteResponse};
 use chorus_storage::wal::{RaftLogStore, WalError};
@@ -58,6 +62,7 @@ use crate::membership::{
 };
 use crate::snap::{self, SnapFiles};
 use crate::transport::{PeerTransport, TransportReport};
+use crate::wal_sync::{Synced, WalSyncer};
 
 /// The limits of the driver. Validate with [`NodeConfig::validate`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -294,6 +299,13 @@ struct Waiter {
     reply: oneshot::Sender<WriteResult>,
 }
 
+/// A Ready taken whose writes may not be durable yet.
+struct InFlight {
+    /// Whether its writes wait for an fsync (else it completes right after the Ready before).
+    needs_sync: bool,
+    ready: Ready,
+}
+
 /// The driver's state. Owned by its task.
 pub struct Driver {
     config: NodeConfig,
@@ -317,9 +329,17 @@ pub struct Driver {
     /// Reads with a read index, waiting for the applied index to reach it.
     reads_confirmed: Vec<(LogIndex, ReadReply)>,
     snapshots: SnapshotPolicy,
-    /// The term and vote last made durable: a change of either must be synced before any
-    /// message that depends on it is sent.
-    synced_hard_state: chorus_raft::HardState,
+    /// The hard state last handed to the WAL: a Ready that changes its term or vote is synced
+    /// before the messages that depend on it are sent.
+    written_hard_state: chorus_raft::HardState,
+    /// Readies taken and not yet completed, oldest first (see [`Driver::complete_durable`]).
+    in_flight: VecDeque<InFlight>,
+    /// Every Ready up to this number is durable.
+    synced_through: u64,
+    /// Makes the WAL durable on a thread of its own.
+    syncer: WalSyncer,
+    /// What the syncing thread reports.
+    synced: Option<tokio::sync::mpsc::UnboundedReceiver<Synced>>,
     members: SharedMembers,
     peers: PeerSync,
     /// Membership proposals waiting for their entries: term and the member concerned.
@@ -440,8 +460,10 @@ pub struct DriverParts {
 }
 
 impl Driver {
-    /// Builds the driver and the handle the edge talks to it with.
-    pub fn new(parts: DriverParts) -> (Driver, NodeHandle, Commands) {
+    /// Builds the driver and the handle the edge talks to it with, and starts the thread that
+    /// syncs the WAL for it.
+    pub fn new(parts: DriverParts) -> std::io::Result<(Driver, NodeHandle, Commands)> {
+        let (syncer, synced) = WalSyncer::spawn(parts.log.clone())?;
         let (commands, commands_rx) = mpsc::channel(parts.config.command_queue_max);
         let status_now = NodeStatus {
             applied: parts.store.applied_index(),
@@ -449,7 +471,7 @@ impl Driver {
         };
         let (status, status_rx) = watch::channel(status_now);
         let raft_status = parts.raw.status();
-        let synced_hard_state = chorus_raft::HardState {
+        let written_hard_state = chorus_raft::HardState {
             term: raft_status.term,
             vote: raft_status.vote,
             commit: raft_status.commit,
@@ -483,7 +505,11 @@ impl Driver {
             slow_read_logged: None,
             reads_confirmed: Vec::new(),
             snapshots: parts.snapshots,
-            synced_hard_state,
+            written_hard_state,
+            in_flight: VecDeque::new(),
+            synced_through: 0,
+            syncer,
+            synced: Some(synced),
             members: parts.members,
             peers: parts.peers,
             member_waiters: BTreeMap::new(),
@@ -493,7 +519,7 @@ impl Driver {
             snapshot_writing,
             removed: false,
         };
-        (driver, handle, Commands(commands_rx))
+        Ok((driver, handle, Commands(commands_rx)))
     }
 
     /// Runs until shutdown is requested or a fatal error stops the node.
@@ -506,8 +532,10 @@ impl Driver {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(self.config.proposal_batch_max);
         let snapshot_done = self.snapshot_done.clone();
+        let mut synced = self.synced.take().expect("a driver runs once");
         loop {
             tokio::select! {
+                Some(report) = synced.recv() => self.on_synced(report)?,
                 _ = ticker.tick() => {
                     self.raw.tick();
                     self.commit_store_if_due()?;
@@ -558,9 +586,14 @@ impl Driver {
         Ok(())
     }
 
-    /// A clean stop: the store's last applies reach the disk, so the next start replays
-    /// nothing from the WAL.
+    /// A clean stop: the Readies taken are made durable and applied, and the store's last
+    /// applies reach the disk, so the next start replays nothing from the WAL.
     fn stop(&mut self) -> Result<(), FatalError> {
+        self.log.sync()?;
+        if let Some(last) = self.in_flight.back() {
+            self.synced_through = last.ready.number;
+        }
+        self.complete_durable()?;
         self.poll_snapshot(true)?;
         let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
         store.sync()?;
@@ -870,10 +903,14 @@ impl Driver {
         tracing::warn!(?took, reads, "confirming a read index took too long");
     }
 
+    /// Takes the next Ready and does at once what needs no fsync: sends its messages, hands its
+    /// entries and hard state to the WAL, asks the syncing thread for an fsync if they need one,
+    /// and confirms its read indexes. The rest waits in `in_flight` until what it persists is
+    /// durable ([`Driver::complete_durable`]).
     fn handle_ready(&mut self) -> Result<(), FatalError> {
         let started = Instant::now();
-        let ready = self.raw.ready();
-        for message in ready.messages.iter().cloned() {
+        let mut ready = self.raw.ready();
+        for message in std::mem::take(&mut ready.messages) {
             self.transport.send(message);
         }
         if let Some(snapshot) = &ready.snapshot {
@@ -883,23 +920,68 @@ impl Driver {
                 .save(&snapshot.meta, &snapshot.data)
                 .map_err(snapshot_error("save a received snapshot"))?;
         }
+        let mut needs_sync = false;
         if ready.snapshot.is_some() || !ready.entries.is_empty() || ready.hard_state.is_some() {
-            // Group commit: everything of this Ready reaches the disk with one fsync. A Ready
-            // that only moves the commit index is written but not synced (the commit index may
-            // be learnt again after a crash; at start the applied index of the store, which
-            // only covers synced entries, raises it again, see member.rs).
+            // Group commit: everything of this Ready (and of the Readies taken while an fsync
+            // runs) reaches the disk with one fsync. A Ready that only moves the commit index
+            // is written but not synced (the commit index may be learnt again after a crash;
+            // at start the applied index of the store, which only covers synced entries,
+            // raises it again, see member.rs).
             self.log.persist_ready(&ready)?;
             let term_or_vote = ready.hard_state.is_some_and(|hs| {
-                (hs.term, hs.vote) != (self.synced_hard_state.term, self.synced_hard_state.vote)
+                (hs.term, hs.vote) != (self.written_hard_state.term, self.written_hard_state.vote)
             });
-            if ready.snapshot.is_some() || !ready.entries.is_empty() || term_or_vote {
-                self.log.sync()?;
-                if let Some(hs) = ready.hard_state {
-                    self.synced_hard_state = hs;
-                }
+            if let Some(hs) = ready.hard_state {
+                self.written_hard_state = hs;
             }
+            needs_sync = ready.snapshot.is_some() || !ready.entries.is_empty() || term_or_vote;
         }
-        let persisted = started.elapsed();
+        let number = ready.number;
+        let entries = ready.entries.len();
+        let inline = ready.snapshot.is_some();
+        for read in std::mem::take(&mut ready.read_states) {
+            self.confirm_reads(read);
+        }
+        self.in_flight.push_back(InFlight { needs_sync, ready });
+        if inline {
+            // A snapshot from the leader replaces the store: it is made durable here, with
+            // everything before it, and applied before anything else happens.
+            self.log.sync()?;
+            self.synced_through = number;
+        } else if needs_sync {
+            self.syncer.request(number);
+        }
+        let took = started.elapsed();
+        if took > SLOW_STEP {
+            tracing::warn!(
+                ?took,
+                entries,
+                "writing a Raft ready to the WAL took too long"
+            );
+        }
+        self.complete_durable()?;
+        self.release_reads();
+        Ok(())
+    }
+
+    /// Completes, in order, the Readies taken whose writes are durable: everything up to
+    /// `synced_through`, and the Readies that needed no fsync right behind them.
+    fn complete_durable(&mut self) -> Result<(), FatalError> {
+        while self
+            .in_flight
+            .front()
+            .is_some_and(|f| !f.needs_sync || f.ready.number <= self.synced_through)
+        {
+            let InFlight { ready, .. } = self.in_flight.pop_front().expect("checked above");
+            self.finish_ready(ready)?;
+        }
+        Ok(())
+    }
+
+    /// What a Ready asks once its writes are durable: acknowledge them, send the messages that
+    /// waited for them, restore a snapshot and apply the committed entries.
+    fn finish_ready(&mut self, ready: Ready) -> Result<(), FatalError> {
+        let started = Instant::now();
         self.raw.on_persisted(ready.number);
         for message in ready.persisted_messages.iter().cloned() {
             self.transport.send(message);
@@ -907,40 +989,46 @@ impl Driver {
         if let Some(snapshot) = &ready.snapshot {
             self.restore(snapshot)?;
         }
-        let applying = Instant::now();
         self.apply(&ready)?;
-        let applied = applying.elapsed();
+        let applied = started.elapsed();
         let marking = Instant::now();
         self.maybe_mark_snapshot()?;
         let marked = marking.elapsed();
-        for read in &ready.read_states {
-            let Some((asked, replies)) = self.reads_unconfirmed.remove(&read.context) else {
-                continue;
-            };
-            self.note_read_index_time(asked.elapsed(), replies.len());
-            for reply in replies {
-                if read.index == LogIndex(0) {
-                    let _ = reply.send(Err(ServerError::NoLeader));
-                } else {
-                    self.reads_confirmed.push((read.index, reply));
-                }
-            }
-        }
         self.release_reads();
         self.publish_status(&ready);
         let took = started.elapsed();
         if took > SLOW_STEP {
             tracing::warn!(
                 ?took,
-                ?persisted,
                 ?applied,
                 snapshot_mark = ?marked,
-                entries = ready.entries.len(),
                 committed_entries = ready.committed_entries.len(),
-                "handling a Raft ready took too long"
+                "applying a Raft ready took too long"
             );
         }
         Ok(())
+    }
+
+    /// The fsync asked for by the Readies up to `number` returned.
+    fn on_synced(&mut self, synced: Synced) -> Result<(), FatalError> {
+        let number = synced?;
+        self.synced_through = self.synced_through.max(number);
+        self.complete_durable()
+    }
+
+    /// A read index arrived: the reads that asked for it wait for the applied index to reach it.
+    fn confirm_reads(&mut self, read: ReadState) {
+        let Some((asked, replies)) = self.reads_unconfirmed.remove(&read.context) else {
+            return;
+        };
+        self.note_read_index_time(asked.elapsed(), replies.len());
+        for reply in replies {
+            if read.index == LogIndex(0) {
+                let _ = reply.send(Err(ServerError::NoLeader));
+            } else {
+                self.reads_confirmed.push((read.index, reply));
+            }
+        }
     }
 
     fn apply(&mut self, ready: &Ready) -> Result<(), FatalError> {

@@ -584,3 +584,144 @@ fn segments_prepared_in_the_background_are_full_size_and_replay() {
         Ok(written)
     );
 }
+
+/// A real disk whose fsyncs wait while its gate is closed.
+#[derive(Debug)]
+struct GatedDisk {
+    real: RealDisk,
+    gate: Mutex<Gate>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Gate {
+    closed: bool,
+    waiting: usize,
+}
+
+impl GatedDisk {
+    fn new() -> GatedDisk {
+        GatedDisk {
+            real: RealDisk::new(),
+            gate: Mutex::new(Gate::default()),
+            changed: std::sync::Condvar::new(),
+        }
+    }
+
+    fn set_closed(&self, closed: bool) {
+        self.gate.lock().unwrap().closed = closed;
+        self.changed.notify_all();
+    }
+
+    /// Waits until an fsync waits at the gate.
+    fn wait_for_a_waiting_sync(&self) {
+        let mut gate = self.gate.lock().unwrap();
+        while gate.waiting == 0 {
+            gate = self.changed.wait(gate).unwrap();
+        }
+    }
+}
+
+impl Disk for GatedDisk {
+    fn create_dir_all(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        self.real.create_dir_all(dir)
+    }
+    fn create(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.real.create(path)
+    }
+    fn append(&self, path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+        self.real.append(path, data)
+    }
+    fn write_at(&self, path: &std::path::Path, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.real.write_at(path, offset, data)
+    }
+    fn read(&self, path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+        self.real.read(path)
+    }
+    fn file_len(&self, path: &std::path::Path) -> std::io::Result<u64> {
+        self.real.file_len(path)
+    }
+    fn truncate(&self, path: &std::path::Path, len: u64) -> std::io::Result<()> {
+        self.real.truncate(path, len)
+    }
+    fn sync(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let mut gate = self.gate.lock().unwrap();
+        if gate.closed {
+            gate.waiting += 1;
+            self.changed.notify_all();
+            while gate.closed {
+                gate = self.changed.wait(gate).unwrap();
+            }
+            gate.waiting -= 1;
+        }
+        drop(gate);
+        self.real.sync(path)
+    }
+    fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        self.real.sync_dir(dir)
+    }
+    fn list(&self, dir: &std::path::Path) -> std::io::Result<Vec<String>> {
+        self.real.list(dir)
+    }
+    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+        self.real.rename(from, to)
+    }
+    fn remove(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.real.remove(path)
+    }
+}
+
+#[test]
+fn a_sync_leaves_the_log_unlocked_during_its_fsync() {
+    // Goal: `RaftLogStore::sync` does not hold the WAL while its fsync runs, so that the Raft
+    // driver appends the next Readies meanwhile; the fsync makes durable what was appended
+    // before it began, and the next sync the rest. Method: a disk whose fsync waits at a gate;
+    // while one sync waits there, another thread appends (which would block on the WAL's lock
+    // if the sync held it), then the gate opens and the positions are checked.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = Arc::new(GatedDisk::new());
+    let config = WalConfig {
+        segment_bytes_max: 1 << 20,
+        record_bytes_max: 4096,
+        ..WalConfig::new(dir.path().join("wal"))
+    };
+    let wal = Arc::new(Mutex::new(Wal::open(disk.clone(), config).expect("open")));
+    let g1 = RaftLogStore::new(wal.clone(), G1);
+    g1.set_hard_state(hard_state(2, 1, 0)).expect("hard state");
+    g1.append(&entries(1, 10, 2, "first")).expect("append");
+    let before = wal.lock().unwrap().appended_position();
+    let synced_at_open = wal.lock().unwrap().synced_position();
+    assert!(synced_at_open < before);
+
+    disk.set_closed(true);
+    let syncing = {
+        let g1 = g1.clone();
+        std::thread::spawn(move || g1.sync())
+    };
+    disk.wait_for_a_waiting_sync();
+    assert!(
+        wal.try_lock().is_ok(),
+        "the log is not held during the fsync"
+    );
+    g1.append(&entries(11, 10, 2, "second"))
+        .expect("append during the fsync");
+    let after = wal.lock().unwrap().appended_position();
+    assert!(after > before);
+    assert_eq!(
+        wal.lock().unwrap().synced_position(),
+        synced_at_open,
+        "nothing more is durable while the fsync waits"
+    );
+    disk.set_closed(false);
+
+    let synced = syncing.join().expect("thread").expect("sync");
+    assert_eq!(
+        synced, before,
+        "the fsync covers what was appended before it"
+    );
+    assert_eq!(wal.lock().unwrap().synced_position(), before);
+    assert_eq!(g1.sync().expect("sync"), after);
+    drop((g1, wal));
+    let wal = open(dir.path(), 1 << 20);
+    assert_eq!(RaftLogStore::new(wal, G1).last_index(), Ok(LogIndex(20)));
+}

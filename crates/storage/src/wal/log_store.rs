@@ -10,7 +10,7 @@ use chorus_raft::{
 };
 
 use super::codec::Record;
-use super::{GroupLog, SharedWal, Wal, WalError, WalPosition};
+use super::{GroupLog, SharedWal, Wal, WalError, WalPosition, sync_shared};
 
 /// The persisted Raft log of one group, stored in the node's shared [`Wal`].
 ///
@@ -204,9 +204,10 @@ impl RaftLogStore {
         self.lock().purge()
     }
 
-    /// Makes everything appended to the shared WAL durable.
+    /// Makes everything appended to the shared WAL durable. The WAL is not locked during the
+    /// fsync itself (see [`sync_shared`]), so another thread may append meanwhile.
     pub fn sync(&self) -> Result<WalPosition, WalError> {
-        self.lock().sync()
+        sync_shared(&self.wal)
     }
 }
 

@@ -70,6 +70,24 @@ use memtable::Mode;
 /// A WAL shared by the groups of one node.
 pub type SharedWal = Arc<Mutex<Wal>>;
 
+/// Makes every record appended to `wal` so far durable, as [`Wal::sync`] does, without holding
+/// its lock during the fsync: other threads go on appending meanwhile, and their records are
+/// made durable by a later sync.
+pub fn sync_shared(wal: &Mutex<Wal>) -> Result<WalPosition, WalError> {
+    let lock = || wal.lock().unwrap_or_else(|e| e.into_inner());
+    let (disk, path, target) = {
+        let mut wal = lock();
+        match wal.begin_sync()? {
+            Some((path, target)) => (wal.disk.clone(), path, target),
+            None => return Ok(wal.synced),
+        }
+    };
+    let started = std::time::Instant::now();
+    let result = disk.sync(&path);
+    let took = started.elapsed();
+    lock().finish_sync(path, target, result, took)
+}
+
 /// The largest frame of a `SegmentSeal` record (header, kind, ten-byte varint), rounded up.
 const SEAL_FRAME_BYTES_MAX: u64 = 32;
 /// The largest frame of a `SegmentHeader` record, rounded up.
@@ -453,18 +471,40 @@ impl Wal {
 
     /// Makes every appended record durable with one fsync, and returns the synced position.
     pub fn sync(&mut self) -> Result<WalPosition, WalError> {
+        let Some((path, target)) = self.begin_sync()? else {
+            return Ok(self.synced);
+        };
+        let started = std::time::Instant::now();
+        let result = self.disk.sync(&path);
+        self.finish_sync(path, target, result, started.elapsed())
+    }
+
+    /// The first half of a sync: hands the buffered records to the disk and returns the file to
+    /// fsync and the position that fsync makes durable, or `None` if everything is.
+    fn begin_sync(&mut self) -> Result<Option<(PathBuf, WalPosition)>, WalError> {
         self.check_poisoned()?;
         let target = self.appended_position();
-        if target == self.synced {
-            return Ok(target);
+        if target <= self.synced {
+            return Ok(None);
         }
         self.write_pending()?;
-        let path = self.segment_path(self.active);
-        let started = std::time::Instant::now();
-        if let Err(source) = self.disk.sync(&path) {
+        Ok(Some((self.segment_path(self.active), target)))
+    }
+
+    /// The second half of a sync: records the outcome of the fsync of `path` that made the log
+    /// durable up to `target`. Another sync may have finished meanwhile (a rotation syncs the
+    /// segment it seals), so the synced position only grows.
+    fn finish_sync(
+        &mut self,
+        path: PathBuf,
+        target: WalPosition,
+        result: io::Result<()>,
+        took: std::time::Duration,
+    ) -> Result<WalPosition, WalError> {
+        if let Err(source) = result {
             return Err(self.poison(WalError::SyncFailed { file: path, source }));
         }
-        let took = started.elapsed();
+        self.check_poisoned()?;
         crate::metrics::WAL_FSYNC_SECONDS.observe(took.as_secs_f64());
         if took > crate::metrics::SLOW_FSYNC {
             tracing::warn!(
@@ -474,9 +514,8 @@ impl Wal {
                 "slow fdatasync of the write-ahead log"
             );
         }
-        debug_assert!(target >= self.synced);
-        self.synced = target;
-        Ok(target)
+        self.synced = self.synced.max(target);
+        Ok(self.synced)
     }
 
     /// Seals the active segment, makes it durable, and starts the next one.
