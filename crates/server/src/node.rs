@@ -980,10 +980,10 @@ impl Driver {
 
     /// What a Ready asks once its writes are durable: acknowledge them, send the messages that
     /// waited for them, restore a snapshot and apply the committed entries.
-    fn finish_ready(&mut self, ready: Ready) -> Result<(), FatalError> {
+    fn finish_ready(&mut self, mut ready: Ready) -> Result<(), FatalError> {
         let started = Instant::now();
         self.raw.on_persisted(ready.number);
-        for message in ready.persisted_messages.iter().cloned() {
+        for message in std::mem::take(&mut ready.persisted_messages) {
             self.transport.send(message);
         }
         if let Some(snapshot) = &ready.snapshot {
