@@ -535,7 +535,14 @@ impl Driver {
         let mut synced = self.synced.take().expect("a driver runs once");
         loop {
             tokio::select! {
-                Some(report) = synced.recv() => self.on_synced(report)?,
+                report = synced.recv() => match report {
+                    Some(report) => self.on_synced(report)?,
+                    // The thread ends on its own only after reporting a failure; if it died
+                    // otherwise, what waits for an fsync would never complete.
+                    None => return Err(FatalError::Wal(WalError::Poisoned {
+                        reason: "the thread syncing the WAL stopped".to_string(),
+                    })),
+                },
                 _ = ticker.tick() => {
                     self.raw.tick();
                     self.commit_store_if_due()?;
