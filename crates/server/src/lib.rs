@@ -57,7 +57,6 @@ pub mod node;
 pub mod service;
 pub mod snap;
 pub mod transport;
-mod wal_sync;
 pub mod watch;
 
 pub use config::{ConfigError, ServerArgs, ServerConfig};

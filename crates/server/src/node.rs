@@ -7,7 +7,7 @@
 //! them all (group commit).
 //!
 //! For each `Ready`, at once: send `messages`; hand snapshot, entries and hard state to the WAL;
-//! ask the `wal-sync` thread for an fsync if they need one (see [`crate::wal_sync`]); confirm
+//! ask the `wal-sync` thread for an fsync if they need one (see [`SyncThread`]); confirm
 //! its read indexes. Then the driver goes on with its inputs. Once the fsync covering it
 //! returns, and the Readies before it are done: `on_persisted`; send `persisted_messages`;
 //! apply the committed entries to the MVCC store in one batch with the applied index;
@@ -50,7 +50,7 @@ use chorus_raft::{
     Ready, Role, Term,
 };
 use chorus_storage::mvcc::{self, MvccConfig, MvccError, MvccStore, WriteOp, WriteResponse};
-use chorus_storage::wal::{RaftLogStore, WalError};
+use chorus_storage::wal::{RaftLogStore, SyncThread, Synced, WalError};
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -62,7 +62,6 @@ use crate::membership::{
 };
 use crate::snap::{self, SnapFiles};
 use crate::transport::{PeerTransport, TransportReport};
-use crate::wal_sync::{Synced, WalSyncer};
 
 /// The limits of the driver. Validate with [`NodeConfig::validate`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -337,7 +336,7 @@ pub struct Driver {
     /// Every Ready up to this number is durable.
     synced_through: u64,
     /// Makes the WAL durable on a thread of its own.
-    syncer: WalSyncer,
+    syncer: SyncThread,
     /// What the syncing thread reports.
     synced: Option<tokio::sync::mpsc::UnboundedReceiver<Synced>>,
     members: SharedMembers,
@@ -463,7 +462,9 @@ impl Driver {
     /// Builds the driver and the handle the edge talks to it with, and starts the thread that
     /// syncs the WAL for it.
     pub fn new(parts: DriverParts) -> std::io::Result<(Driver, NodeHandle, Commands)> {
-        let (syncer, synced) = WalSyncer::spawn(parts.log.clone())?;
+        let (report, synced) = tokio::sync::mpsc::unbounded_channel();
+        let syncer =
+            SyncThread::spawn(parts.log.clone(), move |synced| report.send(synced).is_ok())?;
         let (commands, commands_rx) = mpsc::channel(parts.config.command_queue_max);
         let status_now = NodeStatus {
             applied: parts.store.applied_index(),

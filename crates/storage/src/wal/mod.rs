@@ -52,6 +52,8 @@ mod log_store;
 mod memtable;
 mod prepare;
 mod purge;
+mod sync_thread;
+mod worker;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -66,6 +68,7 @@ use codec::{FRAME_HEADER_BYTES, Record};
 pub use log_store::{RaftLogStore, SnapshotSource};
 pub use memtable::GroupLog;
 use memtable::Mode;
+pub use sync_thread::{SyncThread, Synced};
 
 /// A WAL shared by the groups of one node.
 pub type SharedWal = Arc<Mutex<Wal>>;

@@ -16,9 +16,9 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, Sender, channel};
-use std::thread::JoinHandle;
+use std::sync::mpsc::{Receiver, channel};
 
+use super::worker::Worker;
 use crate::disk::Disk;
 
 /// Bytes of zeros written at a time. Each chunk is synced before the next, so that a filling
@@ -50,45 +50,38 @@ fn temp_path(dir: &Path, seq: u64) -> PathBuf {
 /// A thread preparing one segment at a time, on request.
 #[derive(Debug)]
 pub(super) struct Preparer {
-    requests: Option<Sender<u64>>,
+    worker: Worker<u64>,
     results: Receiver<(u64, io::Result<PathBuf>)>,
     /// The segment asked for and not yet taken.
     requested: Option<u64>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl Preparer {
     /// Starts the thread; it fills segments of `len` bytes in `dir` as they are requested.
     pub(super) fn spawn(disk: Arc<dyn Disk>, dir: PathBuf, len: u64) -> io::Result<Preparer> {
-        let (requests, asked) = channel::<u64>();
         let (done, results) = channel();
-        let thread = std::thread::Builder::new()
-            .name("wal-prepare".to_string())
-            .spawn(move || {
-                for seq in asked {
-                    let path = temp_path(&dir, seq);
-                    let started = std::time::Instant::now();
-                    let result = prepare(disk.as_ref(), &path, len).map(|()| path);
-                    tracing::debug!(seq, took = ?started.elapsed(), ok = result.is_ok(), "prepared a WAL segment");
-                    if done.send((seq, result)).is_err() {
-                        return;
-                    }
+        let worker = Worker::spawn("wal-prepare", move |asked: Receiver<u64>| {
+            for seq in asked {
+                let path = temp_path(&dir, seq);
+                let started = std::time::Instant::now();
+                let result = prepare(disk.as_ref(), &path, len).map(|()| path);
+                tracing::debug!(seq, took = ?started.elapsed(), ok = result.is_ok(), "prepared a WAL segment");
+                if done.send((seq, result)).is_err() {
+                    return;
                 }
-            })?;
+            }
+        })?;
         Ok(Preparer {
-            requests: Some(requests),
+            worker,
             results,
             requested: None,
-            thread: Some(thread),
         })
     }
 
     /// Asks for segment `seq` to be prepared.
     pub(super) fn request(&mut self, seq: u64) {
-        if let Some(requests) = &self.requests {
-            if requests.send(seq).is_ok() {
-                self.requested = Some(seq);
-            }
+        if self.worker.send(seq) {
+            self.requested = Some(seq);
         }
     }
 
@@ -126,13 +119,4 @@ fn prepare(disk: &dyn Disk, path: &Path, len: u64) -> io::Result<()> {
     }
     disk.create(path)?;
     zero_fill(disk, path, len)
-}
-
-impl Drop for Preparer {
-    fn drop(&mut self) {
-        drop(self.requests.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }

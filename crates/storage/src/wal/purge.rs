@@ -13,9 +13,9 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::mpsc::{Sender, channel};
-use std::thread::JoinHandle;
+use std::sync::mpsc::Receiver;
 
+use super::worker::Worker;
 use super::{WalError, io_error};
 use crate::disk::Disk;
 
@@ -44,55 +44,34 @@ pub(super) fn remove_segments(
 /// A thread deleting batches of detached segments in the order they are handed over. Dropping
 /// it waits for the batches already handed over.
 #[derive(Debug)]
-pub(super) struct Purger {
-    batches: Option<Sender<Vec<PathBuf>>>,
-    thread: Option<JoinHandle<()>>,
-}
+pub(super) struct Purger(Worker<Vec<PathBuf>>);
 
 impl Purger {
     /// Starts the thread; it deletes segments of the log in `dir`.
     pub(super) fn spawn(disk: Arc<dyn Disk>, dir: PathBuf) -> io::Result<Purger> {
-        let (batches, handed) = channel::<Vec<PathBuf>>();
-        let thread = std::thread::Builder::new()
-            .name("wal-purge".to_string())
-            .spawn(move || {
-                for batch in handed {
-                    if let Err(error) = remove_segments(disk.as_ref(), &dir, &batch) {
-                        // Deleting later segments while this one stays would leave a gap, which
-                        // the next start refuses: nothing more is deleted by this process. The
-                        // files left hold nothing that is needed; the next start replays them.
-                        tracing::error!(
-                            %error,
-                            "could not purge write-ahead log segments; no more are purged \
-                             until a restart"
-                        );
-                        return;
-                    }
+        let worker = Worker::spawn("wal-purge", move |batches: Receiver<Vec<PathBuf>>| {
+            for batch in batches {
+                if let Err(error) = remove_segments(disk.as_ref(), &dir, &batch) {
+                    // Deleting later segments while this one stays would leave a gap, which the
+                    // next start refuses: nothing more is deleted by this process. The files
+                    // left hold nothing that is needed; the next start replays them.
+                    tracing::error!(
+                        %error,
+                        "could not purge write-ahead log segments; no more are purged until a \
+                         restart"
+                    );
+                    return;
                 }
-            })?;
-        Ok(Purger {
-            batches: Some(batches),
-            thread: Some(thread),
-        })
+            }
+        })?;
+        Ok(Purger(worker))
     }
 
     /// Queues `paths`, the log's oldest segments, oldest first, for deletion.
     pub(super) fn remove(&self, paths: Vec<PathBuf>) {
-        if paths.is_empty() {
-            return;
-        }
-        if let Some(batches) = &self.batches {
+        if !paths.is_empty() {
             // A send fails only once the thread stopped after a failure, which it logged.
-            let _ = batches.send(paths);
-        }
-    }
-}
-
-impl Drop for Purger {
-    fn drop(&mut self) {
-        drop(self.batches.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            let _ = self.0.send(paths);
         }
     }
 }
