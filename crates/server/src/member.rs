@@ -146,6 +146,8 @@ fn open_storage(
         txn_ops_max: config.txn_ops_max as usize,
         // The WAL holds what was committed; the store need not reach the disk on every apply.
         commit_sync_interval: MVCC_SYNC_INTERVAL,
+        // The Raft driver goes on applying (and sending, and answering) during those commits.
+        commit_in_background: true,
         ..MvccConfig::default()
     };
     let files =

@@ -582,7 +582,8 @@ impl Driver {
 
     /// Commits the store's last applies to its engine (and the disk) if they have waited
     /// `MVCC_SYNC_INTERVAL`: applies commit with the batch that finds the interval passed,
-    /// and this covers a member that applies nothing more for a while.
+    /// and this covers a member that applies nothing more for a while. The commit runs on the
+    /// store's commit thread; this only takes note of the last one and starts the next.
     fn commit_store_if_due(&mut self) -> Result<(), FatalError> {
         let started = Instant::now();
         let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());

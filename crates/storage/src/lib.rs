@@ -10,3 +10,4 @@ pub mod disk;
 pub mod metrics;
 pub mod mvcc;
 pub mod wal;
+mod worker;

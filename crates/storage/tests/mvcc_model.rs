@@ -750,18 +750,25 @@ fn check_snapshot(store: &MvccStore, model: &Model) {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
-    /// With `buffered`, the store commits to the engine only when a compaction asks it (and on
-    /// the sync at the end): reads, events, hashes and snapshots must see the batches kept in
-    /// memory exactly as the committed ones.
+    /// In mode 0 every batch commits to the engine in line. In mode 1 the store commits only
+    /// when a compaction asks it (and on the sync at the end): reads, events, hashes and
+    /// snapshots must see the batches kept in memory exactly as the committed ones. In mode 2
+    /// every batch commits on the store's commit thread, so reads meet commits in flight (the
+    /// store is checked every ten operations as well as at the end).
     #[test]
-    fn store_matches_model(ops in prop::collection::vec(op(), 1..60), buffered in any::<bool>()) {
+    fn store_matches_model(ops in prop::collection::vec(op(), 1..60), mode in 0..3u8) {
         let dir = tempfile::tempdir().unwrap();
-        let commit_sync_interval = if buffered {
+        let commit_sync_interval = if mode == 1 {
             std::time::Duration::from_secs(3600)
         } else {
             std::time::Duration::ZERO
         };
-        let config = MvccConfig { commit_sync: false, commit_sync_interval, ..MvccConfig::default() };
+        let config = MvccConfig {
+            commit_sync: false,
+            commit_sync_interval,
+            commit_in_background: mode == 2,
+            ..MvccConfig::default()
+        };
         let mut store = MvccStore::open(dir.path(), config.clone()).unwrap();
         // The puts attach leases 1 and 2 (or none): a put with a lease that is not granted is
         // refused, so both exist before the run.
@@ -770,8 +777,11 @@ proptest! {
         }
         let mut model = Model::new();
         let mut applied = 0;
-        for op in &ops {
+        for (i, op) in ops.iter().enumerate() {
             apply(&mut store, &mut model, op, &mut applied);
+            if i % 10 == 9 {
+                check_everything(&store, &model);
+            }
         }
         check_everything(&store, &model);
         check_snapshot(&store, &model);

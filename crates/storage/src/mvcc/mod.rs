@@ -36,6 +36,7 @@
 //! ```
 
 mod codec;
+mod commit;
 mod error;
 mod index;
 mod snapshot;

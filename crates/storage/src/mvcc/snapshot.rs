@@ -93,7 +93,8 @@ fn bad(detail: String) -> MvccError {
 /// A snapshot being streamed. Iterate it (or call [`Snapshot::next_chunk`]) for the chunks.
 pub struct Snapshot {
     table: ReadOnlyTable<RecordKey, RecordValue>,
-    /// The records not yet in the engine, by id (all above the engine's).
+    /// The records not in the table, by id (all above the table's): an engine commit's in
+    /// flight and the buffer's.
     buffered: Vec<(RecordId, Bytes)>,
     /// The position of the next buffered record to send, once the table's are sent.
     buffered_next: usize,
@@ -121,9 +122,10 @@ impl MvccStore {
             compact_revision: core.compacted,
             applied_index: core.applied,
         };
-        let buffered = self.buffer.records.iter();
+        let buffered = self.committing().iter().chain(&self.buffer.records);
+        let pinned = self.engine.as_ref().expect("the engine is pinned");
         Ok(Snapshot {
-            table: self.read_table()?,
+            table: pinned.txn.open_table(RECORDS).map_err(engine)?,
             buffered: buffered.map(|(id, record)| (*id, record.clone())).collect(),
             buffered_next: 0,
             leases: core

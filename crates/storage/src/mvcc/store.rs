@@ -3,19 +3,22 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use chorus_raft::LogIndex;
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::codec::{RECORD_ID_BYTES, Record, RecordId, corrupt};
+use super::codec::{Record, RecordId, corrupt};
+use super::commit::{Committer, EngineCommit, InFlight};
 use super::error::{MvccError, MvccResult, engine};
 use super::index::KeyIndex;
 use super::txn::check_range_request;
 use super::types::{
     Event, EventBatch, EventKind, HashKv, KeyValue, LeaseId, RangeRequest, RangeResponse, Revision,
 };
-use super::view::{RecordKey, RecordTable, RecordValue, Records, View};
+use super::view::{EngineTable, RecordKey, RecordTable, RecordValue, Records, View};
 
 /// Every version of every key, by record id.
 pub(crate) const RECORDS: TableDefinition<RecordKey, RecordValue> = TableDefinition::new("records");
@@ -57,6 +60,9 @@ pub struct MvccConfig {
     /// after it are applied again from the WAL (the log is only compacted below a snapshot,
     /// and a store behind the snapshot is restored from it).
     pub commit_sync_interval: std::time::Duration,
+    /// Whether engine commits run on a thread of the store's own while batches go on applying
+    /// (see `commit.rs`). A sync, a compaction and a full buffer still wait for them.
+    pub commit_in_background: bool,
 }
 
 impl Default for MvccConfig {
@@ -67,6 +73,7 @@ impl Default for MvccConfig {
             txn_ops_max: 128,
             commit_sync: true,
             commit_sync_interval: std::time::Duration::ZERO,
+            commit_in_background: false,
         }
     }
 }
@@ -178,20 +185,39 @@ pub(crate) struct Core {
 /// transaction, for one batch or, with [`MvccConfig::commit_sync_interval`], for the batches
 /// applied since the last commit.
 pub struct MvccStore {
-    pub(crate) db: Database,
+    /// Shared with the commit thread while it writes.
+    pub(crate) db: Arc<Database>,
+    /// A read transaction of the engine as of the last commit the store saw finish, and its
+    /// records table, through which reads and batches read the engine; pinned anew after each
+    /// commit. `None` only while defragmenting.
+    pub(crate) engine: Option<Pinned>,
+    /// The engine commit running on the commit thread, if any.
+    pub(crate) in_flight: Option<InFlight>,
+    /// The commit thread, with `MvccConfig::commit_in_background`.
+    committer: Option<Committer>,
     pub(crate) config: MvccConfig,
     pub(crate) core: Core,
     pub(crate) dir: PathBuf,
     /// Set when a write failed half-way: the index may be ahead of the engine, so the store
     /// refuses writes and the node must stop and reopen it.
     pub(crate) failed: bool,
-    /// The batches applied since the last engine commit.
+    /// The batches applied since the last engine commit began.
     pub(crate) buffer: Buffer,
     /// When the last engine commit began (see `MvccConfig::commit_sync_interval`).
     pub(crate) last_commit: Option<std::time::Instant>,
     /// The engine file's size after the last engine commit or compaction: only they change
     /// it, and the quota check reads it on every write.
     pub(crate) file_bytes: u64,
+}
+
+impl Drop for MvccStore {
+    fn drop(&mut self) {
+        // The commit in flight finishes and the store's read transaction ends before the engine
+        // closes.
+        self.committer = None;
+        self.in_flight = None;
+        self.engine = None;
+    }
 }
 
 impl std::fmt::Debug for MvccStore {
@@ -263,8 +289,16 @@ impl MvccStore {
             keys = core.index.len(),
             "opened the mvcc store"
         );
+        let committer = if config.commit_in_background {
+            Some(Committer::spawn()?)
+        } else {
+            None
+        };
         Ok(MvccStore {
-            db,
+            engine: Some(Pinned::take(&db)?),
+            db: Arc::new(db),
+            in_flight: None,
+            committer,
             config,
             core,
             dir: dir.to_path_buf(),
@@ -328,22 +362,28 @@ impl MvccStore {
         }
     }
 
-    pub(crate) fn read_table(&self) -> MvccResult<redb::ReadOnlyTable<RecordKey, RecordValue>> {
-        let txn = self.db.begin_read().map_err(engine)?;
-        txn.open_table(RECORDS).map_err(engine)
+    /// The engine's records table as of the last commit the store saw finish.
+    pub(crate) fn engine_table(&self) -> &EngineTable {
+        &self.engine.as_ref().expect("the engine is pinned").table
     }
 
-    fn records<'a, T: RecordTable>(&'a self, table: &'a T) -> Records<'a, T> {
+    /// The records of the commit in flight (empty if none).
+    pub(crate) fn committing(&self) -> &BTreeMap<RecordId, Bytes> {
+        committing(&self.in_flight)
+    }
+
+    pub(crate) fn records(&self) -> Records<'_, EngineTable> {
         Records {
             buffered: &self.buffer.records,
-            table,
+            committing: self.committing(),
+            table: self.engine_table(),
         }
     }
 
-    fn view<'a, T: RecordTable>(&'a self, table: &'a T) -> View<'a, T> {
+    pub(crate) fn view(&self) -> View<'_, EngineTable> {
         View {
             index: &self.core.index,
-            records: self.records(table),
+            records: self.records(),
             current: self.core.current,
             compacted: self.core.compacted,
         }
@@ -353,8 +393,7 @@ impl MvccStore {
     pub fn range(&self, req: &RangeRequest) -> MvccResult<RangeResponse> {
         check_range_request(req)?;
         self.check_not_failed()?;
-        let table = self.read_table()?;
-        self.view(&table).range(req)
+        self.view().range(req)
     }
 
     /// The events of the revisions from `from` on, oldest first, stopping after the first
@@ -377,8 +416,7 @@ impl MvccStore {
             });
         }
         let from = from.max(Revision::FIRST);
-        let table = self.read_table()?;
-        let view = self.view(&table);
+        let view = self.view();
         let mut events: Vec<Event> = Vec::new();
         let mut last_main = None;
         let mut cut_at = None;
@@ -416,10 +454,9 @@ impl MvccStore {
     /// between members at the same data): equal on members that applied the same history and
     /// compactions, and preserved by a snapshot round trip.
     pub fn hash(&self) -> MvccResult<u32> {
-        let table = self.read_table()?;
         let mut crc = crc32c::crc32c(&self.core.current.get().to_be_bytes());
         crc = crc32c::crc32c_append(crc, &self.core.compacted.get().to_be_bytes());
-        crc = self.records(&table).crc(.., crc)?;
+        crc = self.records().crc(.., crc)?;
         for (id, ttl) in &self.core.granted {
             crc = crc32c::crc32c_append(crc, &id.get().to_be_bytes());
             crc = crc32c::crc32c_append(crc, &ttl.to_be_bytes());
@@ -433,12 +470,9 @@ impl MvccStore {
     /// (The value is this store's own CRC32C, not etcd's hash.)
     pub fn hash_kv(&self, revision: Revision) -> MvccResult<HashKv> {
         self.check_not_failed()?;
-        let table = self.read_table()?;
-        let at = self.view(&table).read_revision(revision)?;
+        let at = self.view().read_revision(revision)?;
         let crc = crc32c::crc32c(&self.core.compacted.get().to_be_bytes());
-        let crc = self
-            .records(&table)
-            .crc(..RecordId::first_of(at.next()), crc)?;
+        let crc = self.records().crc(..RecordId::first_of(at.next()), crc)?;
         Ok(HashKv {
             hash: crc,
             revision: at,
@@ -449,8 +483,9 @@ impl MvccStore {
 
     /// The number of records the engine holds (every retained version and tombstone).
     pub fn record_count(&self) -> MvccResult<u64> {
-        let engine_count = self.read_table()?.len().map_err(engine)?;
-        Ok(engine_count + self.buffer.records.len() as u64)
+        let engine_count = self.engine_table().len().map_err(engine)?;
+        let memory = self.committing().len() + self.buffer.records.len();
+        Ok(engine_count + memory as u64)
     }
 
     /// The size of the engine's file on disk, in bytes (etcd's `dbSize`).
@@ -465,10 +500,20 @@ impl MvccStore {
     pub fn defragment(&mut self) -> MvccResult<bool> {
         self.check_not_failed()?;
         // Everything in the engine first, and durable: compaction needs no state but the last
-        // durable one alive.
+        // durable one alive, so the store's own read transaction goes too.
         self.sync()?;
-        let compacted = self.db.compact().map_err(engine);
+        self.engine = None;
+        let db = Arc::get_mut(&mut self.db).expect("no commit in flight holds the engine");
+        let compacted = db.compact().map_err(engine);
+        let pinned = Pinned::take(&self.db);
         self.file_bytes = engine_file_size(&self.dir);
+        match pinned {
+            Ok(pinned) => self.engine = Some(pinned),
+            Err(error) => {
+                self.failed = true;
+                return Err(error);
+            }
+        }
         compacted
     }
 
@@ -480,22 +525,19 @@ impl MvccStore {
 
     /// Commits the batches applied since the last engine commit if the interval has passed
     /// (`MvccConfig::commit_sync_interval`), so that they reach the disk even when no further
-    /// batch comes. Returns whether it committed. A server calls it on a timer.
+    /// batch comes; with `MvccConfig::commit_in_background`, first takes note of a commit that
+    /// finished, and starts the next only when none is in flight. Returns whether it committed
+    /// (or started a commit). A server calls it on a timer.
     pub fn commit_if_due(&mut self) -> MvccResult<bool> {
-        if !self.buffer.pending || !self.commit_due() || self.failed {
+        if self.failed {
             return Ok(false);
         }
-        self.commit_buffer(self.durability())?;
-        Ok(true)
-    }
-
-    /// The durability of a commit at the end of a batch.
-    pub(crate) fn durability(&self) -> Durability {
-        if self.config.commit_sync {
-            Durability::Immediate
-        } else {
-            Durability::Eventual
+        self.finish_commit(false)?;
+        if !self.buffer.pending || !self.commit_due() || self.in_flight.is_some() {
+            return Ok(false);
         }
+        self.commit_batches()?;
+        Ok(true)
     }
 
     /// Whether the batch just applied should commit to the engine (see
@@ -509,63 +551,109 @@ impl MvccStore {
                 .is_none_or(|last| last.elapsed() >= interval)
     }
 
-    /// Writes the buffer, the counters and the applied index to the engine in one transaction.
-    /// A failure closes the store: the index is then ahead of the engine.
+    /// Commits the buffer as a batch that found the commit due does: in line, or on the commit
+    /// thread if the store has one and nothing forces it in line. A compaction commits in line
+    /// (no read may see the engine's compacted records, which only its commit removes); a commit
+    /// still in flight is waited for if the buffer is full, else left to finish while the
+    /// buffer waits for the next batch.
+    pub(crate) fn commit_batches(&mut self) -> MvccResult<()> {
+        let durability = if self.config.commit_sync {
+            Durability::Immediate
+        } else {
+            Durability::Eventual
+        };
+        if self.committer.is_none() || self.buffer.compaction.is_some() {
+            return self.commit_buffer(durability);
+        }
+        self.finish_commit(self.buffer.bytes >= BUFFER_BYTES_MAX)?;
+        if self.in_flight.is_some() {
+            return Ok(());
+        }
+        self.last_commit = Some(Instant::now());
+        let commit = self.take_buffer(durability);
+        let committer = self.committer.as_ref().expect("a commit thread");
+        self.in_flight = Some(committer.start(self.db.clone(), commit));
+        Ok(())
+    }
+
+    /// Writes the buffer, the counters and the applied index to the engine in one transaction,
+    /// after the commit in flight. A failure closes the store: the index is then ahead of the
+    /// engine.
     pub(crate) fn commit_buffer(&mut self, durability: Durability) -> MvccResult<()> {
         self.check_not_failed()?;
-        let started = std::time::Instant::now();
-        self.last_commit = Some(started);
-        let result = self.write_buffer(durability);
-        crate::metrics::BACKEND_COMMIT_SECONDS.observe(started.elapsed().as_secs_f64());
-        self.file_bytes = engine_file_size(&self.dir);
-        match &result {
-            Ok(()) => self.buffer = Buffer::default(),
-            Err(error) => {
-                tracing::error!(%error, "committing to the mvcc engine failed; the store is closed");
-                self.failed = true;
-            }
-        }
+        self.finish_commit(true)?;
+        self.last_commit = Some(Instant::now());
+        let commit = self.take_buffer(durability);
+        let result = commit.write(&self.db);
+        self.committed(result)
+    }
+
+    /// Takes note of the commit in flight if it finished (or once it does, with `wait`): pins
+    /// the engine after it and lets its records go.
+    fn finish_commit(&mut self, wait: bool) -> MvccResult<()> {
+        let Some(outcome) = self.in_flight.as_ref().and_then(|c| c.outcome(wait)) else {
+            return Ok(());
+        };
+        let result = self.committed(outcome);
+        self.in_flight = None;
         result
     }
 
-    fn write_buffer(&self, durability: Durability) -> MvccResult<()> {
-        let mut txn = self.db.begin_write().map_err(engine)?;
-        txn.set_durability(durability);
-        {
-            let mut records = txn.open_table(RECORDS).map_err(engine)?;
-            if let Some((below, retained)) = &self.buffer.compaction {
-                records
-                    .retain_in::<&[u8; RECORD_ID_BYTES], _>(..&below.encode(), |id, _| {
-                        // An undecodable id is kept: recovery reports it with context.
-                        RecordId::decode(id).is_ok_and(|id| retained.contains(&id))
-                    })
-                    .map_err(engine)?;
-            }
-            for (id, record) in &self.buffer.records {
-                records
-                    .insert(&id.encode(), record.as_ref())
-                    .map_err(engine)?;
-            }
-            let mut leases = txn.open_table(LEASES).map_err(engine)?;
-            for (id, ttl) in &self.buffer.leases {
-                match ttl {
-                    Some(ttl) => leases.insert(id, ttl).map_err(engine)?,
-                    None => leases.remove(id).map_err(engine)?,
-                };
-            }
-            let core = &self.core;
-            let mut meta = txn.open_table(META).map_err(engine)?;
-            meta.insert(META_CURRENT, core.current.get() as u64)
-                .map_err(engine)?;
-            meta.insert(META_COMPACTED, core.compacted.get() as u64)
-                .map_err(engine)?;
-            meta.insert(META_COMPACTED_ONCE, u64::from(core.compacted_once))
-                .map_err(engine)?;
-            meta.insert(META_APPLIED, core.applied.get())
-                .map_err(engine)?;
+    /// The buffer as an engine commit, with the counters as they are now; the buffer starts
+    /// empty.
+    fn take_buffer(&mut self, durability: Durability) -> EngineCommit {
+        let buffer = std::mem::take(&mut self.buffer);
+        let core = &self.core;
+        EngineCommit {
+            records: Arc::new(buffer.records),
+            leases: buffer.leases,
+            compaction: buffer.compaction,
+            current: core.current,
+            compacted: core.compacted,
+            compacted_once: core.compacted_once,
+            applied: core.applied,
+            durability,
         }
-        txn.commit().map_err(engine)
     }
+
+    /// After an engine commit: pins the engine as it now is, or closes the store if the commit
+    /// failed.
+    fn committed(&mut self, result: MvccResult<()>) -> MvccResult<()> {
+        self.file_bytes = engine_file_size(&self.dir);
+        let result = result.and_then(|()| Pinned::take(&self.db));
+        match result {
+            Ok(pinned) => {
+                self.engine = Some(pinned);
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(%error, "committing to the mvcc engine failed; the store is closed");
+                self.failed = true;
+                Err(error)
+            }
+        }
+    }
+}
+
+/// A read transaction of the engine and its records table.
+pub(crate) struct Pinned {
+    /// Kept for the snapshots, which open the table again from it.
+    pub txn: redb::ReadTransaction,
+    pub table: EngineTable,
+}
+
+impl Pinned {
+    fn take(db: &Database) -> MvccResult<Pinned> {
+        let txn = db.begin_read().map_err(engine)?;
+        let table = txn.open_table(RECORDS).map_err(engine)?;
+        Ok(Pinned { txn, table })
+    }
+}
+
+/// The records of the commit in flight (empty if none).
+pub(crate) fn committing(in_flight: &Option<InFlight>) -> &BTreeMap<RecordId, Bytes> {
+    static NONE: BTreeMap<RecordId, Bytes> = BTreeMap::new();
+    in_flight.as_ref().map_or(&NONE, |c| &c.records)
 }
 
 /// The key's version just before `kv` was written, if a read at that revision is still allowed.
@@ -677,6 +765,7 @@ fn recover(db: &Database) -> MvccResult<Core> {
             &core,
             &Records {
                 buffered: &BTreeMap::new(),
+                committing: &BTreeMap::new(),
                 table: &table
             }
         )

@@ -16,17 +16,22 @@ use super::types::{KeyValue, RangeRequest, RangeResponse, Revision, SortOrder, S
 /// The record table's key and value types.
 pub(crate) type RecordKey = &'static [u8; RECORD_ID_BYTES];
 pub(crate) type RecordValue = &'static [u8];
+/// The engine's records table, as a read transaction sees it.
+pub(crate) type EngineTable = redb::ReadOnlyTable<RecordKey, RecordValue>;
 
 /// A readable record table: redb's read-only table or its write table.
 pub(crate) trait RecordTable: ReadableTable<RecordKey, RecordValue> {}
 
 impl<T: ReadableTable<RecordKey, RecordValue>> RecordTable for T {}
 
-/// The records a read sees: the engine's table, and the records applied since the engine's last
-/// commit (encoded, by id). Every buffered id is above every id in the table (ids grow, and a
-/// commit moves the whole buffer), so a scan reads the table's part first and then the buffer's.
+/// The records a read sees: the engine's table, the records of an engine commit in flight, and
+/// the records applied since that commit began (encoded, by id). Every buffered id is above
+/// every committing id, which is above every id in the table (ids grow, a commit takes the
+/// whole buffer, and the table is read as it was before the commit in flight), so a scan reads
+/// the table's part first, then the commit's, then the buffer's.
 pub(crate) struct Records<'a, T> {
     pub buffered: &'a BTreeMap<RecordId, Bytes>,
+    pub committing: &'a BTreeMap<RecordId, Bytes>,
     pub table: &'a T,
 }
 
@@ -34,7 +39,8 @@ impl<T: RecordTable> Records<'_, T> {
     /// Reads one record by id and checks that it belongs to `key`.
     pub fn get(&self, id: RecordId, key: &[u8]) -> MvccResult<Record> {
         let missing = || corrupt("index", format!("record {id:?} of key {key:?} is missing"));
-        let record = match self.buffered.get(&id) {
+        let memory = self.buffered.get(&id).or_else(|| self.committing.get(&id));
+        let record = match memory {
             Some(bytes) => Record::decode(id, bytes)?,
             None => {
                 let guard = self.table.get(&id.encode()).map_err(engine)?;
@@ -64,7 +70,11 @@ impl<T: RecordTable> Records<'_, T> {
             }
         }
         let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
-        for (id, bytes) in self.buffered.range(bounds) {
+        for (id, bytes) in self
+            .committing
+            .range(bounds)
+            .chain(self.buffered.range(bounds))
+        {
             if !each(*id, bytes)? {
                 return Ok(());
             }

@@ -10,24 +10,22 @@
 //! further writes: the node stops and reopens it (DESIGN.md: storage failures in the Raft path
 //! are fatal).
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 use chorus_raft::LogIndex;
-use redb::ReadOnlyTable;
 
 use super::codec::{RECORD_ID_BYTES, Record, RecordId};
 use super::error::{MvccError, MvccResult};
 use super::index::KeySpan;
-use super::store::{Buffer, Core, MvccStore};
+use super::store::{Buffer, Core, MvccStore, committing};
 use super::txn::{TxnPath, check_delete_request, check_put_request, check_txn_request};
 use super::types::{
     CompactResponse, DeleteRangeRequest, DeleteRangeResponse, KeyValue, LeaseGrantRequest,
     LeaseGrantResponse, LeaseId, LeaseRevokeResponse, PutRequest, PutResponse, RequestOp,
     ResponseOp, Revision, TxnRequest, TxnResponse, WriteOp, WriteResponse,
 };
-use super::view::{RecordKey, RecordValue, Records, View};
-
-/// The engine's record table as of its last commit (the buffer holds what came after).
-type EngineTable = ReadOnlyTable<RecordKey, RecordValue>;
+use super::view::{EngineTable, Records, View};
 
 /// Writes applied together and committed to the engine in one transaction with the applied
 /// index.
@@ -35,8 +33,8 @@ type EngineTable = ReadOnlyTable<RecordKey, RecordValue>;
 /// Dropping a batch that changed the store without committing it fails the store.
 pub struct WriteBatch<'s> {
     store: &'s mut MvccStore,
-    /// Taken by the commit.
-    engine: Option<EngineTable>,
+    /// Until the commit.
+    open: bool,
     dirty: bool,
 }
 
@@ -46,10 +44,9 @@ impl MvccStore {
         if self.failed {
             return Err(MvccError::Failed);
         }
-        let engine = self.read_table()?;
         Ok(WriteBatch {
             store: self,
-            engine: Some(engine),
+            open: true,
             dirty: false,
         })
     }
@@ -234,16 +231,7 @@ impl WriteBatch<'_> {
     pub fn txn(&mut self, req: &TxnRequest) -> MvccResult<TxnResponse> {
         check_txn_request(req, self.store.config.txn_ops_max)?;
         let path = {
-            let core = &self.store.core;
-            let view = View {
-                index: &core.index,
-                records: Records {
-                    buffered: &self.store.buffer.records,
-                    table: self.engine.as_ref().expect("an open batch"),
-                },
-                current: core.current,
-                compacted: core.compacted,
-            };
+            let view = self.store.view();
             let path = TxnPath::evaluate(&view, req)?;
             path.check(&view, req)?;
             path
@@ -326,7 +314,8 @@ impl WriteBatch<'_> {
     /// with a later batch when the store batches its engine commits
     /// (`MvccConfig::commit_sync_interval`); reads see them at once either way.
     pub fn commit(mut self) -> MvccResult<()> {
-        drop(self.engine.take().expect("a batch commits once"));
+        assert!(self.open, "a batch commits once");
+        self.open = false;
         let store = &mut *self.store;
         if store.failed {
             // An operation failed half-way: its partial writes must not reach the engine.
@@ -336,19 +325,27 @@ impl WriteBatch<'_> {
         if !store.commit_due() {
             return Ok(());
         }
-        store.commit_buffer(store.durability())
+        store.commit_batches()
     }
 
     /// Runs `op` on the records; a failure that is not a request error fails the store.
     fn with_records<R>(
         &mut self,
-        op: impl FnOnce(&mut Core, &mut Buffer, &EngineTable) -> MvccResult<R>,
+        op: impl FnOnce(&mut Core, &mut Buffer, Engine<'_>) -> MvccResult<R>,
     ) -> MvccResult<R> {
         if self.store.failed {
             return Err(MvccError::Failed);
         }
-        let engine = self.engine.as_ref().expect("an open batch");
+        assert!(self.open, "an open batch");
         let store = &mut *self.store;
+        let engine = Engine {
+            table: store
+                .engine
+                .as_ref()
+                .map(|pinned| &pinned.table)
+                .expect("the engine is pinned"),
+            committing: committing(&store.in_flight),
+        };
         let result = op(&mut store.core, &mut store.buffer, engine);
         match &result {
             Ok(_) => self.dirty = true,
@@ -374,24 +371,32 @@ impl WriteBatch<'_> {
 
 impl Drop for WriteBatch<'_> {
     fn drop(&mut self) {
-        if self.engine.is_some() && self.dirty {
+        if self.open && self.dirty {
             tracing::error!("an mvcc batch was dropped after it changed the store; closing it");
             self.store.failed = true;
         }
     }
 }
 
+/// What a batch reads besides its own buffer: the engine's table as the store pinned it, and
+/// the records of the engine commit in flight.
+#[derive(Clone, Copy)]
+struct Engine<'a> {
+    table: &'a EngineTable,
+    committing: &'a BTreeMap<RecordId, Bytes>,
+}
+
 /// The writes of one revision: every change gets the next sub-revision of `main`.
 struct Writer<'a> {
     core: &'a mut Core,
     buffer: &'a mut Buffer,
-    engine: &'a EngineTable,
+    engine: Engine<'a>,
     main: Revision,
     changes: u64,
 }
 
 impl<'a> Writer<'a> {
-    fn new(core: &'a mut Core, buffer: &'a mut Buffer, engine: &'a EngineTable) -> Self {
+    fn new(core: &'a mut Core, buffer: &'a mut Buffer, engine: Engine<'a>) -> Self {
         let main = core.current.next();
         Writer {
             core,
@@ -416,7 +421,8 @@ impl<'a> Writer<'a> {
             index: &self.core.index,
             records: Records {
                 buffered: &self.buffer.records,
-                table: self.engine,
+                committing: self.engine.committing,
+                table: self.engine.table,
             },
             current: self.revision_after(),
             compacted: self.core.compacted,

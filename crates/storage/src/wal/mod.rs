@@ -53,7 +53,6 @@ mod memtable;
 mod prepare;
 mod purge;
 mod sync_thread;
-mod worker;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;

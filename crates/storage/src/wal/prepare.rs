@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, channel};
 
-use super::worker::Worker;
 use crate::disk::Disk;
+use crate::worker::Worker;
 
 /// Bytes of zeros written at a time. Each chunk is synced before the next, so that a filling
 /// never queues more than this ahead of the log's own fsyncs.

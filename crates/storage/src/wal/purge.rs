@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 
-use super::worker::Worker;
 use super::{WalError, io_error};
 use crate::disk::Disk;
+use crate::worker::Worker;
 
 /// Deletes `paths` in order and makes the deletions durable. The segments must be the log's
 /// oldest, oldest first: a crash part-way then leaves a gap-free run of segments. On an error

@@ -15,8 +15,8 @@ use std::io;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use super::worker::Worker;
 use super::{RaftLogStore, WalError};
+use crate::worker::Worker;
 
 /// An fsync slower than this is logged (every client write waits for it).
 const SLOW_SYNC: Duration = Duration::from_millis(100);

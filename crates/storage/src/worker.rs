@@ -1,4 +1,5 @@
-//! A named thread that takes jobs from a channel, as the log's background threads do.
+//! A named thread that takes jobs from a channel, as the log's background threads and the
+//! store's engine commits do.
 
 use std::io;
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -7,14 +8,14 @@ use std::thread::JoinHandle;
 /// A thread running `body` over the jobs sent to it. Dropping it closes the channel and waits
 /// for the thread, which finishes the jobs already sent.
 #[derive(Debug)]
-pub(super) struct Worker<T> {
+pub(crate) struct Worker<T> {
     jobs: Option<Sender<T>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl<T: Send + 'static> Worker<T> {
     /// Starts the thread `name`; `body` gets the jobs and returns when it is done with them.
-    pub(super) fn spawn(
+    pub(crate) fn spawn(
         name: &str,
         body: impl FnOnce(Receiver<T>) + Send + 'static,
     ) -> io::Result<Worker<T>> {
@@ -29,7 +30,7 @@ impl<T: Send + 'static> Worker<T> {
     }
 
     /// Hands `job` to the thread; false if the thread has stopped.
-    pub(super) fn send(&self, job: T) -> bool {
+    pub(crate) fn send(&self, job: T) -> bool {
         self.jobs
             .as_ref()
             .is_some_and(|jobs| jobs.send(job).is_ok())
