@@ -84,10 +84,15 @@ pub fn sync_shared(wal: &Mutex<Wal>) -> Result<WalPosition, WalError> {
             None => return Ok(wal.synced),
         }
     };
-    let started = std::time::Instant::now();
-    let result = disk.sync(&path);
-    let took = started.elapsed();
+    let (result, took) = timed_sync(&*disk, &path);
     lock().finish_sync(path, target, result, took)
+}
+
+/// Fsyncs `path`, and how long it took.
+fn timed_sync(disk: &dyn Disk, path: &Path) -> (io::Result<()>, std::time::Duration) {
+    let started = std::time::Instant::now();
+    let result = disk.sync(path);
+    (result, started.elapsed())
 }
 
 /// The largest frame of a `SegmentSeal` record (header, kind, ten-byte varint), rounded up.
@@ -476,9 +481,8 @@ impl Wal {
         let Some((path, target)) = self.begin_sync()? else {
             return Ok(self.synced);
         };
-        let started = std::time::Instant::now();
-        let result = self.disk.sync(&path);
-        self.finish_sync(path, target, result, started.elapsed())
+        let (result, took) = timed_sync(&*self.disk, &path);
+        self.finish_sync(path, target, result, took)
     }
 
     /// The first half of a sync: hands the buffered records to the disk and returns the file to
