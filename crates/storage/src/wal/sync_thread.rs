@@ -16,9 +16,11 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use super::{RaftLogStore, WalError};
+use crate::metrics::SLOW_FSYNC;
 use crate::worker::Worker;
 
-/// An fsync slower than this is logged (every client write waits for it).
+/// An fsync slower than this is logged (every client write waits for it). One slower than
+/// [`SLOW_FSYNC`] is logged by the WAL itself, so it is not logged here a second time.
 const SLOW_SYNC: Duration = Duration::from_millis(100);
 
 /// What the thread reports: every Ready up to this number is durable, or the fsync failed.
@@ -45,7 +47,7 @@ impl SyncThread {
                 let started = Instant::now();
                 let result = log.sync().map(|_| number);
                 let took = started.elapsed();
-                if took > SLOW_SYNC {
+                if took > SLOW_SYNC && took <= SLOW_FSYNC {
                     tracing::warn!(?took, ready = number, "a WAL fsync took too long");
                 }
                 let failed = result.is_err();
