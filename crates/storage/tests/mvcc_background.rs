@@ -68,10 +68,11 @@ impl redb::StorageBackend for Backend {
         Ok(self.0.content.lock().unwrap().len() as u64)
     }
 
-    fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, io::Error> {
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
         let content = self.0.content.lock().unwrap();
         let start = offset as usize;
-        Ok(content[start..start + len].to_vec())
+        out.copy_from_slice(&content[start..start + out.len()]);
+        Ok(())
     }
 
     fn set_len(&self, len: u64) -> Result<(), io::Error> {
@@ -79,7 +80,7 @@ impl redb::StorageBackend for Backend {
         Ok(())
     }
 
-    fn sync_data(&self, _eventual: bool) -> Result<(), io::Error> {
+    fn sync_data(&self) -> Result<(), io::Error> {
         let mut gate = self.0.gate.lock().unwrap();
         gate.1 += 1;
         self.0.opened.notify_all();
@@ -263,17 +264,17 @@ fn a_failed_commit_in_flight_closes_the_store() {
         fn len(&self) -> Result<u64, io::Error> {
             self.0.len()
         }
-        fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, io::Error> {
-            self.0.read(offset, len)
+        fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
+            self.0.read(offset, out)
         }
         fn set_len(&self, len: u64) -> Result<(), io::Error> {
             self.0.set_len(len)
         }
-        fn sync_data(&self, eventual: bool) -> Result<(), io::Error> {
+        fn sync_data(&self) -> Result<(), io::Error> {
             if *self.1.lock().unwrap() {
                 return Err(io::Error::other("the disk is gone"));
             }
-            self.0.sync_data(eventual)
+            self.0.sync_data()
         }
         fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
             self.0.write(offset, data)

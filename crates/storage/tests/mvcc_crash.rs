@@ -137,17 +137,18 @@ impl redb::StorageBackend for CrashDisk {
         Ok(self.0.lock().unwrap().current.len() as u64)
     }
 
-    fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
         let state = self.0.lock().unwrap();
         let start = offset as usize;
-        let end = start + len;
+        let end = start + out.len();
         if end > state.current.len() {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "read past the end",
             ));
         }
-        Ok(state.current[start..end].to_vec())
+        out.copy_from_slice(&state.current[start..end]);
+        Ok(())
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
@@ -159,7 +160,7 @@ impl redb::StorageBackend for CrashDisk {
         Ok(())
     }
 
-    fn sync_data(&self, _eventual: bool) -> io::Result<()> {
+    fn sync_data(&self) -> io::Result<()> {
         let mut state = self.0.lock().unwrap();
         state.tick()?;
         state.synced = state.current.clone();

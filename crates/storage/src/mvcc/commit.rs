@@ -64,7 +64,7 @@ impl EngineCommit {
 
     fn write_transaction(&self, db: &Database) -> MvccResult<()> {
         let mut txn = db.begin_write().map_err(engine)?;
-        txn.set_durability(self.durability);
+        txn.set_durability(self.durability).map_err(engine)?;
         {
             let mut records = txn.open_table(RECORDS).map_err(engine)?;
             if let Some((below, retained)) = &self.compaction {

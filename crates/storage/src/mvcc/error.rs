@@ -60,6 +60,10 @@ pub enum MvccError {
     /// A configuration value is out of range.
     #[error("mvcc config: {detail}")]
     Config { detail: String },
+    /// A store file in an older file format of the engine could not be rewritten in the
+    /// current one (the file is left for the older format's engine to open).
+    #[error("mvcc: rewriting the store file from the engine's file format v{from}: {detail}")]
+    Upgrade { from: u8, detail: String },
     /// The store in this file cannot be opened (the cause says why: engine, corruption, I/O).
     #[error("mvcc: cannot open {}: {source}", path.display())]
     Open {

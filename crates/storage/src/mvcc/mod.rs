@@ -43,6 +43,7 @@ mod snapshot;
 mod store;
 mod txn;
 mod types;
+mod upgrade;
 mod view;
 mod write;
 

@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use chorus_raft::LogIndex;
-use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 
 use super::codec::{Record, RecordId, corrupt};
 use super::commit::{Committer, EngineCommit, InFlight};
@@ -18,6 +20,7 @@ use super::txn::check_range_request;
 use super::types::{
     Event, EventBatch, EventKind, HashKv, KeyValue, LeaseId, RangeRequest, RangeResponse, Revision,
 };
+use super::upgrade;
 use super::view::{EngineTable, RecordKey, RecordTable, RecordValue, Records, View};
 
 /// Every version of every key, by record id.
@@ -50,7 +53,8 @@ pub struct MvccConfig {
     /// `--max-txn-ops`).
     pub txn_ops_max: usize,
     /// Whether a commit waits for the disk (fsync). Only tests and benchmarks of the in-memory
-    /// work turn this off: without it a crash loses acknowledged writes.
+    /// work turn this off: without it a crash loses acknowledged writes, and commits reach the
+    /// file at the next synced commit (a sync, a compaction) or when the store is dropped.
     pub commit_sync: bool,
     /// The longest time between two engine commits. The batches applied in between are kept in
     /// memory, where reads see them, and reach the engine (and the disk, with `commit_sync`)
@@ -256,10 +260,19 @@ impl MvccStore {
         if !path.exists() {
             create_atomically(dir, &path)?;
         }
-        let db = Database::builder()
-            .set_cache_size(config.engine_cache_bytes)
-            .create(&path)
-            .map_err(engine)?;
+        let open = || {
+            Database::builder()
+                .set_cache_size(config.engine_cache_bytes)
+                .create(&path)
+        };
+        let db = match open() {
+            Err(redb::DatabaseError::UpgradeRequired(upgrade::FORMAT_V2)) => {
+                upgrade::upgrade_v2(&path)?;
+                open()
+            }
+            opened => opened,
+        }
+        .map_err(engine)?;
         MvccStore::from_database(db, dir, config)
     }
 
@@ -560,7 +573,7 @@ impl MvccStore {
         let durability = if self.config.commit_sync {
             Durability::Immediate
         } else {
-            Durability::Eventual
+            Durability::None
         };
         if self.committer.is_none() || self.buffer.compaction.is_some() {
             return self.commit_buffer(durability);
