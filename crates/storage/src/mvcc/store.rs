@@ -54,7 +54,7 @@ pub struct MvccConfig {
     pub txn_ops_max: usize,
     /// Whether a commit waits for the disk (fsync). Only tests and benchmarks of the in-memory
     /// work turn this off: without it a crash loses acknowledged writes, and commits reach the
-    /// file at the next synced commit (a sync, a compaction) or when the store is dropped.
+    /// file at the next [`MvccStore::sync`] or when the store is dropped.
     pub commit_sync: bool,
     /// The longest time between two engine commits. The batches applied in between are kept in
     /// memory, where reads see them, and reach the engine (and the disk, with `commit_sync`)
