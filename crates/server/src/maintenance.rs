@@ -190,7 +190,7 @@ pub enum SnapshotFrameError {
 pub fn unframe_snapshot(file: &[u8]) -> Result<&[u8], SnapshotFrameError> {
     const DIGEST: usize = 32;
     let n = file.len();
-    if n < DIGEST + 8 || (n - DIGEST) % SNAPSHOT_FRAME_ALIGN as usize != 0 {
+    if n < DIGEST + 8 || !(n - DIGEST).is_multiple_of(SNAPSHOT_FRAME_ALIGN as usize) {
         return Err(SnapshotFrameError::Length(n));
     }
     let (body, digest) = file.split_at(n - DIGEST);

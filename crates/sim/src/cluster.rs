@@ -476,11 +476,11 @@ impl Simulation {
                 self.trace.write_u64(leader);
                 self.trace.write_u64(to);
                 let n = self.node(leader);
-                if n.incarnation == incarnation {
-                    if let Some(raw) = n.raw.as_mut() {
-                        raw.report_snapshot(NodeId(to), success);
-                        self.drive(leader);
-                    }
+                if n.incarnation == incarnation
+                    && let Some(raw) = n.raw.as_mut()
+                {
+                    raw.report_snapshot(NodeId(to), success);
+                    self.drive(leader);
                 }
             }
             Event::ClientNext { client } => self.client_next(client),
@@ -580,13 +580,13 @@ impl Simulation {
         // acknowledged (a later Ready synced with an earlier one, or a torn write) count too.
         let store = &recovered.store;
         let (first, last) = (store.first_index(), store.last_index());
-        if let (Ok(first), Ok(last)) = (first, last) {
-            if first <= last {
-                let prev = store.term(first.prev()).unwrap_or(Term(0));
-                match store.entries(first, last.next(), u64::MAX) {
-                    Ok(entries) => self.checker.on_persist_entries(NodeId(id), prev, &entries),
-                    Err(e) => self.violation(format!("node {id}: recovered log unreadable: {e}")),
-                }
+        if let (Ok(first), Ok(last)) = (first, last)
+            && first <= last
+        {
+            let prev = store.term(first.prev()).unwrap_or(Term(0));
+            match store.entries(first, last.next(), u64::MAX) {
+                Ok(entries) => self.checker.on_persist_entries(NodeId(id), prev, &entries),
+                Err(e) => self.violation(format!("node {id}: recovered log unreadable: {e}")),
             }
         }
         let conf_state = recovered.conf_state.clone();
@@ -657,12 +657,12 @@ impl Simulation {
             unreachable!("mem mode");
         };
         let mut torn_entries = Vec::new();
-        if torn {
-            if let Some(w) = n.pending.front() {
-                if w.snapshot.is_none() && w.entries.len() > 1 {
-                    torn_entries = w.entries[..w.entries.len() / 2].to_vec();
-                }
-            }
+        if torn
+            && let Some(w) = n.pending.front()
+            && w.snapshot.is_none()
+            && w.entries.len() > 1
+        {
+            torn_entries = w.entries[..w.entries.len() / 2].to_vec();
         }
         n.incarnation += 1;
         n.pending.clear();
@@ -1096,13 +1096,13 @@ impl Simulation {
         let kv = KvStore::decode(&snapshot.data);
         let raw = self.node(id).raw.as_mut().expect("running node");
         // In WAL mode the snapshot reached the WAL when its Ready was taken.
-        if let SimLog::Mem(storage) = raw.storage_mut() {
-            if let Err(e) = storage.apply_snapshot(snapshot.clone()) {
-                self.violation(format!(
-                    "node {id}: snapshot at {index} does not install: {e}"
-                ));
-                return;
-            }
+        if let SimLog::Mem(storage) = raw.storage_mut()
+            && let Err(e) = storage.apply_snapshot(snapshot.clone())
+        {
+            self.violation(format!(
+                "node {id}: snapshot at {index} does not install: {e}"
+            ));
+            return;
         }
         let Ok(kv) = kv else {
             self.violation(format!("node {id}: snapshot at {index} does not decode"));
@@ -1243,10 +1243,10 @@ impl Simulation {
         storage.set_conf_state(conf_state);
         let compact_to = LogIndex(index.get().saturating_sub(lag));
         let first = storage.first_index().unwrap_or(LogIndex(1));
-        if compact_to >= first {
-            if let Err(e) = storage.compact(compact_to) {
-                self.violation(format!("node {id}: cannot compact to {compact_to}: {e}"));
-            }
+        if compact_to >= first
+            && let Err(e) = storage.compact(compact_to)
+        {
+            self.violation(format!("node {id}: cannot compact to {compact_to}: {e}"));
         }
         self.checker.on_snapshot(NodeId(id), index, fnv1a(&data));
     }

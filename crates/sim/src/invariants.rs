@@ -86,29 +86,28 @@ impl RaftChecker {
         let recheck_from = first_new.saturating_sub(4).max(1);
         for i in recheck_from..first_new.min(commit.get() + 1) {
             let (ct, known) = self.commit_terms[i as usize - 1];
-            if let (Some(known), Some(mine)) = (known, entry_term(LogIndex(i))) {
-                if known != mine {
-                    self.violation(format!(
-                        "state machine safety: leader {node} of term {term} commits index {i} \
+            if let (Some(known), Some(mine)) = (known, entry_term(LogIndex(i)))
+                && known != mine
+            {
+                self.violation(format!(
+                    "state machine safety: leader {node} of term {term} commits index {i} \
                          holding an entry of term {mine}, but the entry of term {known} was \
                          committed there in term {ct}"
-                    ));
-                }
+                ));
             }
         }
         // §5.4.2: a leader commits by counting replicas only an entry of its own term; older
         // entries are committed indirectly, by the entry of its term after them. So whenever a
         // leader moves the commit index past every earlier commit, the entry it lands on is of
         // the leader's term.
-        if commit.get() >= first_new {
-            if let Some(landed) = entry_term(commit) {
-                if landed != term {
-                    self.violation(format!(
-                        "commit rule: leader {node} of term {term} committed up to index {commit}, \
+        if commit.get() >= first_new
+            && let Some(landed) = entry_term(commit)
+            && landed != term
+        {
+            self.violation(format!(
+                "commit rule: leader {node} of term {term} committed up to index {commit}, \
                          an entry of the older term {landed} (§5.4.2)"
-                    ));
-                }
-            }
+            ));
         }
         while (self.commit_terms.len() as u64) < commit.get() {
             let index = LogIndex(self.commit_terms.len() as u64 + 1);
@@ -229,14 +228,14 @@ impl RaftChecker {
             if index.get() > need {
                 break;
             }
-            if let Some(committed) = self.committed_term(index) {
-                if committed != t {
-                    self.violation(format!(
-                        "leader completeness: leader {node} of term {term} has term {t} at \
+            if let Some(committed) = self.committed_term(index)
+                && committed != t
+            {
+                self.violation(format!(
+                    "leader completeness: leader {node} of term {term} has term {t} at \
                          committed index {index} (committed term {committed})"
-                    ));
-                    return;
-                }
+                ));
+                return;
             }
         }
     }

@@ -74,10 +74,10 @@ fn run() -> anyhow::Result<u64> {
             Some(bug)
         }
     };
-    if let Some(n) = args.nodes {
-        if !(3..=7).contains(&n) {
-            bail!("--nodes must be between 3 and 7, got {n}");
-        }
+    if let Some(n) = args.nodes
+        && !(3..=7).contains(&n)
+    {
+        bail!("--nodes must be between 3 and 7, got {n}");
     }
     let storage = match args.storage.as_deref() {
         None => None,
@@ -143,10 +143,10 @@ fn run() -> anyhow::Result<u64> {
             }
         }
     }
-    if let Some(bug) = bug {
-        if violations == 0 {
-            println!("injected bug {bug} NOT caught in {seeds_run} seeds");
-        }
+    if let Some(bug) = bug
+        && violations == 0
+    {
+        println!("injected bug {bug} NOT caught in {seeds_run} seeds");
     }
     if undecided > 0 {
         eprintln!(

@@ -49,10 +49,10 @@ impl Generation {
         if self.first_main() > at {
             return None;
         }
-        if let Some(tombstone) = self.tombstone {
-            if tombstone.main <= at {
-                return None;
-            }
+        if let Some(tombstone) = self.tombstone
+            && tombstone.main <= at
+        {
+            return None;
         }
         self.puts.iter().rev().find(|id| id.main <= at).copied()
     }
@@ -159,12 +159,13 @@ impl History {
 
     /// Back to the single-put form when the generations say no more than it does.
     fn compress(&mut self) {
-        if let History::Generations(generations) = self {
-            if let [only] = generations.as_slice() {
-                if only.is_live() && only.version == 1 && only.puts.len() == 1 {
-                    *self = History::Once(only.puts[0]);
-                }
-            }
+        if let History::Generations(generations) = self
+            && let [only] = generations.as_slice()
+            && only.is_live()
+            && only.version == 1
+            && only.puts.len() == 1
+        {
+            *self = History::Once(only.puts[0]);
         }
     }
 }

@@ -275,13 +275,12 @@ impl Wal {
                 .dir
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
+                && let Err(source) = wal.disk.sync_dir(parent)
             {
-                if let Err(source) = wal.disk.sync_dir(parent) {
-                    return Err(WalError::SyncFailed {
-                        file: parent.to_path_buf(),
-                        source,
-                    });
-                }
+                return Err(WalError::SyncFailed {
+                    file: parent.to_path_buf(),
+                    source,
+                });
             }
             wal.start_segment(1)?;
             wal.sync()?;
