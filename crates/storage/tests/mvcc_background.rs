@@ -15,11 +15,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use chorus_raft::LogIndex;
 use chorus_storage::mvcc::*;
+use redb::StorageBackend;
+use redb::backends::InMemoryBackend;
 
-/// An in-memory disk whose fsync waits while the gate is closed.
+/// An in-memory disk (the engine's own) whose fsync waits while the gate is closed.
 #[derive(Debug, Default)]
 struct GatedDisk {
-    content: Mutex<Vec<u8>>,
+    memory: InMemoryBackend,
     /// Closed while true; counts the fsyncs that reached it.
     gate: Mutex<(bool, u64)>,
     opened: Condvar,
@@ -63,21 +65,17 @@ impl Drop for Closed {
 #[derive(Debug, Clone)]
 struct Backend(Arc<GatedDisk>);
 
-impl redb::StorageBackend for Backend {
+impl StorageBackend for Backend {
     fn len(&self) -> Result<u64, io::Error> {
-        Ok(self.0.content.lock().unwrap().len() as u64)
+        self.0.memory.len()
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
-        let content = self.0.content.lock().unwrap();
-        let start = offset as usize;
-        out.copy_from_slice(&content[start..start + out.len()]);
-        Ok(())
+        self.0.memory.read(offset, out)
     }
 
     fn set_len(&self, len: u64) -> Result<(), io::Error> {
-        self.0.content.lock().unwrap().resize(len as usize, 0);
-        Ok(())
+        self.0.memory.set_len(len)
     }
 
     fn sync_data(&self) -> Result<(), io::Error> {
@@ -91,13 +89,7 @@ impl redb::StorageBackend for Backend {
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
-        let mut content = self.0.content.lock().unwrap();
-        let end = offset as usize + data.len();
-        if content.len() < end {
-            content.resize(end, 0);
-        }
-        content[offset as usize..end].copy_from_slice(data);
-        Ok(())
+        self.0.memory.write(offset, data)
     }
 }
 
@@ -260,7 +252,7 @@ fn a_compaction_waits_for_the_commit_in_flight() {
 fn a_failed_commit_in_flight_closes_the_store() {
     #[derive(Debug, Clone)]
     struct Failing(Backend, Arc<Mutex<bool>>);
-    impl redb::StorageBackend for Failing {
+    impl StorageBackend for Failing {
         fn len(&self) -> Result<u64, io::Error> {
             self.0.len()
         }
