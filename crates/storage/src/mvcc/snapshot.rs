@@ -30,7 +30,7 @@ use super::codec::{RECORD_ID_BYTES, Record, RecordId};
 use super::error::{MvccError, MvccResult, engine};
 use super::store::{
     ENGINE_FILE, LEASES, META, META_APPLIED, META_COMPACTED, META_CURRENT, MvccConfig, MvccStore,
-    RECORDS,
+    RECORDS, pinned,
 };
 use super::types::Revision;
 use super::view::{RecordKey, RecordValue};
@@ -123,9 +123,11 @@ impl MvccStore {
             applied_index: core.applied,
         };
         let buffered = self.committing().iter().chain(&self.buffer.records);
-        let pinned = self.engine.as_ref().expect("the engine is pinned");
         Ok(Snapshot {
-            table: pinned.txn.open_table(RECORDS).map_err(engine)?,
+            table: pinned(&self.engine)
+                .txn
+                .open_table(RECORDS)
+                .map_err(engine)?,
             buffered: buffered.map(|(id, record)| (*id, record.clone())).collect(),
             buffered_next: 0,
             leases: core

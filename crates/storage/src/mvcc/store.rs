@@ -377,7 +377,7 @@ impl MvccStore {
 
     /// The engine's records table as of the last commit the store saw finish.
     pub(crate) fn engine_table(&self) -> &EngineTable {
-        &self.engine.as_ref().expect("the engine is pinned").table
+        &pinned(&self.engine).table
     }
 
     /// The records of the commit in flight (empty if none).
@@ -661,6 +661,13 @@ impl Pinned {
         let table = txn.open_table(RECORDS).map_err(engine)?;
         Ok(Pinned { txn, table })
     }
+}
+
+/// The engine as the store pinned it (it always is, but while defragmenting). A function of the
+/// field, not of the store, so that a batch can read it while it writes the store's other
+/// fields.
+pub(crate) fn pinned(engine: &Option<Pinned>) -> &Pinned {
+    engine.as_ref().expect("the engine is pinned")
 }
 
 /// The records of the commit in flight (empty if none).

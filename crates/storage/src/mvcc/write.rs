@@ -18,7 +18,7 @@ use chorus_raft::LogIndex;
 use super::codec::{RECORD_ID_BYTES, Record, RecordId};
 use super::error::{MvccError, MvccResult};
 use super::index::KeySpan;
-use super::store::{Buffer, Core, MvccStore, committing};
+use super::store::{Buffer, Core, MvccStore, committing, pinned};
 use super::txn::{TxnPath, check_delete_request, check_put_request, check_txn_request};
 use super::types::{
     CompactResponse, DeleteRangeRequest, DeleteRangeResponse, KeyValue, LeaseGrantRequest,
@@ -339,11 +339,7 @@ impl WriteBatch<'_> {
         assert!(self.open, "an open batch");
         let store = &mut *self.store;
         let engine = Engine {
-            table: store
-                .engine
-                .as_ref()
-                .map(|pinned| &pinned.table)
-                .expect("the engine is pinned"),
+            table: &pinned(&store.engine).table,
             committing: committing(&store.in_flight),
         };
         let result = op(&mut store.core, &mut store.buffer, engine);
