@@ -92,7 +92,7 @@ pub use config::InjectedBug;
 pub use config::{Config, ConfigError, ReadOnlyOption};
 pub use error::{Error, ProposeError};
 pub use raft::{ReadState, Role};
-pub use raw_node::{ProgressStatus, RawNode, Ready, SoftState, Status};
+pub use raw_node::{BasicStatus, ProgressStatus, RawNode, Ready, SoftState, Status};
 pub use storage::{LogStorage, MemStorage, RaftState, StorageError};
 pub use tracker::ProgressState;
 pub use types::*;

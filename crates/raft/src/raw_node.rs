@@ -75,6 +75,17 @@ pub struct Status {
     pub lead_transferee: Option<NodeId>,
 }
 
+/// The part of a node's state that a driver reads after every Ready: unlike [`Status`], it
+/// builds no configuration and no progress map, so reading it costs no allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BasicStatus {
+    pub term: Term,
+    pub role: Role,
+    pub leader: Option<NodeId>,
+    pub commit: LogIndex,
+    pub applied: LogIndex,
+}
+
 /// What a Ready asked to persist, to act on when it is acknowledged.
 #[derive(Clone, Debug)]
 struct ReadyRecord {
@@ -293,6 +304,18 @@ impl<S: LogStorage> RawNode<S> {
             conf_state: r.tracker.config.to_conf_state(),
             progress,
             lead_transferee: r.lead_transferee,
+        }
+    }
+
+    /// The term, role, leader, commit and applied index (see [`BasicStatus`]).
+    pub fn basic_status(&self) -> BasicStatus {
+        let r = &self.raft;
+        BasicStatus {
+            term: r.term,
+            role: r.role,
+            leader: r.leader,
+            commit: r.log.committed,
+            applied: r.log.applied,
         }
     }
 

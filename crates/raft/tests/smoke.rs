@@ -44,3 +44,51 @@ fn read_index_on_leader_and_follower() {
         vec![(LogIndex(1), Bytes::from_static(b"b"))]
     );
 }
+
+/// Goal: the basic status a driver reads after every Ready is the full status's term, role,
+/// leader, commit and applied index, also while an entry is committed and not yet applied.
+/// Method: a single-node group driven by hand; compare the two after each step, and check that
+/// the step between persisting and applying was seen with commit ahead of applied.
+#[test]
+fn basic_status_matches_status() {
+    use chorus_raft::{ConfState, Config, GroupId, MemStorage, RawNode};
+
+    fn agree(node: &RawNode<MemStorage>) -> bool {
+        let (basic, full) = (node.basic_status(), node.status());
+        assert_eq!(
+            (
+                basic.term,
+                basic.role,
+                basic.leader,
+                basic.commit,
+                basic.applied
+            ),
+            (full.term, full.role, full.leader, full.commit, full.applied)
+        );
+        full.commit > full.applied
+    }
+
+    let config = Config::new(NodeId(1), GroupId(1));
+    let storage = MemStorage::new_with_conf_state(ConfState::with_voters([NodeId(1)]));
+    let mut node = RawNode::new(&config, storage).unwrap();
+    agree(&node);
+    node.campaign().unwrap();
+    node.propose(Bytes::from_static(b"x")).unwrap();
+    let mut saw_unapplied = false;
+    while node.has_ready() {
+        let ready = node.ready();
+        node.storage_mut().append(&ready.entries).unwrap();
+        if let Some(hs) = ready.hard_state {
+            node.storage_mut().set_hard_state(hs);
+        }
+        node.on_persisted(ready.number);
+        saw_unapplied |= agree(&node);
+        for entry in &ready.committed_entries {
+            node.on_applied(entry.index);
+            saw_unapplied |= agree(&node);
+        }
+    }
+    assert!(saw_unapplied, "no step had commit ahead of applied");
+    assert_eq!(node.basic_status().role, Role::Leader);
+    assert_eq!(node.basic_status().applied, LogIndex(2));
+}

@@ -1223,8 +1223,7 @@ impl Driver {
     /// `catchup_entries` below it. Nothing is copied: the synced store is the snapshot's data,
     /// and a file is written only when a follower needs one ([`Driver::maybe_write_snapshot`]).
     fn maybe_mark_snapshot(&mut self) -> Result<(), FatalError> {
-        let status = self.raw.status();
-        let applied = status.applied;
+        let applied = self.raw.basic_status().applied;
         let since = applied
             .get()
             .saturating_sub(self.snapshots.last_index.get());
@@ -1236,7 +1235,7 @@ impl Driver {
         if self.recorded_snapshot_index()? >= applied {
             return Ok(());
         }
-        let meta = self.snapshot_meta_at(applied, status.conf_state)?;
+        let meta = self.snapshot_meta_at(applied, self.raw.status().conf_state)?;
         let term = meta.term;
         // The log forgets entries behind the mark: the store must hold them on disk first (its
         // applies otherwise reach the disk only every MVCC_SYNC_INTERVAL).
@@ -1417,7 +1416,7 @@ impl Driver {
     }
 
     fn release_reads(&mut self) {
-        let applied = self.raw.status().applied;
+        let applied = self.raw.basic_status().applied;
         let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_confirmed)
             .into_iter()
             .partition(|(index, _)| *index <= applied);
@@ -1428,7 +1427,7 @@ impl Driver {
     }
 
     fn publish_status(&mut self, ready: &Ready) {
-        let status = self.raw.status();
+        let status = self.raw.basic_status();
         if let Some(soft) = ready.soft_state {
             tracing::info!(role = ?soft.role, leader = ?soft.leader, term = %status.term, "raft state changed");
             if soft.role == Role::Leader {

@@ -113,6 +113,20 @@ impl Run {
         for id in 1..=5u64 {
             let raw = &self.net.nodes[&NodeId(id)].raw;
             let s = raw.status();
+            // The status a driver reads after every Ready is the same state, read cheaply.
+            let basic = raw.basic_status();
+            if (
+                basic.term,
+                basic.role,
+                basic.leader,
+                basic.commit,
+                basic.applied,
+            ) != (s.term, s.role, s.leader, s.commit, s.applied)
+            {
+                return Err(format!(
+                    "seed {seed}: node {id}: {basic:?} disagrees with {s:?}"
+                ));
+            }
             // Election safety: at most one leader per term.
             if s.role == Role::Leader {
                 let prev = *self.leaders.entry(s.term).or_insert(s.id);
