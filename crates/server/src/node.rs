@@ -587,10 +587,18 @@ impl Driver {
     fn commit_store_if_due(&mut self) -> Result<(), FatalError> {
         let started = Instant::now();
         let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
+        let locked = started.elapsed();
         store.commit_if_due()?;
         let took = started.elapsed();
         if took > SLOW_STEP {
-            tracing::warn!(?took, "committing the store on a tick took too long");
+            // The wait for the store's lock (readers hold it while they evaluate a request) is
+            // logged apart from the store's own part, to tell the two causes of a slow tick
+            // apart.
+            tracing::warn!(
+                ?took,
+                waited_for_lock = ?locked,
+                "committing the store on a tick took too long"
+            );
         }
         Ok(())
     }
