@@ -7,8 +7,9 @@
 #        bench/cpu-per-request.sh chorus put --conns 30 --clients 300 --total 80000   (default)
 #        CHORUS=/path/to/another/chorus bench/cpu-per-request.sh chorus   (compare two builds)
 # Prints the bench's throughput and latency, then the members' user+system CPU per 1,000
-# requests, their read/write syscalls and context switches per request, and the load generator's
-# own CPU per 1,000 requests.
+# requests, their read/write syscalls and context switches per request, the load generator's
+# own CPU per 1,000 requests, and the ratio of the two: the steadiest figure to compare two
+# builds by, on a machine whose speed drifts from run to run (see docs/performance.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
@@ -72,5 +73,10 @@ print(f"{system}: {ok} requests ({report['requests_failed']} failed), "
       f"p50 {latency['p50_ms']:.2f} ms, p99 {latency['p99_ms']:.2f} ms")
 print(f"members' CPU per 1,000 requests: {ticks * 1000 / hz * 1000 / ok:.1f} ms; "
       f"per request: {syscalls / ok:.2f} read/write syscalls, {switches / ok:.2f} context switches")
-print(f"load generator's CPU per 1,000 requests: {bench_cpu_s * 1000 * 1000 / ok:.1f} ms")
+members_ms = ticks * 1000 / hz * 1000 / ok
+generator_ms = bench_cpu_s * 1000 * 1000 / ok
+print(f"load generator's CPU per 1,000 requests: {generator_ms:.1f} ms")
+# The generator does the same work per request whatever the members do, so its CPU per request
+# measures how fast the machine ran during this run; the ratio cancels that out.
+print(f"members' CPU relative to the load generator's: {members_ms / generator_ms:.3f}")
 EOF
