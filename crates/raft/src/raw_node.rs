@@ -86,6 +86,19 @@ pub struct BasicStatus {
     pub applied: LogIndex,
 }
 
+impl Status {
+    /// The part of this status that [`RawNode::basic_status`] reads.
+    pub fn basic(&self) -> BasicStatus {
+        BasicStatus {
+            term: self.term,
+            role: self.role,
+            leader: self.leader,
+            commit: self.commit,
+            applied: self.applied,
+        }
+    }
+}
+
 /// What a Ready asked to persist, to act on when it is acknowledged.
 #[derive(Clone, Debug)]
 struct ReadyRecord {
