@@ -114,10 +114,10 @@ impl Run {
             let raw = &self.net.nodes[&NodeId(id)].raw;
             let s = raw.status();
             // The status a driver reads after every Ready is the same state, read cheaply.
-            if raw.basic_status() != s.basic() {
+            let basic = raw.basic_status();
+            if basic != s.basic() {
                 return Err(format!(
-                    "seed {seed}: node {id}: {:?} disagrees with {s:?}",
-                    raw.basic_status()
+                    "seed {seed}: node {id}: {basic:?} disagrees with {s:?}"
                 ));
             }
             // Election safety: at most one leader per term.
