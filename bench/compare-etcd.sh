@@ -12,6 +12,10 @@
 #        KEEP_LOGS=DIR bench/compare-etcd.sh   (keeps the members' logs and each workload's
 #                                               JSON result in DIR; the workloads' times in
 #                                               UTC are printed, to find them in the logs)
+#        SERVER_CPUS=0 GENERATOR_CPUS=1 bench/compare-etcd.sh   (pins the six members to the
+#                                               first CPU list and the load generator to the
+#                                               second, with taskset, so that the generator
+#                                               does not take the servers' cores)
 # The `-paced` workloads (`put-paced`, `range-paced`) offer both systems the same load: a fixed
 # rate of PACED_FRACTION (default 0.8) times the throughput etcd reached in this run's unpaced
 # workload of the same name, which must run first. Their latency is measured from each
@@ -39,6 +43,20 @@ if ! command -v etcd >/dev/null 2>&1; then
   fi
 fi
 
+if [[ -n "${SERVER_CPUS:-}${GENERATOR_CPUS:-}" && ( -z "${SERVER_CPUS:-}" || -z "${GENERATOR_CPUS:-}" ) ]]; then
+  echo "SERVER_CPUS and GENERATOR_CPUS go together (taskset CPU lists, e.g. 0 and 1)" >&2
+  exit 1
+fi
+# The commands that run the members and the load generator: pinned when asked. Go's runtime
+# and tokio both size their thread pools by the CPUs a process may run on, so both systems
+# adapt to the pinning alike.
+SERVER_PIN=()
+GENERATOR_PIN=()
+if [[ -n "${SERVER_CPUS:-}" ]]; then
+  SERVER_PIN=(taskset -c "$SERVER_CPUS")
+  GENERATOR_PIN=(taskset -c "$GENERATOR_CPUS")
+fi
+
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
 cargo build --release --quiet
@@ -51,9 +69,9 @@ trap 'stop_clusters "$WORK"' EXIT
 # connection (a member dialing another) before the server that wants it binds it.
 ETCD_BASE=22000
 CHORUS_BASE=23000
-start_cluster etcd "$WORK" "$ETCD_BASE" etcd
+start_cluster etcd "$WORK" "$ETCD_BASE" "${SERVER_PIN[@]}" etcd
 ETCD_PIDS=("${PIDS[@]}")
-start_cluster chorus "$WORK" "$CHORUS_BASE" "$CHORUS" serve
+start_cluster chorus "$WORK" "$CHORUS_BASE" "${SERVER_PIN[@]}" "$CHORUS" serve
 CHORUS_PIDS=("${PIDS[@]:3}")
 ETCD_EPS=$(endpoints $ETCD_BASE)
 CHORUS_EPS=$(endpoints $CHORUS_BASE)
@@ -104,7 +122,7 @@ for w in $WORKLOADS; do
     ticks=$(cpu_ticks "${members[@]}")
     started=$(date -u +%T.%3N)
     # shellcheck disable=SC2046
-    if ! /usr/bin/time -f "%U %S" -o "$WORK/$system-$w.time" "$CHORUS" bench $args --endpoints "$eps" --duration "$DURATION" \
+    if ! /usr/bin/time -f "%U %S" -o "$WORK/$system-$w.time" "${GENERATOR_PIN[@]}" "$CHORUS" bench $args --endpoints "$eps" --duration "$DURATION" \
       --json --no-progress >"$WORK/$system-$w.json" 2>"$WORK/$system-$w.err"; then
       echo "{\"failed\": $(python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().strip().splitlines()[0][:300]))' <"$WORK/$system-$w.err")}" >"$WORK/$system-$w.json"
     fi
@@ -126,7 +144,7 @@ if [[ $MEMORY_KEYS -gt 0 ]]; then
   for system in etcd chorus; do
     eps=$ETCD_EPS
     [[ $system == chorus ]] && eps=$CHORUS_EPS
-    "$CHORUS" bench put --endpoints "$eps" --conns 30 --clients 300 --total "$MEMORY_KEYS" \
+    "${GENERATOR_PIN[@]}" "$CHORUS" bench put --endpoints "$eps" --conns 30 --clients 300 --total "$MEMORY_KEYS" \
       --sequential-keys --key-space "$MEMORY_KEYS" --key-size 16 --val-size 256 --no-progress \
       --json >"$WORK/$system-memory.json"
   done
@@ -136,9 +154,11 @@ CHORUS_RSS=$(rss_kib "${CHORUS_PIDS[@]}")
 
 mkdir -p "$(dirname "$OUT")"
 python3 - "$WORK" "$WORKLOADS" "$DURATION" "$ETCD_RSS" "$CHORUS_RSS" "$MEMORY_KEYS" \
-  "$(etcd --version | head -1)" "$(git rev-parse --short HEAD)" <<'PY' | tee "$OUT"
+  "$(etcd --version | head -1)" "$(git rev-parse --short HEAD)" "${SERVER_CPUS:-}" \
+  "${GENERATOR_CPUS:-}" <<'PY' | tee "$OUT"
 import json, os, platform, sys
-work, workloads, duration, etcd_rss, chorus_rss, memory_keys, etcd_version, commit = sys.argv[1:]
+(work, workloads, duration, etcd_rss, chorus_rss, memory_keys, etcd_version, commit, server_cpus,
+ generator_cpus) = sys.argv[1:]
 
 def load(system, w):
     with open(os.path.join(work, f"{system}-{w}.json")) as f:
@@ -175,6 +195,11 @@ print(f"Chorus {commit} vs {etcd_version}; 3 members each on loopback, fsync on;
       f"`chorus bench` for both, {duration} per workload.")
 print(f"Machine: {cores} cores, {mem_kib / 1048576:.1f} GiB memory, {platform.platform()}, "
       f"CPU {next((l.split(':')[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), '?')}.")
+if server_cpus:
+    print(f"Pinned with taskset: the six members to CPUs {server_cpus}, the load generator to "
+          f"CPUs {generator_cpus}.")
+else:
+    print("Not pinned: the load generator shares the cores with the six members.")
 print()
 print("| workload | etcd req/s | chorus req/s | throughput ratio | etcd p50 ms | chorus p50 ms "
       "| etcd p99 ms | chorus p99 ms | p99 ratio (chorus/etcd) | errors etcd / chorus |")
