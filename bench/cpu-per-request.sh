@@ -71,10 +71,10 @@ latency = report["latency"]
 print(f"{system}: {ok} requests ({report['requests_failed']} failed), "
       f"{report['throughput']:.0f} req/s, "
       f"p50 {latency['p50_ms']:.2f} ms, p99 {latency['p99_ms']:.2f} ms")
-print(f"members' CPU per 1,000 requests: {ticks * 1000 / hz * 1000 / ok:.1f} ms; "
-      f"per request: {syscalls / ok:.2f} read/write syscalls, {switches / ok:.2f} context switches")
 members_ms = ticks * 1000 / hz * 1000 / ok
 generator_ms = bench_cpu_s * 1000 * 1000 / ok
+print(f"members' CPU per 1,000 requests: {members_ms:.1f} ms; "
+      f"per request: {syscalls / ok:.2f} read/write syscalls, {switches / ok:.2f} context switches")
 print(f"load generator's CPU per 1,000 requests: {generator_ms:.1f} ms")
 # The generator does the same work per request whatever the members do, so its CPU per request
 # measures how fast the machine ran during this run; the ratio cancels that out.
