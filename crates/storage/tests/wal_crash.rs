@@ -70,6 +70,45 @@ fn workload_recycle() -> Vec<Op> {
     ]
 }
 
+/// [`workload_recycle`] with the purge in two halves, as a server runs it: prepared right
+/// after the compaction with nothing synced, finished only after a later fsync; then a second
+/// one finished with nothing synced since, which must sync first.
+fn workload_recycle_in_halves() -> Vec<Op> {
+    let meta = SnapshotMeta {
+        index: LogIndex(10),
+        term: Term(3),
+        conf_state: voters(&[1, 2]),
+    };
+    vec![
+        Op::Append(G1, entries(1, 4, 1, "first")),
+        Op::HardState(G1, hard_state(1, 1, 2)),
+        Op::Append(G2, entries(1, 4, 1, "second")),
+        Op::Sync,
+        Op::Append(G1, entries(5, 4, 1, "first")),
+        Op::HardState(G2, hard_state(1, 1, 4)),
+        Op::Sync,
+        Op::InstallSnapshot(G2, meta),
+        Op::Append(G2, entries(11, 2, 3, "after")),
+        Op::Compact(G1, LogIndex(8)),
+        Op::PreparePurge,
+        Op::Append(G1, entries(9, 2, 1, "first")),
+        Op::Sync,
+        Op::FinishPurge,
+        Op::Append(G1, entries(11, 3, 1, "more")),
+        Op::Sync,
+        Op::Append(G1, entries(14, 3, 1, "more")),
+        Op::Sync,
+        Op::Append(G1, entries(17, 3, 1, "more")),
+        Op::Sync,
+        Op::Compact(G2, LogIndex(12)),
+        Op::Compact(G1, LogIndex(18)),
+        Op::PreparePurge,
+        Op::FinishPurge,
+        Op::Append(G1, entries(20, 2, 1, "more")),
+        Op::Sync,
+    ]
+}
+
 /// Every record is handed to the disk as soon as it is appended: more crash points, and several
 /// unsynced writes for a crash to tear.
 fn unbuffered_config() -> WalConfig {
@@ -218,6 +257,44 @@ fn every_crash_point_of_recycling_workload() {
 }
 
 #[test]
+fn every_crash_point_of_a_purge_in_two_halves() {
+    // Goal: a purge prepared at a compaction and finished after a later fsync (as a server's
+    // Raft driver does, so as never to wait for the disk) keeps the same guarantees at every
+    // crash point, including between the halves, where the segments it will delete are still
+    // replayed. Method: the recycling workload with the purge in halves; check first that the
+    // first half deletes nothing and the second deletes the first segment.
+    let config = small_config();
+    let ops = workload_recycle_in_halves();
+    let prepared = 1 + ops
+        .iter()
+        .position(|op| matches!(op, Op::PreparePurge))
+        .expect("a prepared purge");
+    let segments = |ops: &[Op]| {
+        let disk = FaultyDisk::new();
+        let outcome = run(&disk, &config, ops);
+        assert!(outcome.error.is_none(), "{:?}", outcome.error);
+        let wal = Wal::open(Arc::new(disk.clone()), config.clone()).expect("open");
+        (wal.segment_paths(), wal.segment_path(1))
+    };
+    let (half, first) = segments(&ops[..prepared]);
+    assert!(half.len() >= 2, "segments rotated");
+    assert_eq!(half[0], first, "nothing deleted yet");
+    let (whole, _) = segments(&ops);
+    assert!(whole[0] != first, "segment 1 was purged");
+    let last_finish = ops.len() - 3;
+    assert!(matches!(ops[last_finish], Op::FinishPurge));
+    let (before, _) = segments(&ops[..last_finish]);
+    let (after, _) = segments(&ops[..=last_finish]);
+    assert!(
+        after[0] > before[0],
+        "the second purge deletes segments: {before:?} then {after:?}"
+    );
+    crash_everywhere("recycle in halves", &config, &ops);
+    crash_everywhere("recycle in halves, unbuffered", &unbuffered_config(), &ops);
+    crash_everywhere("recycle in halves, appending", &appending_config(), &ops);
+}
+
+#[test]
 fn randomized_workloads_survive_random_crashes() {
     // Goal: longer, random histories (seeded) keep the same guarantees. Each seed runs once without
     // a crash to count disk operations, then crashes at several random points.
@@ -309,7 +386,7 @@ fn bit_flips_before_the_tail_refuse_to_start_naming_file_and_offset() {
                     images: outcome.images.clone(),
                     acked: outcome.attempted - 1,
                     attempted: outcome.attempted,
-                    error: None,
+                    ..Outcome::new()
                 };
                 assert_prefix(&outcome, &wal_image(&wal), "tail flip");
             } else {
@@ -459,18 +536,13 @@ fn randomized_fsync_failures_stop_the_wal_and_lose_nothing_acknowledged() {
 /// Like `run`, but the `nth` sync operation of the disk fails, and after the failure every
 /// further call on the WAL must be refused as poisoned.
 fn run_with_sync_failure(disk: &FaultyDisk, config: &WalConfig, ops: &[Op], nth: u64) -> Outcome {
-    let mut outcome = Outcome {
-        images: vec![Image::new()],
-        acked: 0,
-        attempted: 0,
-        error: None,
-    };
+    let mut outcome = Outcome::new();
     let Ok(mut wal) = Wal::open(Arc::new(disk.clone()), config.clone()) else {
         panic!("open without faults");
     };
     let mut syncs = 0;
     for op in ops {
-        if matches!(op, Op::Sync | Op::Purge) {
+        if matches!(op, Op::Sync | Op::Purge | Op::FinishPurge) {
             syncs += 1;
             if syncs == nth {
                 disk.fail_next_sync();

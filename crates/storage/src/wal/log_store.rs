@@ -10,7 +10,7 @@ use chorus_raft::{
 };
 
 use super::codec::Record;
-use super::{GroupLog, SharedWal, Wal, WalError, WalPosition, sync_shared};
+use super::{GroupLog, PurgePlan, SharedWal, Wal, WalError, WalPosition, sync_shared};
 
 /// The persisted Raft log of one group, stored in the node's shared [`Wal`].
 ///
@@ -202,6 +202,26 @@ impl RaftLogStore {
     /// [`compact`](Self::compact)), and returns how many. See [`Wal::purge`].
     pub fn purge(&self) -> Result<usize, WalError> {
         self.lock().purge()
+    }
+
+    /// The first half of a purge that never waits for the disk; see [`Wal::prepare_purge`].
+    pub fn prepare_purge(&self) -> Result<Option<PurgePlan>, WalError> {
+        self.lock().prepare_purge()
+    }
+
+    /// The second half; see [`Wal::finish_purge`].
+    pub fn finish_purge(&self, plan: PurgePlan) -> Result<usize, WalError> {
+        self.lock().finish_purge(plan)
+    }
+
+    /// The end of what was appended to the shared WAL.
+    pub fn appended_position(&self) -> WalPosition {
+        self.lock().appended_position()
+    }
+
+    /// How far the shared WAL is durable.
+    pub fn synced_position(&self) -> WalPosition {
+        self.lock().synced_position()
     }
 
     /// Makes everything appended to the shared WAL durable. The WAL is not locked during the

@@ -194,6 +194,22 @@ pub enum WalError {
     Rejected { group: GroupId, reason: String },
 }
 
+/// A purge prepared by [`Wal::prepare_purge`]: the segments below `below` go once the log is
+/// durable up to `durable_at` (the compactions and restated state that free them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "the segments go only with `Wal::finish_purge`"]
+pub struct PurgePlan {
+    below: u64,
+    durable_at: WalPosition,
+}
+
+impl PurgePlan {
+    /// The position up to which the log must be durable before the segments go.
+    pub fn durable_at(&self) -> WalPosition {
+        self.durable_at
+    }
+}
+
 /// A position in the log: a segment and a byte offset in it. Positions only grow.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct WalPosition {
@@ -615,14 +631,61 @@ impl Wal {
     /// Deletes the oldest segments that no group needs any more, and returns how many. Groups
     /// whose non-entry state was last written in those segments get it restated first. With
     /// [`Wal::purge_in_background`] the files are deleted by that thread, after this returns.
+    ///
+    /// Syncs the log if what frees the segments (compactions, restated state) is not durable
+    /// yet. A caller that must not wait for the disk uses [`Wal::prepare_purge`], waits for an
+    /// fsync by anyone to cover the plan, and then calls [`Wal::finish_purge`].
     pub fn purge(&mut self) -> Result<usize, WalError> {
+        match self.prepare_purge()? {
+            Some(plan) => self.finish_purge(plan),
+            None => Ok(0),
+        }
+    }
+
+    /// The first half of a purge, which never waits for the disk: finds the oldest segments that
+    /// no group needs any more and restates (appends, without syncing) the state of the groups
+    /// last written in them. Returns `None` if there are none. The segments stay until
+    /// [`Wal::finish_purge`]; a restart before then replays them as well, and finds in them
+    /// only entries compacted and state restated since.
+    ///
+    /// Once prepared, the segments stay unneeded whatever is appended meanwhile: new records go
+    /// to the active segment, and a group's first entry only moves forward.
+    pub fn prepare_purge(&mut self) -> Result<Option<PurgePlan>, WalError> {
+        self.check_poisoned()?;
+        let pinned = self
+            .groups
+            .values()
+            .filter_map(GroupLog::first_entry_segment)
+            .min();
+        let below = pinned.unwrap_or(self.active).min(self.active);
+        if self.segments.range(..below).next().is_none() {
+            return Ok(None);
+        }
+        let restate: Vec<Record> = self
+            .groups
+            .iter()
+            .filter(|(_, log)| log.state_segment().is_some_and(|s| s < below))
+            .map(|(&group, log)| log.state_record(group))
+            .collect();
+        self.append_batch(&restate)?;
+        Ok(Some(PurgePlan {
+            below,
+            durable_at: self.appended_position(),
+        }))
+    }
+
+    /// The second half of a purge: once the log is durable up to the plan's position (it syncs
+    /// first if not), deletes the segments the plan found, or with
+    /// [`Wal::purge_in_background`] forgets them and hands them to that thread. Returns how
+    /// many. Segments deleted meanwhile by another purge are skipped.
+    pub fn finish_purge(&mut self, plan: PurgePlan) -> Result<usize, WalError> {
         if self.purger.is_some() {
-            let paths = self.detach_purgeable()?;
+            let paths = self.detach(plan)?;
             let count = paths.len();
             self.purger.as_ref().expect("checked above").remove(paths);
             return Ok(count);
         }
-        let old = self.purgeable()?;
+        let old = self.planned(plan)?;
         // Oldest first, each forgotten only once deleted, so that a crash or an error part-way
         // leaves a gap-free run of segments that a later purge starts from again.
         for &seq in &old {
@@ -640,44 +703,33 @@ impl Wal {
         Ok(old.len())
     }
 
-    /// The first half of a purge in the background: makes the oldest segments that no group
-    /// needs any more unneeded for replay (restating, and syncing, the state of groups last
-    /// written in them), forgets them, and returns their paths, oldest first, without deleting
-    /// them.
-    ///
-    /// Until they are deleted, a restart replays them as well: they hold nothing that
-    /// contradicts the live segments, only entries compacted and state restated since.
+    /// A purge in the background but for the deletion: prepares it, and once what frees the
+    /// segments is durable (syncing if needed), forgets them and returns their paths, oldest
+    /// first, without deleting them. Until they are deleted, a restart replays them as well.
     pub fn detach_purgeable(&mut self) -> Result<Vec<PathBuf>, WalError> {
-        let old = self.purgeable()?;
+        match self.prepare_purge()? {
+            Some(plan) => self.detach(plan),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Forgets the segments `plan` found, once it is durable, and returns their paths.
+    fn detach(&mut self, plan: PurgePlan) -> Result<Vec<PathBuf>, WalError> {
+        let old = self.planned(plan)?;
         for seq in &old {
             self.segments.remove(seq);
         }
         Ok(old.iter().map(|&seq| self.segment_path(seq)).collect())
     }
 
-    /// The oldest segments that no group needs any more, once the state of the groups last
-    /// written in them is restated and synced.
-    fn purgeable(&mut self) -> Result<Vec<u64>, WalError> {
+    /// The segments `plan` found that are still there, after syncing the log up to the plan's
+    /// position if no fsync covered it yet.
+    fn planned(&mut self, plan: PurgePlan) -> Result<Vec<u64>, WalError> {
         self.check_poisoned()?;
-        let pinned = self
-            .groups
-            .values()
-            .filter_map(GroupLog::first_entry_segment)
-            .min();
-        let cut = pinned.unwrap_or(self.active).min(self.active);
-        let old: Vec<u64> = self.segments.range(..cut).copied().collect();
-        if old.is_empty() {
-            return Ok(old);
+        if self.synced < plan.durable_at {
+            self.sync()?;
         }
-        let restate: Vec<Record> = self
-            .groups
-            .iter()
-            .filter(|(_, log)| log.state_segment().is_some_and(|s| s < cut))
-            .map(|(&group, log)| log.state_record(group))
-            .collect();
-        self.append_batch(&restate)?;
-        self.sync()?;
-        Ok(old)
+        Ok(self.segments.range(..plan.below).copied().collect())
     }
 
     /// Replays the segments `seqs` (sorted, non-empty) and opens the last one for appending.

@@ -12,7 +12,7 @@ use chorus_raft::{
 };
 use chorus_storage::disk::FaultyDisk;
 use chorus_storage::wal::codec::Record;
-use chorus_storage::wal::{Wal, WalConfig, WalError};
+use chorus_storage::wal::{PurgePlan, Wal, WalConfig, WalError};
 
 /// One step of a workload.
 #[derive(Clone, Debug)]
@@ -26,6 +26,11 @@ pub enum Op {
     Remove(GroupId),
     Sync,
     Purge,
+    /// The first half of a purge, as a server runs it ([`Wal::prepare_purge`]); a later one
+    /// replaces a plan not yet finished.
+    PreparePurge,
+    /// The second half, of the plan prepared last, if any ([`Wal::finish_purge`]).
+    FinishPurge,
 }
 
 /// What one group should look like, kept as plainly as possible (a map of index to entry).
@@ -72,7 +77,7 @@ impl GroupImage {
 /// The state of every group that differs from an untouched one.
 pub type Image = BTreeMap<GroupId, GroupImage>;
 
-/// Applies a state-changing op to the model. `Sync` and `Purge` change nothing.
+/// Applies a state-changing op to the model. Syncs and purges change nothing.
 pub fn model_apply(image: &mut Image, op: &Op) {
     match op {
         Op::Append(g, entries) => {
@@ -105,7 +110,7 @@ pub fn model_apply(image: &mut Image, op: &Op) {
         Op::Remove(g) => {
             image.remove(g);
         }
-        Op::Sync | Op::Purge => {}
+        Op::Sync | Op::Purge | Op::PreparePurge | Op::FinishPurge => {}
     }
     image.retain(|_, g| *g != GroupImage::default());
 }
@@ -142,7 +147,7 @@ pub fn record_of(image: &Image, op: &Op) -> Option<Record> {
             meta: meta.clone(),
         },
         Op::Remove(group) => Record::RemoveGroup { group: *group },
-        Op::Sync | Op::Purge => return None,
+        Op::Sync | Op::Purge | Op::PreparePurge | Op::FinishPurge => return None,
     })
 }
 
@@ -183,6 +188,21 @@ pub struct Outcome {
     /// How many state-changing ops were handed to the WAL (the last may have failed).
     pub attempted: usize,
     pub error: Option<WalError>,
+    /// The purge prepared and not yet finished.
+    pub purge: Option<PurgePlan>,
+}
+
+impl Outcome {
+    /// Nothing run yet.
+    pub fn new() -> Outcome {
+        Outcome {
+            images: vec![Image::new()],
+            acked: 0,
+            attempted: 0,
+            error: None,
+            purge: None,
+        }
+    }
 }
 
 /// Hands one op to the WAL. A state-changing op first records the model image it leads to, so
@@ -192,6 +212,16 @@ pub fn perform(wal: &mut Wal, outcome: &mut Outcome, op: &Op) -> Result<(), WalE
     match op {
         Op::Sync => wal.sync().map(|_| ()),
         Op::Purge => wal.purge().map(|_| ()),
+        Op::PreparePurge => {
+            if let Some(plan) = wal.prepare_purge()? {
+                outcome.purge = Some(plan);
+            }
+            Ok(())
+        }
+        Op::FinishPurge => match outcome.purge.take() {
+            Some(plan) => wal.finish_purge(plan).map(|_| ()),
+            None => Ok(()),
+        },
         _ => {
             let record = record_of(&model, op).expect("a state op");
             let mut next = model;
@@ -205,12 +235,7 @@ pub fn perform(wal: &mut Wal, outcome: &mut Outcome, op: &Op) -> Result<(), WalE
 
 /// Runs `ops` on a WAL over `disk`, stopping at the first error.
 pub fn run(disk: &FaultyDisk, config: &WalConfig, ops: &[Op]) -> Outcome {
-    let mut outcome = Outcome {
-        images: vec![Image::new()],
-        acked: 0,
-        attempted: 0,
-        error: None,
-    };
+    let mut outcome = Outcome::new();
     let mut wal = match Wal::open(Arc::new(disk.clone()), config.clone()) {
         Ok(wal) => wal,
         Err(err) => {
@@ -367,7 +392,9 @@ pub fn random_workload(rng: &mut Rng, len: usize, groups: u64) -> Vec<Op> {
             }
             71 => Op::Remove(g),
             72..=89 => Op::Sync,
-            90..=99 => Op::Purge,
+            90..=94 => Op::Purge,
+            95..=97 => Op::PreparePurge,
+            98..=99 => Op::FinishPurge,
             _ => continue,
         };
         model_apply(&mut image, &op);
