@@ -217,6 +217,57 @@ fn reads_see_a_commit_in_flight_as_finished() {
 }
 
 #[test]
+fn the_durable_index_follows_the_syncing_commits_seen_to_finish() {
+    // Goal: `durable_index` (what a Raft driver waits for before its log forgets entries)
+    // never runs ahead of a synced engine commit, and moves once the store sees one finish.
+    let disk = Arc::new(GatedDisk::default());
+    let mut store = open(&disk);
+    assert_eq!(store.durable_index(), LogIndex(0));
+    put(&mut store, 1, "a", "1");
+    put(&mut store, 2, "b", "1");
+    store.sync().unwrap();
+    assert_eq!(store.durable_index(), LogIndex(2));
+    let syncs = disk.gate.lock().unwrap().1;
+    let closed = disk.close();
+    put(&mut store, 3, "a", "2");
+    disk.wait_for_syncs(syncs + 1);
+    put(&mut store, 4, "c", "1");
+    assert_eq!(store.applied_index(), LogIndex(4));
+    assert_eq!(
+        store.durable_index(),
+        LogIndex(2),
+        "the commit of 3 is in flight"
+    );
+    assert!(!store.commit_if_due().unwrap(), "it is still in flight");
+    assert_eq!(store.durable_index(), LogIndex(2));
+    drop(closed);
+    let mut tries = 0;
+    while !store.commit_if_due().unwrap() {
+        tries += 1;
+        assert!(tries < 10_000, "the commit in flight never finished");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The commit of 3 was seen to finish; that of 4 began.
+    assert_eq!(store.durable_index(), LogIndex(3));
+    store.sync().unwrap();
+    assert_eq!(store.durable_index(), LogIndex(4));
+    drop(store);
+    assert_eq!(open(&disk).durable_index(), LogIndex(4), "after a reopen");
+
+    // Commits that do not sync make nothing durable until one that does.
+    let dir = tempfile::tempdir().unwrap();
+    let unsynced = MvccConfig {
+        commit_sync: false,
+        ..MvccConfig::default()
+    };
+    let mut store = MvccStore::open(dir.path(), unsynced).unwrap();
+    put(&mut store, 1, "a", "1");
+    assert_eq!(store.durable_index(), LogIndex(0));
+    store.sync().unwrap();
+    assert_eq!(store.durable_index(), LogIndex(1));
+}
+
+#[test]
 fn a_compaction_waits_for_the_commit_in_flight() {
     let disk = Arc::new(GatedDisk::default());
     let mut store = open(&disk);

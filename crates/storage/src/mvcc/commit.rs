@@ -46,6 +46,12 @@ pub(crate) struct EngineCommit {
 }
 
 impl EngineCommit {
+    /// The applied index this commit makes durable once it succeeds, if it syncs (a commit
+    /// without durability reaches the disk only with the next one that syncs).
+    pub fn durable_through(&self) -> Option<LogIndex> {
+        (!matches!(self.durability, Durability::None)).then_some(self.applied)
+    }
+
     /// Writes the records, the leases and the counters in one engine transaction.
     pub fn write(&self, db: &Database) -> MvccResult<()> {
         let started = Instant::now();
@@ -105,6 +111,8 @@ impl EngineCommit {
 pub(crate) struct InFlight {
     /// Its records, which reads find here until the store pins the engine after it.
     pub records: Arc<BTreeMap<RecordId, Bytes>>,
+    /// The applied index it makes durable, if it syncs.
+    pub durable_through: Option<LogIndex>,
     /// In a mutex only so that the store, which readers share, is `Sync`.
     done: Mutex<Receiver<MvccResult<()>>>,
 }
@@ -167,11 +175,13 @@ impl Committer {
     /// Hands `commit` to the thread.
     pub fn start(&self, db: Arc<Database>, commit: EngineCommit) -> InFlight {
         let records = commit.records.clone();
+        let durable_through = commit.durable_through();
         let (done, outcome) = sync_channel(1);
         // If the thread is gone, the dropped sender reports it as stopped.
         self.0.send(Job { db, commit, done });
         InFlight {
             records,
+            durable_through,
             done: Mutex::new(outcome),
         }
     }

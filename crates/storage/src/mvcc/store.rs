@@ -207,6 +207,9 @@ pub struct MvccStore {
     pub(crate) failed: bool,
     /// The batches applied since the last engine commit began.
     pub(crate) buffer: Buffer,
+    /// The applied index of the last engine commit seen to finish durably (see
+    /// [`MvccStore::durable_index`]).
+    pub(crate) durable: LogIndex,
     /// When the last engine commit began (see `MvccConfig::commit_sync_interval`).
     pub(crate) last_commit: Option<std::time::Instant>,
     /// The engine file's size after the last engine commit or compaction: only they change
@@ -308,6 +311,7 @@ impl MvccStore {
             None
         };
         Ok(MvccStore {
+            durable: core.applied,
             engine: Some(Pinned::take(&db)?),
             db: Arc::new(db),
             in_flight: None,
@@ -335,6 +339,13 @@ impl MvccStore {
     /// The last Raft index whose entry is reflected in the data.
     pub fn applied_index(&self) -> LogIndex {
         self.core.applied
+    }
+
+    /// The last Raft index whose entry is on disk: the applied index of the last engine commit
+    /// that synced and that the store saw finish (it takes note of commits on its thread when it
+    /// writes a batch, commits or syncs). Entries up to it survive a crash without the log.
+    pub fn durable_index(&self) -> LogIndex {
+        self.durable
     }
 
     /// The directory of the store.
@@ -598,16 +609,19 @@ impl MvccStore {
         self.last_commit = Some(Instant::now());
         let commit = self.take_buffer(durability);
         let result = commit.write(&self.db);
-        self.committed(result)
+        self.committed(result, commit.durable_through())
     }
 
     /// Takes note of the commit in flight if it finished (or once it does, with `wait`): pins
     /// the engine after it and lets its records go.
     fn finish_commit(&mut self, wait: bool) -> MvccResult<()> {
-        let Some(outcome) = self.in_flight.as_ref().and_then(|c| c.outcome(wait)) else {
+        let Some(in_flight) = &self.in_flight else {
             return Ok(());
         };
-        let result = self.committed(outcome);
+        let Some(outcome) = in_flight.outcome(wait) else {
+            return Ok(());
+        };
+        let result = self.committed(outcome, in_flight.durable_through);
         self.in_flight = None;
         result
     }
@@ -629,14 +643,21 @@ impl MvccStore {
         }
     }
 
-    /// After an engine commit: pins the engine as it now is, or closes the store if the commit
-    /// failed.
-    fn committed(&mut self, result: MvccResult<()>) -> MvccResult<()> {
+    /// After an engine commit that makes `durable_through` durable if it synced: pins the
+    /// engine as it now is, or closes the store if the commit failed.
+    fn committed(
+        &mut self,
+        result: MvccResult<()>,
+        durable_through: Option<LogIndex>,
+    ) -> MvccResult<()> {
         self.file_bytes = engine_file_size(&self.dir);
         let result = result.and_then(|()| Pinned::take(&self.db));
         match result {
             Ok(pinned) => {
                 self.engine = Some(pinned);
+                if let Some(index) = durable_through {
+                    self.durable = self.durable.max(index);
+                }
                 Ok(())
             }
             Err(error) => {
