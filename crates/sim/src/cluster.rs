@@ -300,6 +300,8 @@ pub struct Stats {
     pub bit_flips: u64,
     /// WAL mode: fsyncs that failed (each stopped its node).
     pub fsync_failures: u64,
+    /// WAL mode: segments deleted by purges (each finished after the fsync that covered it).
+    pub segments_purged: u64,
 }
 
 /// The result of one run.
@@ -1023,8 +1025,16 @@ impl Simulation {
             disk.disk.fail_next_sync();
         }
         let store = n.wal_store.as_ref().expect("a running node has its WAL");
-        let Err(e) = store.sync() else {
-            return true;
+        // A purge prepared at a snapshot finishes once an fsync covers it.
+        let synced = store
+            .sync()
+            .and_then(|_| n.wal_disk.as_mut().expect("WAL mode").finish_purge());
+        let e = match synced {
+            Ok(purged) => {
+                self.stats.segments_purged += purged as u64;
+                return true;
+            }
+            Err(e) => e,
         };
         if !fail {
             self.violation(format!("node {id}: WAL sync failed: {e}"));
@@ -1285,7 +1295,7 @@ impl Simulation {
         if compact_to >= first {
             result = result.and_then(|_| store.compact(compact_to));
         }
-        if let Err(e) = result.and_then(|_| disk.purge().map(|_| WalPosition::default())) {
+        if let Err(e) = result.and_then(|_| disk.prepare_purge().map(|()| WalPosition::default())) {
             self.violation(format!(
                 "node {id}: cannot snapshot at {index} in the WAL: {e}"
             ));

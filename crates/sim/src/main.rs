@@ -107,7 +107,7 @@ fn run() -> anyhow::Result<u64> {
                 "seed={seed} hash={:016x} events={} elections={} crashes={} torn_writes={} \
                  partitions={} transfers={} ops_ok={} ops_indeterminate={} max_commit={} \
                  snapshots_installed={} conf_changes={} heal_to_commit_us={:?} lin_unknown={} \
-                 storage={} wal_recoveries={} bit_flips={} fsync_failures={} violations={}",
+                 storage={} wal_recoveries={} bit_flips={} fsync_failures={} segments_purged={} violations={}",
                 outcome.trace_hash,
                 s.events,
                 s.elections,
@@ -126,6 +126,7 @@ fn run() -> anyhow::Result<u64> {
                 s.wal_recoveries,
                 s.bit_flips,
                 s.fsync_failures,
+                s.segments_purged,
                 outcome.violations.len()
             );
         }

@@ -16,7 +16,7 @@ use chorus_raft::{
     ConfState, Entry, LogIndex, LogStorage, MemStorage, RaftState, Snapshot, StorageError, Term,
 };
 use chorus_storage::disk::{CrashOptions, Disk, FaultyDisk};
-use chorus_storage::wal::{RaftLogStore, SharedWal, Wal, WalConfig, WalError};
+use chorus_storage::wal::{PurgePlan, RaftLogStore, SharedWal, Wal, WalConfig, WalError};
 
 use crate::cluster::GROUP;
 
@@ -132,6 +132,9 @@ pub struct WalDisk {
     wal: Option<SharedWal>,
     snapshots: BTreeMap<LogIndex, Bytes>,
     buffer_bytes: usize,
+    /// A purge prepared at a snapshot, finished once an fsync covers it (as a server does,
+    /// which never waits for the disk to purge).
+    purge: Option<PurgePlan>,
 }
 
 impl WalDisk {
@@ -158,6 +161,7 @@ impl WalDisk {
     /// the group's log: the snapshot data handed back, the configuration matching the snapshot.
     pub fn open(&mut self, genesis: &ConfState) -> Result<Recovered, OpenError> {
         self.wal = None;
+        self.purge = None;
         let disk: Arc<dyn Disk> = Arc::new(self.disk.clone());
         let wal = Wal::open(disk, self.config()).map_err(OpenError::Wal)?;
         let fresh = wal.group(GROUP).map_err(OpenError::Wal)?.is_none();
@@ -229,12 +233,35 @@ impl WalDisk {
         }
     }
 
-    /// Deletes the segments no group needs any more.
-    pub fn purge(&self) -> Result<usize, WalError> {
-        match &self.wal {
-            Some(wal) => wal.lock().unwrap_or_else(|e| e.into_inner()).purge(),
-            None => Ok(0),
+    /// Prepares the deletion of the segments no group needs any more (after a compaction);
+    /// [`WalDisk::finish_purge`] deletes them once an fsync covers what freed them. A newer
+    /// plan replaces an unfinished one: it frees at least the same segments.
+    pub fn prepare_purge(&mut self) -> Result<(), WalError> {
+        let Some(wal) = &self.wal else {
+            return Ok(());
+        };
+        let plan = wal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .prepare_purge()?;
+        if plan.is_some() {
+            self.purge = plan;
         }
+        Ok(())
+    }
+
+    /// Deletes the segments of the prepared purge if the WAL is durable up to its plan, and
+    /// returns how many.
+    pub fn finish_purge(&mut self) -> Result<usize, WalError> {
+        let (Some(wal), Some(plan)) = (&self.wal, self.purge) else {
+            return Ok(0);
+        };
+        let mut wal = wal.lock().unwrap_or_else(|e| e.into_inner());
+        if wal.synced_position() < plan.durable_at() {
+            return Ok(0);
+        }
+        self.purge = None;
+        wal.finish_purge(plan)
     }
 
     /// Whether the open WAL holds appended records that are not durable yet (a sync will reach
@@ -254,6 +281,7 @@ impl WalDisk {
     /// A power loss: the WAL (with its write buffer) is gone, the disk keeps what `options` say.
     pub fn crash(&mut self, options: CrashOptions) {
         self.wal = None;
+        self.purge = None;
         self.disk.crash(options);
     }
 
