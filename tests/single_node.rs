@@ -528,8 +528,8 @@ async fn quota_raises_nospace_until_room_is_made_and_the_alarm_disarmed() {
     assert!(status.into_inner().errors.is_empty());
 }
 
-/// Goal: snapshot marks (every `--snapshot-count` entries: a store sync, a WAL mark, log
-/// compaction and a WAL purge) and a snapshot file written in the background for a lagging
+/// Goal: snapshot marks (every `--snapshot-count` entries: a WAL mark once the store's commits
+/// cover it, log compaction, and a WAL purge once an fsync covers that) and a snapshot file written in the background for a lagging
 /// follower, while writes go on, neither lose writes nor make a concurrent Defragment fail (the
 /// engine cannot be compacted under the file's read transaction; defragmentation waits for it).
 /// Method: three members marking every 20 entries, one of them down; one task writes 600 keys of

@@ -22,12 +22,14 @@
 //! Reads: a linearizable read asks Raft for a read index (ReadIndex, §6.4 of the Raft thesis)
 //! and proceeds once the applied index reaches it; the edge then reads the store locally.
 //!
-//! Snapshots: every `--snapshot-count` applied entries the driver syncs the store, records a
-//! snapshot mark at the applied index in the WAL and compacts the log behind it: the store is
-//! the snapshot's data, and nothing is copied. Only when a follower needs entries the log no
-//! longer has does the driver write the store into a snapshot file, on a thread of its own
-//! (from a read transaction of the store, so applies go on), and offer it to Raft. A snapshot
-//! received from the leader replaces the store (see [`crate::snap`]).
+//! Snapshots: every `--snapshot-count` applied entries the driver marks a snapshot at the
+//! applied index: once the store's commits made it durable there, the WAL records the mark and
+//! compacts the log behind it, and once an fsync covers those records the segments they freed
+//! are deleted. The store is the snapshot's data, and nothing is copied; the driver never
+//! waits for the disk on the way (see [`Driver::advance_mark`]). Only when a follower needs
+//! entries the log no longer has does the driver write the store into a snapshot file, on a
+//! thread of its own (from a read transaction of the store, so applies go on), and offer it to
+//! Raft. A snapshot received from the leader replaces the store (see [`crate::snap`]).
 //!
 //! Membership: a committed ConfChange (or `member_update` proposal) updates the replicated
 //! table of [`crate::membership`] durably before the store records the entry as applied, and
@@ -50,7 +52,7 @@ use chorus_raft::{
     Ready, Role, Term,
 };
 use chorus_storage::mvcc::{self, MvccConfig, MvccError, MvccStore, WriteOp, WriteResponse};
-use chorus_storage::wal::{RaftLogStore, SyncThread, Synced, WalError};
+use chorus_storage::wal::{PurgePlan, RaftLogStore, SyncThread, Synced, WalError, WalPosition};
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -351,8 +353,28 @@ pub struct Driver {
     /// Woken when a snapshot job ends.
     snapshot_done: Arc<tokio::sync::Notify>,
     snapshot_writing: Arc<SnapshotWriting>,
+    /// The snapshot mark under way, if any.
+    mark: Option<Mark>,
     /// This member applied its own removal.
     removed: bool,
+}
+
+/// The steps of a snapshot mark (see [`Driver::advance_mark`]), each waiting for the disk.
+enum Mark {
+    /// Chosen at the applied index; waits for the store's commits to make it durable.
+    Store {
+        meta: chorus_raft::SnapshotMeta,
+        started: Instant,
+    },
+    /// Recorded in the WAL with the compaction behind it; waits for an fsync to cover them
+    /// before the segments they free are deleted.
+    Log {
+        meta: chorus_raft::SnapshotMeta,
+        compact_to: u64,
+        purge: Option<PurgePlan>,
+        durable_at: WalPosition,
+        started: Instant,
+    },
 }
 
 /// Everything the driver's task listens to.
@@ -462,6 +484,11 @@ impl Driver {
     /// Builds the driver and the handle the edge talks to it with, and starts the thread that
     /// syncs the WAL for it.
     pub fn new(parts: DriverParts) -> std::io::Result<(Driver, NodeHandle, Commands)> {
+        // A snapshot mark waits for the store's commits to make it durable (`advance_mark`).
+        debug_assert!(
+            parts.snapshots.mvcc_config.commit_sync,
+            "the store's engine commits sync"
+        );
         let (report, synced) = tokio::sync::mpsc::unbounded_channel();
         let syncer =
             SyncThread::spawn(parts.log.clone(), move |synced| report.send(synced).is_ok())?;
@@ -518,6 +545,7 @@ impl Driver {
             snapshot_job: None,
             snapshot_done: Arc::new(tokio::sync::Notify::new()),
             snapshot_writing,
+            mark: None,
             removed: false,
         };
         Ok((driver, handle, Commands(commands_rx)))
@@ -547,6 +575,7 @@ impl Driver {
                 _ = ticker.tick() => {
                     self.raw.tick();
                     self.commit_store_if_due()?;
+                    self.advance_mark()?;
                 }
                 () = snapshot_done.notified() => self.poll_snapshot(false)?,
                 Some(message) = inputs.inbound.recv() => self.step(message),
@@ -1009,7 +1038,7 @@ impl Driver {
         self.apply(&ready)?;
         let applied = started.elapsed();
         let marking = Instant::now();
-        self.maybe_mark_snapshot()?;
+        self.advance_mark()?;
         let marked = marking.elapsed();
         self.release_reads();
         self.publish_status(&ready);
@@ -1030,7 +1059,8 @@ impl Driver {
     fn on_synced(&mut self, synced: Synced) -> Result<(), FatalError> {
         let number = synced?;
         self.synced_through = self.synced_through.max(number);
-        self.complete_durable()
+        self.complete_durable()?;
+        self.advance_mark()
     }
 
     /// A read index arrived: the reads that asked for it wait for the applied index to reach it.
@@ -1226,41 +1256,94 @@ impl Driver {
         })
     }
 
-    /// Every `snapshot_count` applied entries: makes the store durable up to the applied
-    /// index, records a snapshot mark there in the WAL and compacts the log up to
-    /// `catchup_entries` below it. Nothing is copied: the synced store is the snapshot's data,
-    /// and a file is written only when a follower needs one ([`Driver::maybe_write_snapshot`]).
-    fn maybe_mark_snapshot(&mut self) -> Result<(), FatalError> {
+    /// Every `snapshot_count` applied entries: records a snapshot mark at the applied index in
+    /// the WAL and compacts the log up to `catchup_entries` below it. Nothing is copied: the
+    /// store on disk is the snapshot's data, and a file is written only when a follower needs
+    /// one ([`Driver::maybe_write_snapshot`]).
+    ///
+    /// Nothing here waits for the disk: the mark goes through the steps of [`Mark`] as the
+    /// store's commit thread and the WAL's syncing thread make each durable, and this is called
+    /// again after every apply, tick and fsync to take the next step. The order that keeps a
+    /// crash harmless: the store is durable at the mark before the WAL records it (the log
+    /// forgets the entries behind it), and the mark and compaction are durable before the
+    /// segments that held those entries are deleted.
+    fn advance_mark(&mut self) -> Result<(), FatalError> {
+        if self.mark.is_none() {
+            self.mark = self.choose_mark()?;
+        }
+        if let Some(Mark::Store { meta, .. }) = &self.mark {
+            // A snapshot from the leader may have replaced the store and the log meanwhile.
+            if self.recorded_snapshot_index()? >= meta.index {
+                self.mark = None;
+                return Ok(());
+            }
+            let durable = self
+                .store
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .durable_index();
+            if durable < meta.index {
+                return Ok(());
+            }
+            let Some(Mark::Store { meta, started }) = self.mark.take() else {
+                unreachable!("matched above");
+            };
+            self.mark = Some(self.record_mark(meta, started)?);
+        }
+        if let Some(Mark::Log { durable_at, .. }) = &self.mark {
+            if self.log.synced_position() < *durable_at {
+                return Ok(());
+            }
+            let Some(Mark::Log {
+                meta,
+                compact_to,
+                purge,
+                started,
+                ..
+            }) = self.mark.take()
+            else {
+                unreachable!("matched above");
+            };
+            self.finish_mark(meta, compact_to, purge, started)?;
+        }
+        Ok(())
+    }
+
+    /// A mark at the applied index if `snapshot_count` entries were applied since the last.
+    fn choose_mark(&self) -> Result<Option<Mark>, FatalError> {
         let applied = self.raw.basic_status().applied;
         let since = applied
             .get()
             .saturating_sub(self.snapshots.last_index.get());
         if since < self.snapshots.snapshot_count {
-            return Ok(());
+            return Ok(None);
         }
         // The WAL may already record a newer snapshot from the leader that this Ready's
         // entries have not reached yet (crates/sim/FOUND.md): no local snapshot below it.
         if self.recorded_snapshot_index()? >= applied {
-            return Ok(());
+            return Ok(None);
         }
         let meta = self.snapshot_meta_at(applied, self.raw.status().conf_state)?;
-        let term = meta.term;
-        // The log forgets entries behind the mark: the store must hold them on disk first (its
-        // applies otherwise reach the disk only every MVCC_SYNC_INTERVAL).
-        {
-            let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
-            assert_eq!(
-                store.applied_index(),
-                applied,
-                "the store applied what Raft did"
-            );
-            store.sync()?;
-        }
-        self.log.set_snapshot(chorus_raft::Snapshot {
+        Ok(Some(Mark::Store {
             meta,
+            started: Instant::now(),
+        }))
+    }
+
+    /// The store is durable at the mark: the WAL records it and the compaction behind it, the
+    /// purge they allow is prepared, and the syncing thread is asked for an fsync (no Ready may
+    /// need one soon).
+    fn record_mark(
+        &mut self,
+        meta: chorus_raft::SnapshotMeta,
+        started: Instant,
+    ) -> Result<Mark, FatalError> {
+        let index = meta.index;
+        self.log.set_snapshot(chorus_raft::Snapshot {
+            meta: meta.clone(),
             data: Bytes::new(),
         })?;
-        let compact_to = applied.get().saturating_sub(self.snapshots.catchup_entries);
+        let compact_to = index.get().saturating_sub(self.snapshots.catchup_entries);
         let first = self
             .log
             .first_index()
@@ -1268,17 +1351,44 @@ impl Driver {
         if compact_to >= first.get() {
             self.log.compact(LogIndex(compact_to))?;
         }
-        self.log.sync()?;
         // The segments that held only compacted entries go (etcd's WAL purge): without this
         // the WAL's directory grows with every write ever made, and so does replay at start.
-        // The WAL deletes them on a thread of its own (see `open_storage`).
-        self.log.purge()?;
+        let purge = self.log.prepare_purge()?;
+        let durable_at = self.log.appended_position();
+        // Every Ready taken so far is in the WAL, so the fsync covers them all.
+        let last_ready = self
+            .in_flight
+            .back()
+            .map_or(self.synced_through, |f| f.ready.number);
+        self.syncer.request(last_ready);
+        self.snapshots.last_index = index;
+        Ok(Mark::Log {
+            meta,
+            compact_to,
+            purge,
+            durable_at,
+            started,
+        })
+    }
+
+    /// The mark and the compaction are durable: the segments and snapshot files they freed go.
+    fn finish_mark(
+        &mut self,
+        meta: chorus_raft::SnapshotMeta,
+        compact_to: u64,
+        purge: Option<PurgePlan>,
+        started: Instant,
+    ) -> Result<(), FatalError> {
+        if let Some(plan) = purge {
+            // The WAL deletes them on a thread of its own (see `open_storage`).
+            self.log.finish_purge(plan)?;
+        }
         // A file from before the compaction point cannot serve a follower any more: the log
         // lacks the entries after it.
         let files = &self.snapshots.files;
         if files
             .offered_meta()
-            .is_some_and(|meta| meta.index.get() < compact_to)
+            .is_some_and(|offered| offered.index.get() < compact_to)
         {
             files.withdraw();
             if self.snapshot_job.is_none() {
@@ -1287,8 +1397,13 @@ impl Driver {
                     .map_err(snapshot_error("remove old snapshots"))?;
             }
         }
-        self.snapshots.last_index = applied;
-        tracing::info!(index = %applied, %term, compacted_to = compact_to, "took a snapshot");
+        tracing::info!(
+            index = %meta.index,
+            term = %meta.term,
+            compacted_to = compact_to,
+            took = ?started.elapsed(),
+            "took a snapshot"
+        );
         Ok(())
     }
 
