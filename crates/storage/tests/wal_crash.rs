@@ -44,9 +44,9 @@ fn workload_two_groups() -> Vec<Op> {
     ]
 }
 
-/// Enough data to rotate segments, a snapshot install, compaction of everything, and a purge that
-/// deletes old segments and restates group state.
-fn workload_recycle() -> Vec<Op> {
+/// Enough data to rotate segments, a snapshot install, and compaction of everything, with the
+/// compaction not yet synced.
+fn workload_up_to_recycling() -> Vec<Op> {
     let meta = SnapshotMeta {
         index: LogIndex(10),
         term: Term(3),
@@ -63,33 +63,27 @@ fn workload_recycle() -> Vec<Op> {
         Op::InstallSnapshot(G2, meta),
         Op::Append(G2, entries(11, 2, 3, "after")),
         Op::Compact(G1, LogIndex(8)),
+    ]
+}
+
+/// [`workload_up_to_recycling`], then a purge that deletes old segments and restates group state.
+fn workload_recycle() -> Vec<Op> {
+    let mut ops = workload_up_to_recycling();
+    ops.extend([
         Op::Sync,
         Op::Purge,
         Op::Append(G1, entries(9, 2, 1, "first")),
         Op::Sync,
-    ]
+    ]);
+    ops
 }
 
 /// [`workload_recycle`] with the purge in two halves, as a server runs it: prepared right
 /// after the compaction with nothing synced, finished only after a later fsync; then a second
 /// one finished with nothing synced since, which must sync first.
 fn workload_recycle_in_halves() -> Vec<Op> {
-    let meta = SnapshotMeta {
-        index: LogIndex(10),
-        term: Term(3),
-        conf_state: voters(&[1, 2]),
-    };
-    vec![
-        Op::Append(G1, entries(1, 4, 1, "first")),
-        Op::HardState(G1, hard_state(1, 1, 2)),
-        Op::Append(G2, entries(1, 4, 1, "second")),
-        Op::Sync,
-        Op::Append(G1, entries(5, 4, 1, "first")),
-        Op::HardState(G2, hard_state(1, 1, 4)),
-        Op::Sync,
-        Op::InstallSnapshot(G2, meta),
-        Op::Append(G2, entries(11, 2, 3, "after")),
-        Op::Compact(G1, LogIndex(8)),
+    let mut ops = workload_up_to_recycling();
+    ops.extend([
         Op::PreparePurge,
         Op::Append(G1, entries(9, 2, 1, "first")),
         Op::Sync,
@@ -106,7 +100,8 @@ fn workload_recycle_in_halves() -> Vec<Op> {
         Op::FinishPurge,
         Op::Append(G1, entries(20, 2, 1, "more")),
         Op::Sync,
-    ]
+    ]);
+    ops
 }
 
 /// Every record is handed to the disk as soon as it is appended: more crash points, and several
