@@ -368,13 +368,17 @@ enum Mark {
     },
     /// Recorded in the WAL with the compaction behind it; waits for an fsync to cover them
     /// before the segments they free are deleted.
-    Log {
-        meta: chorus_raft::SnapshotMeta,
-        compact_to: u64,
-        purge: Option<PurgePlan>,
-        durable_at: WalPosition,
-        started: Instant,
-    },
+    Log(RecordedMark),
+}
+
+/// A snapshot mark the WAL records (not yet durably).
+struct RecordedMark {
+    meta: chorus_raft::SnapshotMeta,
+    compact_to: u64,
+    purge: Option<PurgePlan>,
+    /// The end of the mark's records (and the purge's restated state) in the WAL.
+    durable_at: WalPosition,
+    started: Instant,
 }
 
 /// Everything the driver's task listens to.
@@ -1268,45 +1272,42 @@ impl Driver {
     /// forgets the entries behind it), and the mark and compaction are durable before the
     /// segments that held those entries are deleted.
     fn advance_mark(&mut self) -> Result<(), FatalError> {
-        if self.mark.is_none() {
-            self.mark = self.choose_mark()?;
-        }
-        if let Some(Mark::Store { meta, .. }) = &self.mark {
-            // A snapshot from the leader may have replaced the store and the log meanwhile.
-            if self.recorded_snapshot_index()? >= meta.index {
-                self.mark = None;
-                return Ok(());
-            }
-            let durable = self
-                .store
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .durable_index();
-            if durable < meta.index {
-                return Ok(());
-            }
-            let Some(Mark::Store { meta, started }) = self.mark.take() else {
-                unreachable!("matched above");
-            };
-            self.mark = Some(self.record_mark(meta, started)?);
-        }
-        if let Some(Mark::Log { durable_at, .. }) = &self.mark {
-            if self.log.synced_position() < *durable_at {
-                return Ok(());
-            }
-            let Some(Mark::Log {
-                meta,
-                compact_to,
-                purge,
-                started,
-                ..
-            }) = self.mark.take()
-            else {
-                unreachable!("matched above");
-            };
-            self.finish_mark(meta, compact_to, purge, started)?;
-        }
+        let mark = match self.mark.take() {
+            Some(mark) => mark,
+            None => match self.choose_mark()? {
+                Some(mark) => mark,
+                None => return Ok(()),
+            },
+        };
+        self.mark = self.next_step(mark)?;
         Ok(())
+    }
+
+    /// Takes every step of `mark` that the disk allows now; returns the mark if it must wait.
+    fn next_step(&mut self, mark: Mark) -> Result<Option<Mark>, FatalError> {
+        let recorded = match mark {
+            Mark::Store { meta, started } => {
+                // A snapshot from the leader may have replaced the store and the log meanwhile.
+                if self.recorded_snapshot_index()? >= meta.index {
+                    return Ok(None);
+                }
+                let durable = self
+                    .store
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .durable_index();
+                if durable < meta.index {
+                    return Ok(Some(Mark::Store { meta, started }));
+                }
+                self.record_mark(meta, started)?
+            }
+            Mark::Log(recorded) => recorded,
+        };
+        if self.log.synced_position() < recorded.durable_at {
+            return Ok(Some(Mark::Log(recorded)));
+        }
+        self.finish_mark(recorded)?;
+        Ok(None)
     }
 
     /// A mark at the applied index if `snapshot_count` entries were applied since the last.
@@ -1337,7 +1338,7 @@ impl Driver {
         &mut self,
         meta: chorus_raft::SnapshotMeta,
         started: Instant,
-    ) -> Result<Mark, FatalError> {
+    ) -> Result<RecordedMark, FatalError> {
         let index = meta.index;
         self.log.set_snapshot(chorus_raft::Snapshot {
             meta: meta.clone(),
@@ -1362,7 +1363,7 @@ impl Driver {
             .map_or(self.synced_through, |f| f.ready.number);
         self.syncer.request(last_ready);
         self.snapshots.last_index = index;
-        Ok(Mark::Log {
+        Ok(RecordedMark {
             meta,
             compact_to,
             purge,
@@ -1372,13 +1373,14 @@ impl Driver {
     }
 
     /// The mark and the compaction are durable: the segments and snapshot files they freed go.
-    fn finish_mark(
-        &mut self,
-        meta: chorus_raft::SnapshotMeta,
-        compact_to: u64,
-        purge: Option<PurgePlan>,
-        started: Instant,
-    ) -> Result<(), FatalError> {
+    fn finish_mark(&mut self, mark: RecordedMark) -> Result<(), FatalError> {
+        let RecordedMark {
+            meta,
+            compact_to,
+            purge,
+            started,
+            ..
+        } = mark;
         if let Some(plan) = purge {
             // The WAL deletes them on a thread of its own (see `open_storage`).
             self.log.finish_purge(plan)?;

@@ -250,18 +250,15 @@ impl WalDisk {
         Ok(())
     }
 
-    /// Deletes the segments of the prepared purge if the WAL is durable up to its plan, and
-    /// returns how many.
+    /// Deletes the segments of the prepared purge, if any, and returns how many. Called right
+    /// after a sync, which covers the plan.
     pub fn finish_purge(&mut self) -> Result<usize, WalError> {
-        let (Some(wal), Some(plan)) = (&self.wal, self.purge) else {
+        let (Some(wal), Some(plan)) = (&self.wal, self.purge.take()) else {
             return Ok(0);
         };
-        let mut wal = wal.lock().unwrap_or_else(|e| e.into_inner());
-        if wal.synced_position() < plan.durable_at() {
-            return Ok(0);
-        }
-        self.purge = None;
-        wal.finish_purge(plan)
+        wal.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .finish_purge(plan)
     }
 
     /// Whether the open WAL holds appended records that are not durable yet (a sync will reach

@@ -203,13 +203,6 @@ pub struct PurgePlan {
     durable_at: WalPosition,
 }
 
-impl PurgePlan {
-    /// The position up to which the log must be durable before the segments go.
-    pub fn durable_at(&self) -> WalPosition {
-        self.durable_at
-    }
-}
-
 /// A position in the log: a segment and a byte offset in it. Positions only grow.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct WalPosition {
