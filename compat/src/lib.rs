@@ -226,6 +226,18 @@ impl Cluster {
         connect(&[self.members[0].endpoint()]).await
     }
 
+    /// The endpoint of the member whose id is `leader`.
+    pub async fn leader_endpoint(&self, leader: u64) -> String {
+        for endpoint in self.endpoints() {
+            let mut c = connect(std::slice::from_ref(&endpoint)).await;
+            let status = c.status().await.expect("status");
+            if status.header().expect("header").member_id() == leader {
+                return endpoint;
+            }
+        }
+        panic!("no member is {leader:x}")
+    }
+
     async fn wait_ready(&self) {
         for member in &self.members {
             let mut client = connect(&[member.endpoint()]).await;

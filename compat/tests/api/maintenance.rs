@@ -101,20 +101,9 @@ async fn move_leader_hands_leadership_over() {
         .map(|m| m.id())
         .find(|id| *id != leader)
         .expect("another member");
-    let leader_endpoint = leader_endpoint(&cluster, leader).await;
+    let leader_endpoint = cluster.leader_endpoint(leader).await;
     let mut lc = chorus_compat::connect(&[leader_endpoint]).await;
     lc.move_leader(target).await.expect("move leader");
     let now = lc.status().await.expect("status").leader();
     assert_eq!(now, target);
-}
-
-async fn leader_endpoint(cluster: &Cluster, leader: u64) -> String {
-    for endpoint in cluster.endpoints() {
-        let mut c = chorus_compat::connect(std::slice::from_ref(&endpoint)).await;
-        let status = c.status().await.expect("status");
-        if status.header().expect("header").member_id() == leader {
-            return endpoint;
-        }
-    }
-    panic!("no member is {leader:x}")
 }
