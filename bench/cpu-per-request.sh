@@ -6,6 +6,7 @@
 # Usage: bench/cpu-per-request.sh chorus|etcd [chorus bench arguments]
 #        bench/cpu-per-request.sh chorus put --conns 30 --clients 300 --total 80000   (default)
 #        CHORUS=/path/to/another/chorus bench/cpu-per-request.sh chorus   (compare two builds)
+#        GENERATOR=/path/to/a/chorus ...   (the load generator from another build than the servers)
 # Prints the bench's throughput and latency, then the members' user+system CPU per 1,000
 # requests, their read/write syscalls and context switches per request, the load generator's
 # own CPU per 1,000 requests, and the ratio of the two: the steadiest figure to compare two
@@ -57,7 +58,7 @@ sum() {
 
 cpu0=$(sum cpu "${PIDS[@]}"); sys0=$(sum syscalls "${PIDS[@]}"); sw0=$(sum switches "${PIDS[@]}")
 /usr/bin/time -f "%U %S" -o "$WORK/bench.time" \
-  "$CHORUS" bench "${ARGS[@]}" --endpoints "$EPS" --no-progress --json >"$WORK/bench.json"
+  "${GENERATOR:-$CHORUS}" bench "${ARGS[@]}" --endpoints "$EPS" --no-progress --json >"$WORK/bench.json"
 cpu1=$(sum cpu "${PIDS[@]}"); sys1=$(sum syscalls "${PIDS[@]}"); sw1=$(sum switches "${PIDS[@]}")
 
 python3 - "$WORK/bench.json" "$WORK/bench.time" "$SYSTEM" "$((cpu1 - cpu0))" "$(getconf CLK_TCK)" \

@@ -40,6 +40,7 @@
 pub mod alarm;
 pub mod authority;
 pub mod cluster;
+pub mod coalesce;
 pub mod compactor;
 pub mod config;
 pub mod coordination;

@@ -87,10 +87,17 @@ pub(crate) fn nodelay(listener: TcpListener) -> tonic::transport::server::TcpInc
 fn client_connections(
     listener: TcpListener,
 ) -> impl tokio_stream::Stream<
-    Item = Result<crate::authority::UrlAuthority<tokio::net::TcpStream>, std::io::Error>,
+    Item = Result<
+        crate::authority::UrlAuthority<crate::coalesce::CoalescedWrites<tokio::net::TcpStream>>,
+        std::io::Error,
+    >,
 > {
     use tokio_stream::StreamExt as _;
-    nodelay(listener).map(|accepted| accepted.map(crate::authority::UrlAuthority::new))
+    nodelay(listener).map(|accepted| {
+        accepted.map(|tcp| {
+            crate::authority::UrlAuthority::new(crate::coalesce::CoalescedWrites::new(tcp))
+        })
+    })
 }
 
 async fn bind(url: &MemberUrl) -> Result<TcpListener, MemberError> {
