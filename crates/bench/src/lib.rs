@@ -238,11 +238,10 @@ async fn connect(args: &BenchArgs) -> anyhow::Result<Vec<Channel>> {
     let mut channels = Vec::with_capacity(args.conns);
     for i in 0..args.conns {
         let url = &args.endpoints[i % args.endpoints.len()];
-        let channel = Endpoint::from_shared(url.clone())
+        let endpoint = Endpoint::from_shared(url.clone())
             .with_context(|| format!("invalid endpoint {url}"))?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .connect()
+            .connect_timeout(Duration::from_secs(5));
+        let channel = chorus_server::coalesce::connect(&endpoint)
             .await
             .with_context(|| format!("connect to {url}"))?;
         channels.push(channel);
