@@ -180,14 +180,16 @@ pub(crate) struct BatchLimits {
 /// Fills a batch starting with `first`, taking more from `next` while the limits allow. A
 /// message that does not fit is returned as the carry for the next batch, so nothing is lost
 /// and the order is kept. The first message always goes in, so one message above
-/// `bytes_max` travels alone.
+/// `bytes_max` travels alone. `queued` (how many wait behind `first`) sizes the batch up front.
 pub(crate) fn fill_batch(
     first: pb::Message,
     limits: BatchLimits,
+    queued: usize,
     mut next: impl FnMut() -> Option<pb::Message>,
 ) -> (Vec<pb::Message>, Option<pb::Message>) {
     let mut bytes = first.encoded_len();
-    let mut batch = vec![first];
+    let mut batch = Vec::with_capacity(queued.saturating_add(1).min(limits.msgs_max.max(1)));
+    batch.push(first);
     while batch.len() < limits.msgs_max {
         let Some(message) = next() else { break };
         let len = message.encoded_len();
@@ -265,7 +267,7 @@ pub(crate) async fn run_message_sender(
                 None => break,
             },
         };
-        let (batch, rest) = fill_batch(first, limits, || {
+        let (batch, rest) = fill_batch(first, limits, queue.len(), || {
             loop {
                 let message = queue.try_recv().ok()?;
                 if let Some(frame) = encode_checked(&shared, &message) {
@@ -422,7 +424,7 @@ mod tests {
         let mut queue: std::collections::VecDeque<pb::Message> =
             (0..5).map(|_| frame(100)).collect();
         let first = queue.pop_front().unwrap();
-        let (batch, carry) = fill_batch(first, limits, || queue.pop_front());
+        let (batch, carry) = fill_batch(first, limits, queue.len(), || queue.pop_front());
         assert_eq!(batch.len(), 2, "byte limit stops at two");
         assert!(carry.is_some(), "the third message is carried, not lost");
         assert_eq!(queue.len(), 2);
@@ -434,7 +436,7 @@ mod tests {
         let mut queue: std::collections::VecDeque<pb::Message> =
             (0..5).map(|_| frame(100)).collect();
         let first = queue.pop_front().unwrap();
-        let (batch, carry) = fill_batch(first, limits, || queue.pop_front());
+        let (batch, carry) = fill_batch(first, limits, queue.len(), || queue.pop_front());
         assert_eq!(
             (batch.len(), carry.is_none(), queue.len()),
             (3, true, 2),
@@ -445,7 +447,7 @@ mod tests {
             msgs_max: 3,
             bytes_max: 10,
         };
-        let (batch, carry) = fill_batch(frame(1000), limits, || Some(frame(1)));
+        let (batch, carry) = fill_batch(frame(1000), limits, 0, || Some(frame(1)));
         assert_eq!(batch.len(), 1, "an oversized first message travels alone");
         assert!(carry.is_some());
     }

@@ -442,21 +442,31 @@ impl Wal {
     }
 
     /// Encodes `record` into the pending buffer, rotating the segment first if it would not fit.
+    ///
+    /// The frame is encoded in place at the end of the buffer, whose capacity outlives each
+    /// write: a batch of entries is neither allocated apart nor copied once more. Only a frame
+    /// that starts a new segment (once per segment) is taken out while the old one is sealed.
     fn write_record(&mut self, record: &Record) -> Result<(), WalError> {
-        let mut frame = Vec::new();
-        codec::encode_frame(record, &mut frame);
-        let body_bytes = (frame.len() - FRAME_HEADER_BYTES) as u64;
+        let start = self.pending.len();
+        let frame_len = codec::encode_frame(record, &mut self.pending);
+        let body_bytes = (frame_len - FRAME_HEADER_BYTES) as u64;
         if body_bytes > u64::from(self.config.record_bytes_max) {
+            self.pending.truncate(start);
+            // A refused record leaves no oversized buffer behind.
+            self.pending
+                .shrink_to(self.config.pending_bytes_max + self.config.record_bytes_max as usize);
             return Err(WalError::RecordTooLarge {
                 bytes: body_bytes,
                 max: self.config.record_bytes_max,
             });
         }
-        let end = self.appended_position().offset + frame.len() as u64 + SEAL_FRAME_BYTES_MAX;
+        // The appended position counts the frame, which is now in the buffer.
+        let end = self.appended_position().offset + SEAL_FRAME_BYTES_MAX;
         if end > self.config.segment_bytes_max {
+            let frame = self.pending.split_off(start);
             self.rotate()?;
+            self.pending.extend_from_slice(&frame);
         }
-        self.pending.extend_from_slice(&frame);
         if self.pending.len() >= self.config.pending_bytes_max {
             self.write_pending()?;
         }
