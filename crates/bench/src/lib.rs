@@ -38,6 +38,7 @@
 //! # }
 //! ```
 
+mod conn;
 mod keys;
 mod report;
 mod workload;
@@ -47,7 +48,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use tonic::transport::{Channel, Endpoint};
 
 pub use keys::KeyGen;
 pub use report::{LatencySummary, Report};
@@ -234,25 +234,19 @@ impl Budget {
     }
 }
 
-async fn connect(args: &BenchArgs) -> anyhow::Result<Vec<Channel>> {
-    let mut channels = Vec::with_capacity(args.conns);
+async fn connect(args: &BenchArgs) -> anyhow::Result<Vec<conn::Connection>> {
+    let mut connections = Vec::with_capacity(args.conns);
     for i in 0..args.conns {
         let url = &args.endpoints[i % args.endpoints.len()];
-        let endpoint = Endpoint::from_shared(url.clone())
-            .with_context(|| format!("invalid endpoint {url}"))?
-            .connect_timeout(Duration::from_secs(5));
-        let channel = chorus_server::coalesce::connect(&endpoint)
-            .await
-            .with_context(|| format!("connect to {url}"))?;
-        channels.push(channel);
+        connections.push(conn::Connection::open(url).await?);
     }
-    Ok(channels)
+    Ok(connections)
 }
 
 /// Runs the benchmark the arguments describe and reports what it measured.
 pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     args.validate()?;
-    let channels = connect(args).await?;
+    let connections = connect(args).await?;
     let keys = Arc::new(KeyGen::new(
         args.key_size,
         args.key_space,
@@ -260,7 +254,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     ));
     let prefill = args.prefill_count();
     if prefill > 0 {
-        workload::prefill(&channels, &keys, prefill, args.val_size)
+        workload::prefill(&connections, &keys, prefill, args.val_size)
             .await
             .context("prefill the keys read by the workload")?;
     }
@@ -278,7 +272,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         period_nanos: args.rate.map(|rate| 1e9 / rate),
     });
     let progress = report::Progress::start(args, total, budget.clone());
-    let outcome = workload::run(args, &channels, keys, budget.clone(), start).await;
+    let outcome = workload::run(args, &connections, keys, budget.clone(), start).await;
     progress.finish();
     let outcome = outcome?;
     Ok(Report::new(args, outcome, start.elapsed()))

@@ -16,8 +16,8 @@ use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
+use crate::conn::Connection;
 use crate::{BenchArgs, Budget, KeyGen, Workload};
 
 /// Latencies are recorded in microseconds, up to an hour, with 3 significant digits.
@@ -77,7 +77,7 @@ fn kind(status: &tonic::Status) -> String {
 
 /// Writes keys `0..count` (with as many concurrent writers as there are connections).
 pub(crate) async fn prefill(
-    channels: &[Channel],
+    connections: &[Connection],
     keys: &Arc<KeyGen>,
     count: u64,
     val_size: usize,
@@ -85,8 +85,8 @@ pub(crate) async fn prefill(
     let next = Arc::new(AtomicU64::new(0));
     let value = Bytes::from(vec![b'v'; val_size]);
     let mut tasks = tokio::task::JoinSet::new();
-    for channel in channels.iter().cycle().take(channels.len() * 4) {
-        let mut kv = KvClient::new(channel.clone());
+    for connection in connections.iter().cycle().take(connections.len() * 4) {
+        let mut kv = KvClient::with_origin(connection.clone(), connection.origin());
         let (next, keys, value) = (next.clone(), keys.clone(), value.clone());
         tasks.spawn(async move {
             loop {
@@ -111,7 +111,7 @@ pub(crate) async fn prefill(
 
 struct Client {
     args: Arc<BenchArgs>,
-    channel: Channel,
+    connection: Connection,
     keys: Arc<KeyGen>,
     budget: Arc<Budget>,
     start: Instant,
@@ -155,7 +155,7 @@ impl Client {
     }
 
     async fn run_kv(&mut self) {
-        let mut kv = KvClient::new(self.channel.clone());
+        let mut kv = KvClient::with_origin(self.connection.clone(), self.connection.origin());
         let value = Bytes::from(vec![b'v'; self.args.val_size]);
         let watch_key = self.keys.key(0);
         let mut seen: HashMap<Bytes, i64> = HashMap::new();
@@ -216,7 +216,7 @@ impl Client {
     }
 
     async fn run_lease(&mut self) {
-        let mut lease = LeaseClient::new(self.channel.clone());
+        let mut lease = LeaseClient::with_origin(self.connection.clone(), self.connection.origin());
         let granted = lease
             .lease_grant(pb::LeaseGrantRequest {
                 ttl: self.args.lease_ttl,
@@ -311,14 +311,14 @@ fn cas_outcome(response: &pb::TxnResponse) -> Option<i64> {
 
 /// One watch stream on `key`: records each event's delivery latency until told to stop.
 async fn watcher(
-    channel: Channel,
+    connection: Connection,
     key: Bytes,
     start: Instant,
     delivered: Arc<AtomicU64>,
     mut stop: watch::Receiver<bool>,
     ready: mpsc::Sender<()>,
 ) -> anyhow::Result<Histogram<u64>> {
-    let mut client = WatchClient::new(channel);
+    let mut client = WatchClient::with_origin(connection.clone(), connection.origin());
     let (tx, rx) = mpsc::channel(1);
     tx.send(pb::WatchRequest {
         request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
@@ -369,7 +369,7 @@ const DELIVERY_GRACE: Duration = Duration::from_secs(10);
 /// Runs the clients (and the watchers of the watch workload) and merges what they measured.
 pub(crate) async fn run(
     args: &BenchArgs,
-    channels: &[Channel],
+    connections: &[Connection],
     keys: Arc<KeyGen>,
     budget: Arc<Budget>,
     start: Instant,
@@ -382,7 +382,7 @@ pub(crate) async fn run(
         let (ready_tx, mut ready_rx) = mpsc::channel(args.watchers);
         for i in 0..args.watchers {
             watchers.spawn(watcher(
-                channels[i % channels.len()].clone(),
+                connections[i % connections.len()].clone(),
                 keys.key(0),
                 start,
                 delivered.clone(),
@@ -412,7 +412,7 @@ pub(crate) async fn run(
     for i in 0..args.clients {
         let client = Client {
             args: args.clone(),
-            channel: channels[i % channels.len()].clone(),
+            connection: connections[i % connections.len()].clone(),
             keys: keys.clone(),
             budget: budget.clone(),
             start,

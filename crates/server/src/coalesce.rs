@@ -12,8 +12,8 @@
 //! writer flushes only once it has nothing more queued. Nothing waits for a timer: a
 //! connection with nothing else ready writes after one pass of the scheduler.
 //!
-//! The client listener wraps every accepted connection, and [`connect`] opens tonic channels
-//! whose connections are wrapped (the load generator's).
+//! The client listener wraps every accepted connection, and the load generator (`chorus bench`)
+//! wraps the connections it opens.
 
 use std::future::Future;
 use std::io;
@@ -22,13 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-use tonic::codegen::Service;
-use tonic::codegen::http::Uri;
-use tonic::transport::{Channel, Endpoint};
 
 /// A connection whose writes after each flush wait for one pass of the scheduler.
 pub struct CoalescedWrites<S> {
@@ -169,47 +163,6 @@ impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected
     fn connect_info(&self) -> Self::ConnectInfo {
         self.inner.connect_info()
     }
-}
-
-/// Opens the connections of a tonic channel as [`CoalescedWrites`], with `TCP_NODELAY` set:
-/// for channels on which many requests are in flight at once.
-#[derive(Clone, Debug)]
-pub struct CoalescingConnector {
-    http: HttpConnector,
-}
-
-impl Default for CoalescingConnector {
-    fn default() -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        CoalescingConnector { http }
-    }
-}
-
-impl Service<Uri> for CoalescingConnector {
-    type Response = TokioIo<CoalescedWrites<TcpStream>>;
-    type Error = <HttpConnector as Service<Uri>>::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.http.poll_ready(cx)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.http.call(uri);
-        Box::pin(async move {
-            let tcp = connecting.await?.into_inner();
-            Ok(TokioIo::new(CoalescedWrites::new(tcp)))
-        })
-    }
-}
-
-/// A channel to `endpoint` whose connections coalesce their writes, connected.
-pub async fn connect(endpoint: &Endpoint) -> Result<Channel, tonic::transport::Error> {
-    endpoint
-        .connect_with_connector(CoalescingConnector::default())
-        .await
 }
 
 #[cfg(test)]
