@@ -20,7 +20,8 @@
 //! etcd's "leader changed" error if another term's entry took the index: never a silent retry.
 //!
 //! Reads: a linearizable read asks Raft for a read index (ReadIndex, §6.4 of the Raft thesis)
-//! and proceeds once the applied index reaches it; the edge then reads the store locally.
+//! and proceeds once the applied index reaches it; the edge then reads the store locally. The
+//! reads that arrive while a read index is being asked for share the next one (see [`reads`]).
 //!
 //! Snapshots: every `--snapshot-count` applied entries the driver marks a snapshot at the
 //! applied index: once the store's commits made it durable there, the WAL records the mark and
@@ -64,6 +65,10 @@ use crate::membership::{
 };
 use crate::snap::{self, SnapFiles};
 use crate::transport::{PeerTransport, TransportReport};
+
+mod reads;
+
+use reads::{ReadReply, ReadRounds};
 
 /// The limits of the driver. Validate with [`NodeConfig::validate`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -319,16 +324,9 @@ pub struct Driver {
     status: watch::Sender<NodeStatus>,
     seq: u64,
     waiters: BTreeMap<LogIndex, Waiter>,
-    read_seq: u64,
-    /// Read barriers taken from the commands since the last Ready: they share one read index.
-    reads_new: Vec<ReadReply>,
-    /// Reads waiting for their read index, by the context of the request they share, with
-    /// when it was asked.
-    reads_unconfirmed: HashMap<Bytes, (Instant, Vec<ReadReply>)>,
+    reads: ReadRounds,
     /// When a read index slower than `SLOW_STEP` was last logged: at most one a second is.
     slow_read_logged: Option<Instant>,
-    /// Reads with a read index, waiting for the applied index to reach it.
-    reads_confirmed: Vec<(LogIndex, ReadReply)>,
     snapshots: SnapshotPolicy,
     /// The hard state last handed to the WAL: a Ready that changes its term or vote is synced
     /// before the messages that depend on it are sent.
@@ -399,12 +397,13 @@ pub enum FatalError {
     Snapshot(String),
 }
 
-/// Where a read barrier is answered.
-type ReadReply = oneshot::Sender<Result<(), ServerError>>;
-
 /// A step of the Raft loop that takes longer than this is logged with where the time went, as
 /// etcd warns of an apply that took over 100 ms: every client of the member waits for it.
 const SLOW_STEP: Duration = Duration::from_millis(100);
+
+/// How long a read index round may stay unanswered before a new one replaces it (etcd's
+/// `readIndexRetryTime`).
+const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
 
 fn snapshot_error(context: &str) -> impl FnOnce(std::io::Error) -> FatalError + '_ {
     move |e| FatalError::Snapshot(format!("{context}: {e}"))
@@ -520,6 +519,11 @@ impl Driver {
             members: parts.members.clone(),
             snapshot_writing: snapshot_writing.clone(),
         };
+        let reads = ReadRounds::new(
+            parts.member_id,
+            parts.config.reads_pending_max,
+            READ_INDEX_RETRY,
+        );
         let driver = Driver {
             config: parts.config,
             lessor: parts.lessor,
@@ -531,11 +535,8 @@ impl Driver {
             status,
             seq: 0,
             waiters: BTreeMap::new(),
-            read_seq: 0,
-            reads_new: Vec::new(),
-            reads_unconfirmed: HashMap::new(),
+            reads,
             slow_read_logged: None,
-            reads_confirmed: Vec::new(),
             snapshots: parts.snapshots,
             written_hard_state,
             in_flight: VecDeque::new(),
@@ -594,7 +595,6 @@ impl Driver {
                     for command in batch.drain(..) {
                         self.handle_command(command);
                     }
-                    self.read_index();
                 }
                 _ = inputs.shutdown.changed() => return self.stop(),
             }
@@ -602,7 +602,13 @@ impl Driver {
             while let Ok(message) = inputs.inbound.try_recv() {
                 self.step(message);
             }
-            while self.raw.has_ready() {
+            // A Ready may confirm the read index in flight, and the reads waiting behind it
+            // then ask for the next.
+            loop {
+                self.read_index();
+                if !self.raw.has_ready() {
+                    break;
+                }
                 self.handle_ready()?;
             }
             self.maybe_write_snapshot()?;
@@ -659,7 +665,7 @@ impl Driver {
     fn handle_command(&mut self, command: Command) {
         match command {
             Command::Propose { request, reply } => self.propose(request, reply),
-            Command::ReadBarrier { reply } => self.reads_new.push(reply),
+            Command::ReadBarrier { reply } => self.reads.push(reply),
             Command::TransferLeader { to, reply } => {
                 let _ = reply.send(self.transfer_leader(to));
             }
@@ -897,45 +903,14 @@ impl Driver {
         }
     }
 
-    /// Asks Raft for one read index for all the read barriers taken since the last call: a
-    /// read index learnt after they all arrived serves each of them (etcd batches its reads the
-    /// same way), and one request costs one heartbeat round whatever the number of reads.
+    /// Asks Raft for a read index for the reads waiting for one, unless a round is out (see
+    /// [`reads`]): one request costs one heartbeat round whatever the number of reads.
     fn read_index(&mut self) {
-        if self.reads_new.is_empty() {
+        let Some(context) = self.reads.start(Instant::now()) else {
             return;
-        }
-        let waiting = self
-            .reads_unconfirmed
-            .values()
-            .map(|(_, r)| r.len())
-            .sum::<usize>()
-            + self.reads_confirmed.len();
-        let room = self.config.reads_pending_max.saturating_sub(waiting);
-        let mut replies = std::mem::take(&mut self.reads_new);
-        if replies.len() > room {
-            for reply in replies.drain(room..) {
-                let _ = reply.send(Err(ServerError::TooManyRequests));
-            }
-        }
-        if replies.is_empty() {
-            return;
-        }
-        self.read_seq += 1;
-        let mut context = Vec::with_capacity(16);
-        context.extend_from_slice(&self.member_id.get().to_be_bytes());
-        context.extend_from_slice(&self.read_seq.to_be_bytes());
-        let context = Bytes::from(context);
-        match self.raw.read_index(context.clone()) {
-            Ok(()) => {
-                self.reads_unconfirmed
-                    .insert(context, (Instant::now(), replies));
-            }
-            Err(error) => {
-                let error = propose_error(error);
-                for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
-                }
-            }
+        };
+        if let Err(error) = self.raw.read_index(context) {
+            self.reads.refuse(&propose_error(error));
         }
     }
 
@@ -1069,16 +1044,11 @@ impl Driver {
 
     /// A read index arrived: the reads that asked for it wait for the applied index to reach it.
     fn confirm_reads(&mut self, read: ReadState) {
-        let Some((asked, replies)) = self.reads_unconfirmed.remove(&read.context) else {
-            return;
-        };
-        self.note_read_index_time(asked.elapsed(), replies.len());
-        for reply in replies {
-            if read.index == LogIndex(0) {
-                let _ = reply.send(Err(ServerError::NoLeader));
-            } else {
-                self.reads_confirmed.push((read.index, reply));
-            }
+        if let Some(answered) = self
+            .reads
+            .confirm(&read.context, read.index, Instant::now())
+        {
+            self.note_read_index_time(answered.took, answered.reads);
         }
     }
 
@@ -1541,14 +1511,7 @@ impl Driver {
     }
 
     fn release_reads(&mut self) {
-        let applied = self.raw.basic_status().applied;
-        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_confirmed)
-            .into_iter()
-            .partition(|(index, _)| *index <= applied);
-        self.reads_confirmed = waiting;
-        for (_, reply) in ready {
-            let _ = reply.send(Ok(()));
-        }
+        self.reads.release(self.raw.basic_status().applied);
     }
 
     fn publish_status(&mut self, ready: &Ready) {
@@ -1568,14 +1531,8 @@ impl Driver {
                 self.lessor.demote();
             }
             if soft.role != Role::Leader {
-                // Reads waiting for this member's leadership will not be confirmed by it.
-                for reply in self
-                    .reads_unconfirmed
-                    .drain()
-                    .flat_map(|(_, (_, replies))| replies)
-                {
-                    let _ = reply.send(Err(ServerError::LeaderChanged));
-                }
+                // The round out will not be answered by the leadership it was asked of.
+                self.reads.leader_changed();
             }
         }
         self.status.send_replace(NodeStatus {
