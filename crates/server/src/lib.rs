@@ -39,6 +39,7 @@
 
 pub mod alarm;
 pub mod authority;
+pub mod client_api;
 pub mod cluster;
 pub mod coalesce;
 pub mod compactor;

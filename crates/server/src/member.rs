@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::Instrument as _;
 
+use crate::client_api::ClientApi;
 use crate::cluster::ClusterService;
 use crate::config::{MemberUrl, ReadMode, ServerConfig};
 use crate::coordination::{ElectionService, LockService};
@@ -80,24 +81,6 @@ pub struct Bound {
 /// TCP_NODELAY, Nagle's algorithm and delayed acknowledgements hold them for ~40 ms.
 pub(crate) fn nodelay(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
-}
-
-/// Client connections, each wrapped so that requests whose `:authority` is a URL (etcdctl 3.4
-/// given `http://` endpoints) are served; see [`crate::authority`].
-fn client_connections(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<
-    Item = Result<
-        crate::authority::UrlAuthority<crate::coalesce::CoalescedWrites<tokio::net::TcpStream>>,
-        std::io::Error,
-    >,
-> {
-    use tokio_stream::StreamExt as _;
-    nodelay(listener).map(|accepted| {
-        accepted.map(|tcp| {
-            crate::authority::UrlAuthority::new(crate::coalesce::CoalescedWrites::new(tcp))
-        })
-    })
 }
 
 async fn bind(url: &MemberUrl) -> Result<TcpListener, MemberError> {
@@ -433,35 +416,29 @@ async fn run_member(
         stop_rx.clone(),
     ));
     for listener in client_listeners {
-        let kv = KvServer::new(KvService(edge.clone()))
-            .max_decoding_message_size((config.request_bytes_max + GRPC_OVERHEAD_BYTES) as usize)
-            .max_encoding_message_size(usize::MAX);
-        let maintenance = MaintenanceService(edge.clone());
-        let cluster = ClusterService {
-            edge: edge.clone(),
-            membership: membership.clone(),
+        let api = ClientApi {
+            kv: KvServer::new(KvService(edge.clone()))
+                .max_decoding_message_size(
+                    (config.request_bytes_max + GRPC_OVERHEAD_BYTES) as usize,
+                )
+                .max_encoding_message_size(usize::MAX),
+            lease: LeaseServer::new(LeaseService {
+                edge: edge.clone(),
+                min_ttl: lease::min_ttl(Duration::from_millis(config.election_timeout_ms)),
+            }),
+            watch: watch.clone(),
+            maintenance: MaintenanceServer::new(MaintenanceService(edge.clone())),
+            cluster: ClusterServer::new(ClusterService {
+                edge: edge.clone(),
+                membership: membership.clone(),
+            }),
+            lock: LockServer::new(LockService(edge.clone())),
+            election: ElectionServer::new(ElectionService(edge.clone())),
         };
-        let (lock_edge, election_edge) = (edge.clone(), edge.clone());
-        let lease = LeaseService {
-            edge: edge.clone(),
-            min_ttl: lease::min_ttl(Duration::from_millis(config.election_timeout_ms)),
-        };
-        let mut stop = stop_rx.clone();
-        let watch_server = watch.clone();
+        let served = crate::client_api::serve(listener, api, stop_rx.clone());
         tasks.spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(kv)
-                .add_service(MaintenanceServer::new(maintenance))
-                .add_service(ClusterServer::new(cluster))
-                .add_service(LockServer::new(LockService(lock_edge)))
-                .add_service(ElectionServer::new(ElectionService(election_edge)))
-                .add_service(watch_server)
-                .add_service(LeaseServer::new(lease))
-                .serve_with_incoming_shutdown(client_connections(listener), async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-                .map_err(fail("serve clients"))
+            served.await;
+            Ok(())
         });
     }
     for listener in metrics_listeners {
