@@ -4,7 +4,7 @@
 //! with one client per endpoint, and grpc-go then sends the endpoint exactly as given as each
 //! request's `:authority`: `http://127.0.0.1:2379` when the user wrote
 //! `--endpoints http://127.0.0.1:2379`. etcd's Go server accepts that; the `h2` server under
-//! tonic refuses it as a malformed header and resets the stream, which etcdctl reports as
+//! hyper refuses it as a malformed header and resets the stream, which etcdctl reports as
 //! "stream terminated by RST_STREAM with error code: PROTOCOL_ERROR".
 //!
 //! [`UrlAuthority`] sits between the socket and the HTTP/2 server and reads the connection's
