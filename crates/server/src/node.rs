@@ -401,7 +401,7 @@ pub enum FatalError {
 /// etcd warns of an apply that took over 100 ms: every client of the member waits for it.
 const SLOW_STEP: Duration = Duration::from_millis(100);
 
-/// How long a read index round may stay unanswered before a new one replaces it (etcd's
+/// How long a read index round may stay unanswered before it is asked for again (etcd's
 /// `readIndexRetryTime`).
 const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
 

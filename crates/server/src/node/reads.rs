@@ -5,9 +5,9 @@
 //! the reads that arrive while a round is out wait for the next one, so that under load each
 //! round serves every read that arrived during the one before, and the heartbeat rounds per
 //! second stay near one per round trip to a quorum whatever the reads per second. A round not
-//! answered within the retry interval (its request or its answer may have been lost) gives way
-//! to a new one, which serves its reads too: a read index learnt later serves any read that
-//! arrived earlier.
+//! answered within the retry interval (its request or its answer may have been lost) is asked
+//! for again with the same context, as etcd retries its read index request: whichever answer
+//! comes first serves it, so a round trip slower than the interval still completes.
 
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,9 @@ pub(super) type ReadReply = oneshot::Sender<Result<(), ServerError>>;
 /// A read index request out to Raft, and the reads it will serve.
 struct Round {
     context: Bytes,
+    /// When the round was first asked for, and last.
     asked: Instant,
+    asked_last: Instant,
     replies: Vec<ReadReply>,
 }
 
@@ -76,22 +78,20 @@ impl ReadRounds {
         }
     }
 
-    /// The context of the next round to ask Raft for, if reads wait for one and no round is
-    /// out, or the round out has waited longer than the retry interval (its reads join the
-    /// new one).
+    /// The context to ask Raft for a read index with, if any: the round out again once the
+    /// retry interval passed since it was last asked for, or else a new round for the reads
+    /// waiting, if any.
     pub fn start(&mut self, now: Instant) -> Option<Bytes> {
-        let retry = match &self.out {
-            Some(out) if now.saturating_duration_since(out.asked) < self.retry_after => {
+        if let Some(out) = &mut self.out {
+            if now.saturating_duration_since(out.asked_last) < self.retry_after {
                 return None;
             }
-            Some(_) => true,
-            None => false,
-        };
-        if self.new.is_empty() && !retry {
+            out.asked_last = now;
+            return Some(out.context.clone());
+        }
+        if self.new.is_empty() {
             return None;
         }
-        let mut replies = self.out.take().map(|r| r.replies).unwrap_or_default();
-        replies.append(&mut self.new);
         self.seq += 1;
         let mut context = Vec::with_capacity(16);
         context.extend_from_slice(&self.member_id.get().to_be_bytes());
@@ -100,12 +100,13 @@ impl ReadRounds {
         self.out = Some(Round {
             context: context.clone(),
             asked: now,
-            replies,
+            asked_last: now,
+            replies: std::mem::take(&mut self.new),
         });
         Some(context)
     }
 
-    /// Raft refused the round just started: its reads fail with `error`.
+    /// Raft refused the request just made for the round out: its reads fail with `error`.
     pub fn refuse(&mut self, error: &ServerError) {
         for reply in self.out.take().into_iter().flat_map(|r| r.replies) {
             let _ = reply.send(Err(error.clone()));
@@ -113,8 +114,8 @@ impl ReadRounds {
     }
 
     /// Raft answered the round asked with `context`: its reads wait for `index` to be applied
-    /// (an index of 0 means no leader could confirm it). Answers to rounds given up are
-    /// ignored.
+    /// (an index of 0 means no leader could confirm it). Answers to a round already answered
+    /// (it was asked for more than once) are ignored.
     pub fn confirm(&mut self, context: &[u8], index: LogIndex, now: Instant) -> Option<Answered> {
         if self.out.as_ref().is_none_or(|r| r.context != context) {
             return None;
@@ -214,27 +215,45 @@ mod tests {
     }
 
     #[test]
-    fn an_unanswered_round_is_asked_again_with_its_reads() {
+    fn an_unanswered_round_is_asked_again_and_either_answer_serves_it() {
         let t0 = Instant::now();
+        let ms = Duration::from_millis;
         let mut rounds = ReadRounds::new(NodeId(1), 100, RETRY);
         let mut a = read(&mut rounds);
-        let lost = rounds.start(t0).expect("a's round");
-        assert_eq!(rounds.start(t0 + RETRY - Duration::from_millis(1)), None);
-        // No new read, yet the round is asked again.
-        let again = rounds.start(t0 + RETRY).expect("the retry");
-        assert_ne!(lost, again);
+        let round = rounds.start(t0).expect("a's round");
+        assert_eq!(rounds.start(t0 + RETRY - ms(1)), None);
         let mut b = read(&mut rounds);
         assert_eq!(
-            rounds.confirm(&lost, LogIndex(5), t0 + RETRY),
-            None,
-            "a late answer to the round given up is ignored"
+            rounds.start(t0 + RETRY),
+            Some(round.clone()),
+            "asked again, with the same context"
         );
-        assert_eq!(outcome(&mut a), None);
-        let answered = rounds.confirm(&again, LogIndex(6), t0 + RETRY + Duration::from_millis(1));
-        assert_eq!(answered.map(|a| a.reads), Some(1));
+        assert_eq!(rounds.start(t0 + RETRY + ms(1)), None, "once per interval");
+        assert_eq!(rounds.start(t0 + RETRY * 2), Some(round.clone()));
+
+        // The answer to the first request arrives late, and serves the round.
+        let answered = rounds.confirm(&round, LogIndex(6), t0 + RETRY * 2 + ms(1));
+        assert_eq!(
+            answered,
+            Some(Answered {
+                took: RETRY * 2 + ms(1),
+                reads: 1
+            })
+        );
+        assert_eq!(
+            rounds.confirm(&round, LogIndex(6), t0 + RETRY * 2 + ms(2)),
+            None,
+            "the answer to the second request is ignored"
+        );
         rounds.release(LogIndex(6));
         assert_eq!(outcome(&mut a), Some(Ok(())));
-        assert_eq!(outcome(&mut b), None, "b waits for a round of its own");
+        assert_eq!(
+            outcome(&mut b),
+            None,
+            "b arrived after the round was first asked"
+        );
+        let next = rounds.start(t0 + RETRY * 2 + ms(3)).expect("b's round");
+        assert_ne!(next, round);
     }
 
     #[test]
