@@ -38,7 +38,8 @@ pub(super) struct Answered {
 
 pub(super) struct ReadRounds {
     member_id: NodeId,
-    /// Numbers the rounds, so that a late answer to a round given up is told apart.
+    /// Numbers the rounds, so that a late answer to a round already answered or failed is
+    /// told apart from the answer to the round out.
     seq: u64,
     retry_after: Duration,
     pending_max: usize,
@@ -51,7 +52,7 @@ pub(super) struct ReadRounds {
 
 impl ReadRounds {
     /// `pending_max` bounds the reads held at once; `retry_after` is how long a round may stay
-    /// unanswered before a new one replaces it.
+    /// unanswered before it is asked for again.
     pub fn new(member_id: NodeId, pending_max: usize, retry_after: Duration) -> ReadRounds {
         ReadRounds {
             member_id,
