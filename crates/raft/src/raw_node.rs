@@ -241,8 +241,8 @@ impl<S: LogStorage> RawNode<S> {
             hard_state: (hard != self.prev_hard).then_some(hard),
             snapshot,
             entries,
-            messages: std::mem::take(&mut self.raft.msgs),
-            persisted_messages: std::mem::take(&mut self.raft.msgs_after_persist),
+            messages: take_keeping_capacity(&mut self.raft.msgs),
+            persisted_messages: take_keeping_capacity(&mut self.raft.msgs_after_persist),
             committed_entries,
             read_states: std::mem::take(&mut self.raft.read_states),
         };
@@ -353,4 +353,12 @@ impl<S: LogStorage> RawNode<S> {
     pub fn term(&self, index: LogIndex) -> Result<Term, crate::StorageError> {
         self.raft.log.term(index)
     }
+}
+
+/// Takes the messages out for a Ready and leaves an empty vector with room for as many: a busy
+/// node sends about as many messages in each Ready as in the last, and growing the vector one
+/// push at a time again would copy it several times over.
+fn take_keeping_capacity(messages: &mut Vec<Message>) -> Vec<Message> {
+    let len = messages.len();
+    std::mem::replace(messages, Vec::with_capacity(len))
 }

@@ -355,7 +355,14 @@ pub struct Driver {
     mark: Option<Mark>,
     /// This member applied its own removal.
     removed: bool,
+    /// The entries of the batch being applied, decoded: kept between batches so that a busy
+    /// member does not allocate it afresh for each.
+    decoded: Vec<DecodedEntry>,
 }
+
+/// A committed entry as [`Driver::apply`] takes it: index, term, the sequence number of this
+/// member's proposal, and the write.
+type DecodedEntry = (LogIndex, Term, Option<u64>, Option<WriteOp>);
 
 /// The steps of a snapshot mark (see [`Driver::advance_mark`]), each waiting for the disk.
 enum Mark {
@@ -546,6 +553,7 @@ impl Driver {
             members: parts.members,
             peers: parts.peers,
             member_waiters: BTreeMap::new(),
+            decoded: Vec::new(),
             alarm_answers: HashMap::new(),
             snapshot_job: None,
             snapshot_done: Arc::new(tokio::sync::Notify::new()),
@@ -1064,14 +1072,11 @@ impl Driver {
                 job.stale = true;
             }
         }
-        let decoded: Vec<(LogIndex, Term, Option<u64>, Option<WriteOp>)> = ready
-            .committed_entries
-            .iter()
-            .map(|entry| {
-                let (seq, op) = self.decode_entry(entry);
-                (entry.index, entry.term, seq, op)
-            })
-            .collect();
+        let mut decoded = std::mem::take(&mut self.decoded);
+        decoded.extend(ready.committed_entries.iter().map(|entry| {
+            let (seq, op) = self.decode_entry(entry);
+            (entry.index, entry.term, seq, op)
+        }));
         let responses = {
             let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
             store.apply_entries(
@@ -1081,7 +1086,7 @@ impl Driver {
             )?
         };
         let mut responses = responses.into_iter();
-        for (index, term, seq, op) in decoded {
+        for (index, term, seq, op) in decoded.drain(..) {
             let response = op.as_ref().and_then(|_| responses.next());
             if let (Some(op), Some(result)) = (&op, &response) {
                 self.note_lease(op, result);
@@ -1097,6 +1102,7 @@ impl Driver {
             };
             let _ = waiter.reply.send(result);
         }
+        self.decoded = decoded;
         for entry in &ready.committed_entries {
             if let EntryPayload::ConfChange(cc) = &entry.payload {
                 match self.raw.apply_conf_change(cc) {
@@ -1483,7 +1489,8 @@ impl Driver {
         if data.is_empty() {
             return (None, None);
         }
-        let proposal = match ipb::Proposal::decode(data.as_ref()) {
+        // Decoded from the entry's own buffer, the key and value are slices of it, not copies.
+        let proposal = match ipb::Proposal::decode(data.clone()) {
             Ok(proposal) => proposal,
             Err(error) => {
                 tracing::error!(index = %entry.index, %error, "skipping an entry that does not decode");
