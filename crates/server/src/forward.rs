@@ -2,7 +2,8 @@
 //! `Forward.WriteStream` per leader: each write is a message tagged with an id, and the leader
 //! answers each id once the write is applied there, in the order writes finish. A forwarded
 //! write therefore costs a message on a stream that is already open, not an HTTP/2 request of
-//! its own (headers, a new stream, a task on each side).
+//! its own (headers, a new stream, a task on each side). On the leader no task waits for it
+//! either: the Raft loop puts its outcome straight into the stream's answers.
 //!
 //! When the stream breaks (the leader stopped, the connection dropped), every write still
 //! waiting on it fails with etcd's "request timed out, possibly due to connection lost": the
@@ -17,7 +18,8 @@ use std::time::Duration;
 use chorus_proto::internal as ipb;
 use chorus_raft::NodeId;
 use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -274,49 +276,85 @@ impl Forwarder {
     }
 }
 
-/// The leader's side of `Forward.WriteStream`: proposes each write as it arrives and answers
-/// it once applied, with `write` (the edge's leader write).
-pub(crate) fn serve_stream<F, Fut>(
+/// The answers of one `Forward.WriteStream`, as the service returns them.
+pub(crate) type AnswerStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<ipb::ForwardStreamResponse, Status>> + Send>,
+>;
+
+/// Where the outcome of one forwarded write goes: the answers of its stream, under its id.
+/// Sending costs a message on a channel; no task waits for the write.
+#[derive(Debug)]
+pub struct StreamAnswer<R> {
+    id: u64,
+    answers: mpsc::UnboundedSender<(u64, Result<R, Status>)>,
+}
+
+impl<R> StreamAnswer<R> {
+    #[cfg(test)]
+    pub(crate) fn new(id: u64, answers: mpsc::UnboundedSender<(u64, Result<R, Status>)>) -> Self {
+        StreamAnswer { id, answers }
+    }
+
+    pub fn send(self, outcome: R) {
+        // The sender may have gone; its writes' outcomes are then unknown to it anyway.
+        let _ = self.answers.send((self.id, Ok(outcome)));
+    }
+}
+
+/// The leader's side of `Forward.WriteStream`: hands each write to `propose` as it arrives,
+/// with where its outcome goes, and answers each outcome (turned into the wire's form by
+/// `answer`) in the order they come. The answers that are ready together leave together.
+///
+/// The answers wait in an unbounded queue: what bounds them is the writes the leader takes
+/// at once (the Raft loop's command queue and its waiters, which refuse more).
+pub(crate) fn serve_stream<R, P, A>(
     mut incoming: tonic::Streaming<ipb::ForwardStreamRequest>,
-    write: F,
-) -> ReceiverStream<Result<ipb::ForwardStreamResponse, Status>>
+    propose: P,
+    answer: A,
+) -> AnswerStream
 where
-    F: Fn(ipb::forward_request::Request) -> Fut + Send + 'static,
-    Fut: Future<Output = WriteResult> + Send + 'static,
+    R: Send + 'static,
+    P: Fn(ipb::forward_request::Request, StreamAnswer<R>) + Send + 'static,
+    A: Fn(R) -> WriteResult + Send + 'static,
 {
-    use ipb::forward_stream_response::Result as R;
-    let (answers, outgoing) = mpsc::channel(STREAM_QUEUE);
+    use ipb::forward_stream_response::Result as Answer;
+    let (answers, outgoing) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok(Some(message)) = incoming.message().await {
-            let answers = answers.clone();
             let id = message.id;
-            let work = message.request.and_then(|r| r.request).map(&write);
-            tokio::spawn(async move {
-                let result = match work {
-                    Some(work) => work.await,
-                    None => Err(Status::from(ServerError::Unexpected {
+            match message.request.and_then(|r| r.request) {
+                Some(request) => propose(
+                    request,
+                    StreamAnswer {
+                        id,
+                        answers: answers.clone(),
+                    },
+                ),
+                None => {
+                    let malformed = Status::from(ServerError::Unexpected {
                         message: "etcdserver: a forwarded write without a request".to_string(),
-                    })),
-                };
-                let result = match result {
-                    Ok(response) => R::Response(ipb::ForwardResponse {
-                        response: Some(response),
-                    }),
-                    Err(status) => R::Error(ipb::ForwardError {
-                        code: status.code() as i32,
-                        message: status.message().to_string(),
-                    }),
-                };
-                let answer = ipb::ForwardStreamResponse {
-                    id,
-                    result: Some(result),
-                };
-                // The sender may have gone; its writes' outcomes are then unknown to it anyway.
-                let _ = answers.send(Ok(answer)).await;
-            });
+                    });
+                    let _ = answers.send((id, Err(malformed)));
+                }
+            }
         }
     });
-    ReceiverStream::new(outgoing)
+    let answers = UnboundedReceiverStream::new(outgoing).map(move |(id, outcome)| {
+        let result = match outcome.and_then(&answer) {
+            Ok(response) => Answer::Response(ipb::ForwardResponse {
+                response: Some(response),
+            }),
+            Err(status) => Answer::Error(ipb::ForwardError {
+                code: status.code() as i32,
+                message: status.message().to_string(),
+            }),
+        };
+        Ok(ipb::ForwardStreamResponse {
+            id,
+            result: Some(result),
+        })
+    });
+    Box::pin(answers)
 }
 
 #[cfg(test)]

@@ -58,6 +58,7 @@ use prost::Message as _;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::ServerError;
+use crate::forward::StreamAnswer;
 use crate::kv_convert;
 use crate::lease::Lessor;
 use crate::membership::{
@@ -148,10 +149,32 @@ pub struct NodeStatus {
 /// The result of an applied write.
 pub type WriteResult = Result<WriteResponse, ServerError>;
 
+/// Where the outcome of a proposed write goes.
+#[derive(Debug)]
+pub enum WriteReply {
+    /// A caller on this member, waiting for it.
+    Caller(oneshot::Sender<WriteResult>),
+    /// A write another member forwarded on a stream: the outcome joins the stream's answers
+    /// under the write's id, with no task waiting for it here.
+    Stream(StreamAnswer<WriteResult>),
+}
+
+impl WriteReply {
+    fn send(self, result: WriteResult) {
+        match self {
+            WriteReply::Caller(caller) => {
+                // The caller may have stopped waiting (its request timed out).
+                let _ = caller.send(result);
+            }
+            WriteReply::Stream(answer) => answer.send(result),
+        }
+    }
+}
+
 enum Command {
     Propose {
         request: ipb::forward_request::Request,
-        reply: oneshot::Sender<WriteResult>,
+        reply: WriteReply,
     },
     ReadBarrier {
         reply: ReadReply,
@@ -213,8 +236,26 @@ impl NodeHandle {
     /// Proposes a write here (this member must lead) and waits until it is applied.
     pub async fn propose(&self, request: ipb::forward_request::Request) -> WriteResult {
         let (reply, rx) = oneshot::channel();
-        self.enqueue(Command::Propose { request, reply })?;
+        self.enqueue(Command::Propose {
+            request,
+            reply: WriteReply::Caller(reply),
+        })?;
         rx.await.map_err(|_| ServerError::Stopped)?
+    }
+
+    /// Proposes a write here (this member must lead) and sends its outcome to `reply` once
+    /// applied, or at once if the write cannot be taken.
+    pub fn propose_to(&self, request: ipb::forward_request::Request, reply: WriteReply) {
+        let (error, command) = match self.commands.try_send(Command::Propose { request, reply }) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(command)) => {
+                (ServerError::TooManyRequests, command)
+            }
+            Err(mpsc::error::TrySendError::Closed(command)) => (ServerError::Stopped, command),
+        };
+        if let Command::Propose { reply, .. } = command {
+            reply.send(Err(error));
+        }
     }
 
     /// Waits until this member has applied everything committed when the call started, as
@@ -302,7 +343,7 @@ impl NodeHandle {
 struct Waiter {
     term: Term,
     seq: u64,
-    reply: oneshot::Sender<WriteResult>,
+    reply: WriteReply,
 }
 
 /// A Ready taken whose writes may not be durable yet.
@@ -874,13 +915,9 @@ impl Driver {
         Ok(())
     }
 
-    fn propose(
-        &mut self,
-        request: ipb::forward_request::Request,
-        reply: oneshot::Sender<WriteResult>,
-    ) {
+    fn propose(&mut self, request: ipb::forward_request::Request, reply: WriteReply) {
         if self.waiters.len() >= self.config.waiters_max {
-            let _ = reply.send(Err(ServerError::TooManyRequests));
+            reply.send(Err(ServerError::TooManyRequests));
             return;
         }
         self.seq += 1;
@@ -902,12 +939,10 @@ impl Driver {
                     reply,
                 };
                 if let Some(old) = self.waiters.insert(index, waiter) {
-                    let _ = old.reply.send(Err(ServerError::LeaderChanged));
+                    old.reply.send(Err(ServerError::LeaderChanged));
                 }
             }
-            Err(error) => {
-                let _ = reply.send(Err(propose_error(error)));
-            }
+            Err(error) => reply.send(Err(propose_error(error))),
         }
     }
 
@@ -1100,7 +1135,7 @@ impl Driver {
                 }
                 _ => Err(ServerError::LeaderChanged),
             };
-            let _ = waiter.reply.send(result);
+            waiter.reply.send(result);
         }
         self.decoded = decoded;
         for entry in &ready.committed_entries {
@@ -1130,7 +1165,7 @@ impl Driver {
             if *entry.key() > last_index {
                 break;
             }
-            let _ = entry.remove().reply.send(Err(ServerError::LeaderChanged));
+            entry.remove().reply.send(Err(ServerError::LeaderChanged));
         }
         Ok(())
     }
@@ -1204,7 +1239,7 @@ impl Driver {
             if *entry.key() > snapshot.meta.index {
                 break;
             }
-            let _ = entry.remove().reply.send(Err(ServerError::LeaderChanged));
+            entry.remove().reply.send(Err(ServerError::LeaderChanged));
         }
         Ok(())
     }
@@ -1614,6 +1649,48 @@ fn propose_error(error: ProposeError) -> ServerError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Goal: a write the Raft loop cannot take is answered at once, on a forwarding stream as
+    /// to a caller, with etcd's errors. Method: a handle whose command queue is full, then one
+    /// whose loop has stopped.
+    #[tokio::test]
+    async fn a_write_the_loop_cannot_take_is_answered_at_once() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = MvccStore::open(dir.path(), MvccConfig::default()).expect("open a store");
+        let (mut node, _status) = NodeHandle::detached(Arc::new(RwLock::new(store)));
+        let (commands, queue) = mpsc::channel(1);
+        node.commands = commands;
+        let put = || ipb::forward_request::Request::Put(pb::PutRequest::default());
+        let (taken, mut taken_answer) = oneshot::channel();
+        node.propose_to(put(), WriteReply::Caller(taken));
+        let (answers, mut answered) = mpsc::unbounded_channel();
+        node.propose_to(
+            put(),
+            WriteReply::Stream(StreamAnswer::new(9, answers.clone())),
+        );
+        let (id, outcome) = answered.try_recv().expect("answered at once");
+        assert_eq!(id, 9);
+        assert_eq!(outcome.unwrap().unwrap_err(), ServerError::TooManyRequests);
+        assert!(
+            taken_answer.try_recv().is_err(),
+            "the queued write is not answered"
+        );
+
+        drop(queue);
+        node.propose_to(put(), WriteReply::Stream(StreamAnswer::new(10, answers)));
+        let (id, outcome) = answered.try_recv().expect("answered at once");
+        assert_eq!(id, 10);
+        assert_eq!(outcome.unwrap().unwrap_err(), ServerError::Stopped);
+        let (caller, mut caller_answer) = oneshot::channel();
+        node.propose_to(put(), WriteReply::Caller(caller));
+        assert_eq!(
+            caller_answer
+                .try_recv()
+                .expect("answered at once")
+                .unwrap_err(),
+            ServerError::Stopped
+        );
+    }
 
     /// Goal: every limit of the driver is checked and the defaults pass. Method: a table of
     /// mutations with the error each must produce.

@@ -11,14 +11,13 @@ use chorus_proto::internal as ipb;
 use chorus_raft::NodeId;
 use chorus_storage::mvcc::WriteResponse;
 use prost::Message as _;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::alarm;
 use crate::error::ServerError;
 use crate::kv_convert;
 use crate::maintenance;
-use crate::node::NodeHandle;
+use crate::node::{NodeHandle, WriteReply, WriteResult};
 
 /// The limits the edge enforces, from the validated `ServerConfig`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,18 +179,6 @@ impl Edge {
         Err(ServerError::NoSpace)
     }
 
-    /// Proposes a write forwarded by another member; this member must lead.
-    async fn write_as_leader(
-        &self,
-        request: ipb::forward_request::Request,
-    ) -> Result<ipb::forward_response::Response, Status> {
-        let timeout = self.limits.request_timeout;
-        match tokio::time::timeout(timeout, self.node.propose(request)).await {
-            Ok(result) => Ok(write_to_proto(result?)),
-            Err(_) => Err(ServerError::Timeout.into()),
-        }
-    }
-
     pub(crate) async fn range(
         &self,
         request: pb::RangeRequest,
@@ -318,17 +305,18 @@ pub struct ForwardService {
 
 #[tonic::async_trait]
 impl ipb::forward_server::Forward for ForwardService {
-    type WriteStreamStream = ReceiverStream<Result<ipb::ForwardStreamResponse, Status>>;
+    type WriteStreamStream = crate::forward::AnswerStream;
 
     async fn write_stream(
         &self,
         request: Request<tonic::Streaming<ipb::ForwardStreamRequest>>,
     ) -> Result<Response<Self::WriteStreamStream>, Status> {
-        let edge = self.edge.clone();
-        let answers = crate::forward::serve_stream(request.into_inner(), move |request| {
-            let edge = edge.clone();
-            async move { edge.write_as_leader(request).await }
-        });
+        let node = self.edge.node.clone();
+        let answers = crate::forward::serve_stream(
+            request.into_inner(),
+            move |request, answer| node.propose_to(request, WriteReply::Stream(answer)),
+            |outcome: WriteResult| outcome.map(write_to_proto).map_err(Status::from),
+        );
         Ok(Response::new(answers))
     }
 

@@ -31,13 +31,21 @@ async fn echo(request: ipb::forward_request::Request) -> WriteResult {
 
 #[tonic::async_trait]
 impl ipb::forward_server::Forward for Echo {
-    type WriteStreamStream = ReceiverStream<Result<ipb::ForwardStreamResponse, Status>>;
+    type WriteStreamStream = AnswerStream;
 
     async fn write_stream(
         &self,
         request: Request<tonic::Streaming<ipb::ForwardStreamRequest>>,
     ) -> Result<Response<Self::WriteStreamStream>, Status> {
-        Ok(Response::new(serve_stream(request.into_inner(), echo)))
+        // Each write is answered by a task of its own, so that answers come out of order.
+        let propose = |request, answer: StreamAnswer<WriteResult>| {
+            tokio::spawn(async move { answer.send(echo(request).await) });
+        };
+        Ok(Response::new(serve_stream(
+            request.into_inner(),
+            propose,
+            |outcome| outcome,
+        )))
     }
 
     async fn lease_keep_alive(
@@ -233,4 +241,45 @@ async fn the_stream_to_a_former_leader_ends() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+// Property: a message on the stream without a write is answered with an error under its id,
+// and the stream goes on serving the writes after it.
+// Method: a raw stream to the stand-in carrying an empty message, then a put.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_without_a_write_is_answered_with_an_error() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (_stop, stopped) = oneshot::channel();
+    serve(listener, stopped);
+    let channel = Endpoint::from_shared(url).unwrap().connect_lazy();
+    let mut client = ipb::forward_client::ForwardClient::new(channel);
+    let empty = ipb::ForwardStreamRequest {
+        id: 1,
+        request: None,
+    };
+    let write = ipb::ForwardStreamRequest {
+        id: 2,
+        request: Some(ipb::ForwardRequest {
+            request: Some(put("5")),
+        }),
+    };
+    let mut answers = client
+        .write_stream(tokio_stream::iter([empty, write]))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = answers.message().await.unwrap().expect("an answer");
+    assert_eq!(first.id, 1);
+    let Some(ipb::forward_stream_response::Result::Error(error)) = first.result else {
+        panic!("not an error: {first:?}");
+    };
+    assert_eq!(error.code, Code::Unknown as i32);
+    assert!(error.message.contains("without a request"), "{error:?}");
+    let second = answers.message().await.unwrap().expect("an answer");
+    assert_eq!(second.id, 2);
+    let Some(ipb::forward_stream_response::Result::Response(response)) = second.result else {
+        panic!("not a response: {second:?}");
+    };
+    assert_eq!(revision(Ok(response.response.unwrap())), 5);
 }
