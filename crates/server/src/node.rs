@@ -191,6 +191,14 @@ enum Command {
     },
 }
 
+/// etcd's error for a command the Raft loop's queue did not take.
+fn refusal(error: &mpsc::error::TrySendError<Command>) -> ServerError {
+    match error {
+        mpsc::error::TrySendError::Full(_) => ServerError::TooManyRequests,
+        mpsc::error::TrySendError::Closed(_) => ServerError::Stopped,
+    }
+}
+
 /// The result of an applied membership change.
 pub type MemberResult = Result<ipb::MemberChangeResponse, ServerError>;
 
@@ -227,34 +235,24 @@ impl NodeHandle {
     }
 
     fn enqueue(&self, command: Command) -> Result<(), ServerError> {
-        self.commands.try_send(command).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => ServerError::TooManyRequests,
-            mpsc::error::TrySendError::Closed(_) => ServerError::Stopped,
-        })
+        self.commands.try_send(command).map_err(|e| refusal(&e))
     }
 
     /// Proposes a write here (this member must lead) and waits until it is applied.
     pub async fn propose(&self, request: ipb::forward_request::Request) -> WriteResult {
         let (reply, rx) = oneshot::channel();
-        self.enqueue(Command::Propose {
-            request,
-            reply: WriteReply::Caller(reply),
-        })?;
+        self.propose_to(request, WriteReply::Caller(reply));
         rx.await.map_err(|_| ServerError::Stopped)?
     }
 
     /// Proposes a write here (this member must lead) and sends its outcome to `reply` once
     /// applied, or at once if the write cannot be taken.
     pub fn propose_to(&self, request: ipb::forward_request::Request, reply: WriteReply) {
-        let (error, command) = match self.commands.try_send(Command::Propose { request, reply }) {
-            Ok(()) => return,
-            Err(mpsc::error::TrySendError::Full(command)) => {
-                (ServerError::TooManyRequests, command)
+        if let Err(error) = self.commands.try_send(Command::Propose { request, reply }) {
+            let refused = refusal(&error);
+            if let Command::Propose { reply, .. } = error.into_inner() {
+                reply.send(Err(refused));
             }
-            Err(mpsc::error::TrySendError::Closed(command)) => (ServerError::Stopped, command),
-        };
-        if let Command::Propose { reply, .. } = command {
-            reply.send(Err(error));
         }
     }
 
