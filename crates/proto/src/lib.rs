@@ -96,7 +96,7 @@ pub use chorus::internal::v1 as internal;
 pub use chorus::peer::v1 as peer;
 
 /// Version of the peer protocol that this crate defines, as sent in `PeerIdentity`.
-pub const PEER_PROTOCOL_VERSION: u32 = 1;
+pub const PEER_PROTOCOL_VERSION: u32 = 2;
 
 /// The encoded `google.protobuf.FileDescriptorSet` of every package above (with their imports,
 /// without source comments), for gRPC server reflection.

@@ -348,7 +348,7 @@ fn generated_stubs_use_etcds_service_paths() {
 }
 
 #[test]
-fn peer_service_has_handshake_and_two_client_streams() {
+fn peer_service_has_handshake_and_a_snapshot_stream() {
     // Goal: the peer transport's shapes are what the server will implement. Method: compare the
     // `chorus.peer.v1.Peer` method list with the table.
     let index = Index::load();
@@ -359,7 +359,6 @@ fn peer_service_has_handshake_and_two_client_streams() {
     let p = |name, input, output, shape| rpc("chorus.peer.v1", name, input, output, shape);
     let expected = vec![
         p("Handshake", "HandshakeRequest", "HandshakeResponse", UNARY),
-        p("Send", "MessageBatch", "SendAck", CLIENT_STREAM),
         p(
             "InstallSnapshot",
             "SnapshotChunk",
@@ -1314,11 +1313,6 @@ fn peer_message_batch_round_trips() {
     // batch, decode it, compare with the original; then check that the decoded batch still
     // holds one message of each of the twelve kinds, in order.
     let batch = peer::MessageBatch {
-        from: Some(peer::PeerIdentity {
-            cluster_id: 0xdead_beef_0000_0001,
-            member_id: 1,
-            protocol_version: chorus_proto::PEER_PROTOCOL_VERSION,
-        }),
         messages: every_message_kind(),
     };
     let bytes = batch.encode_to_vec();
@@ -1396,7 +1390,6 @@ fn truncated_peer_frame_is_an_error() {
     // silently shorter batch (DESIGN.md: a malformed frame is an error). Method: decode every
     // proper prefix of an encoded batch that cuts inside a message; each must fail.
     let batch = peer::MessageBatch {
-        from: None,
         messages: every_message_kind(),
     };
     let bytes = batch.encode_to_vec();
@@ -1422,7 +1415,6 @@ fn message_boundaries(batch: &peer::MessageBatch) -> BTreeSet<usize> {
     let mut boundaries = BTreeSet::new();
     for message in &batch.messages {
         let wrapped = peer::MessageBatch {
-            from: None,
             messages: vec![message.clone()],
         };
         offset += wrapped.encoded_len();

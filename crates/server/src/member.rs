@@ -77,12 +77,6 @@ pub struct Bound {
     pub metrics: Vec<std::net::SocketAddr>,
 }
 
-/// Accepted connections send small messages (heartbeats, answers) at once: without
-/// TCP_NODELAY, Nagle's algorithm and delayed acknowledgements hold them for ~40 ms.
-pub(crate) fn nodelay(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
-}
-
 async fn bind(url: &MemberUrl) -> Result<TcpListener, MemberError> {
     TcpListener::bind(url.authority())
         .await
@@ -530,15 +524,17 @@ async fn serve_peers(
     let mut stop_streams = stop.clone();
     tokio::spawn(async move {
         let _ = stop_streams.wait_for(|s| *s).await;
-        // Send streams live as long as their connections; end them so shutdown does not wait.
+        // Raft message streams live as long as their connections; end them so shutdown does
+        // not wait.
         handle.stop_streams();
     });
+    let incoming = peer_service.incoming(listener);
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .add_service(peer_service.into_server())
         .add_service(ForwardServer::new(forward))
-        .serve_with_incoming_shutdown(nodelay(listener), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop.wait_for(|s| *s).await;
         })
         .await

@@ -1,10 +1,11 @@
-//! Loopback tests of the peer transport: real gRPC over TCP on 127.0.0.1 with ports chosen by
-//! the system. Timeouts here only guard against a hang; no test asserts on elapsed time.
+//! Loopback tests of the peer transport: real Raft message streams and gRPC over TCP on
+//! 127.0.0.1 with ports chosen by the system. Timeouts here only guard against a hang; no test
+//! asserts on elapsed time.
 
 use std::future::Future;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use chorus_proto::peer as pb;
 use chorus_proto::peer::peer_client::PeerClient;
 use chorus_raft::{
@@ -12,11 +13,15 @@ use chorus_raft::{
 };
 use chorus_server::transport::convert::message_to_proto;
 use chorus_server::transport::snapshot::snapshot_chunks;
+use chorus_server::transport::stream;
 use chorus_server::transport::{
     LocalIdentity, PeerService, PeerTransport, TransportConfig, TransportReport, serve,
 };
-use tokio::net::TcpListener;
+use prost::Message as _;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
+use tokio_stream::StreamExt as _;
 use tonic::transport::{Channel, Endpoint};
 
 const GUARD: Duration = Duration::from_secs(30);
@@ -35,6 +40,9 @@ fn config() -> TransportConfig {
         reconnect_backoff_min: Duration::from_millis(5),
         reconnect_backoff_max: Duration::from_millis(100),
         connect_timeout: Duration::from_secs(2),
+        // Short, so that a silent stream is ended within a test.
+        keepalive_interval: Duration::from_millis(100),
+        keepalive_timeout: Duration::from_millis(200),
         // Longer than the guard: a shutdown that only ends by the grace period fails a test.
         shutdown_grace: Duration::from_secs(120),
         ..TransportConfig::default()
@@ -126,6 +134,77 @@ async fn raw_client(url: &str) -> PeerClient<Channel> {
         .await
         .expect("connect");
     PeerClient::new(channel)
+}
+
+/// A Raft message stream opened by hand, to send what a transport never would.
+struct HandStream {
+    socket: TcpStream,
+}
+
+impl HandStream {
+    /// Connects to `url` and writes the preface.
+    async fn connect(url: &str) -> Self {
+        let address = url.trim_start_matches("http://");
+        let mut socket = TcpStream::connect(address).await.expect("connect");
+        socket.write_all(stream::PREFACE).await.expect("preface");
+        HandStream { socket }
+    }
+
+    /// Connects, sends a handshake from `from` to member `to`, and returns the answer.
+    async fn open(url: &str, from: LocalIdentity, to: u64) -> (Self, Option<pb::StreamReply>) {
+        let mut hand = HandStream::connect(url).await;
+        hand.send(&pb::HandshakeRequest {
+            from: Some(from.to_proto()),
+            to_member_id: to,
+        })
+        .await;
+        let reply = hand.reply().await;
+        (hand, reply)
+    }
+
+    async fn send(&mut self, message: &impl prost::Message) {
+        let mut buf = BytesMut::new();
+        stream::put_frame(&mut buf, message);
+        self.write(&buf).await;
+    }
+
+    async fn write(&mut self, bytes: &[u8]) {
+        self.socket.write_all(bytes).await.expect("write");
+    }
+
+    /// The member's next reply, or None once it closed the connection.
+    async fn reply(&mut self) -> Option<pb::StreamReply> {
+        let mut frames = stream::frames(&mut self.socket, 1 << 20);
+        let frame = guarded("a reply", frames.next()).await?.ok()?;
+        Some(pb::StreamReply::decode(frame.freeze()).expect("a reply decodes"))
+    }
+
+    /// Sends `batch` and returns the member's refusal, checking it then closed the stream.
+    async fn refused(mut self, batch: &pb::MessageBatch) -> pb::StreamReply {
+        self.send(batch).await;
+        self.refusal().await
+    }
+
+    /// The member's refusal, checking it then closed the stream.
+    async fn refusal(mut self) -> pb::StreamReply {
+        let reply = self.reply().await.expect("a refusal");
+        assert!(reply.member.is_none(), "{reply:?}");
+        assert!(
+            self.reply().await.is_none(),
+            "the stream is closed after a refusal"
+        );
+        reply
+    }
+}
+
+fn code(reply: &pb::StreamReply) -> tonic::Code {
+    tonic::Code::from(reply.code as i32)
+}
+
+fn batch(messages: &[Message]) -> pb::MessageBatch {
+    pb::MessageBatch {
+        messages: messages.iter().map(message_to_proto).collect(),
+    }
 }
 
 // Goal: two transports exchange many messages, in batches, each side receiving them in the
@@ -329,9 +408,10 @@ async fn full_queue_drops_instead_of_blocking() {
     assert_eq!(transport1.stats().msgs_dropped_no_peer, 1);
 }
 
-// Goal: a member of another cluster is refused at the handshake and on a stream, with an error
-// naming both clusters, and nothing it sends reaches the node. Method: call the service by hand
-// with a foreign cluster id, then point a whole transport of that cluster at it.
+// Goal: a member of another cluster is refused at the gRPC handshake and at a Raft message
+// stream's, with an error naming both clusters, and nothing it sends reaches the node. Method:
+// call the service and open a stream by hand with a foreign cluster id, then point a whole
+// transport of that cluster at it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_cluster_is_refused() {
     let mut server2 = start_server(identity(7, 2)).await;
@@ -360,15 +440,12 @@ async fn wrong_cluster_is_refused() {
     assert_eq!(status.code(), tonic::Code::FailedPrecondition);
     assert!(status.message().contains("this is member 0x2"), "{status}");
 
-    let batch = pb::MessageBatch {
-        from: Some(identity(8, 1).to_proto()),
-        messages: vec![message_to_proto(&numbered(1, 2, 0))],
-    };
-    let status = client
-        .send(tokio_stream::iter([batch]))
-        .await
-        .expect_err("stream refused");
-    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    let (mut hand, reply) = HandStream::open(&server2.url, identity(8, 1), 2).await;
+    let reply = reply.expect("an answer");
+    assert!(reply.member.is_none(), "{reply:?}");
+    assert_eq!(code(&reply), tonic::Code::FailedPrecondition);
+    assert!(reply.message.contains("cluster 0x8"), "{reply:?}");
+    assert!(hand.reply().await.is_none(), "closed after refusing");
 
     let (foreign, mut reports) = PeerTransport::new(config(), identity(8, 1)).expect("config");
     foreign.add_peer(NodeId(2), server2.url.clone());
@@ -392,77 +469,115 @@ async fn wrong_cluster_is_refused() {
 }
 
 // Goal: a malformed frame ends its stream with INVALID_ARGUMENT naming the problem, delivers
-// nothing of its batch, and the server keeps serving. Method: a batch whose second message has
-// no body, a message addressed to another member, then a good stream.
+// nothing of its batch, and the server keeps serving. Method: streams opened by hand that send
+// a batch whose second message has no body, a message addressed to another member, bytes that
+// are no protobuf, a frame above the limit, and a wrong preface; then a good stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_frame_is_refused_and_server_keeps_serving() {
     let mut server2 = start_server(identity(7, 2)).await;
-    let mut client = raw_client(&server2.url).await;
+    let url = server2.url.clone();
+    let open = || async {
+        let (hand, reply) = HandStream::open(&url, identity(7, 1), 2).await;
+        let member = reply.expect("an answer").member.expect("accepted");
+        assert_eq!(member.member_id, 2);
+        hand
+    };
 
     let mut broken = message_to_proto(&numbered(1, 2, 1));
     broken.body = None;
-    let batch = pb::MessageBatch {
-        from: Some(identity(7, 1).to_proto()),
-        messages: vec![message_to_proto(&numbered(1, 2, 0)), broken],
-    };
-    let status = client
-        .send(tokio_stream::iter([batch]))
-        .await
-        .expect_err("malformed");
-    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let mut first = batch(&[numbered(1, 2, 0)]);
+    first.messages.push(broken);
+    let reply = open().await.refused(&first).await;
+    assert_eq!(code(&reply), tonic::Code::InvalidArgument);
     assert!(
-        status.message().contains("Message.body is missing"),
-        "{status}"
+        reply.message.contains("Message.body is missing"),
+        "{reply:?}"
     );
 
-    let batch = pb::MessageBatch {
-        from: Some(identity(7, 1).to_proto()),
-        messages: vec![message_to_proto(&numbered(1, 3, 0))],
-    };
-    let status = client
-        .send(tokio_stream::iter([batch]))
-        .await
-        .expect_err("misaddressed");
-    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let reply = open().await.refused(&batch(&[numbered(1, 3, 0)])).await;
+    assert_eq!(code(&reply), tonic::Code::InvalidArgument);
     assert!(
-        status
-            .message()
+        reply
+            .message
             .contains("message to member 3 arrived at member 2"),
-        "{status}"
+        "{reply:?}"
     );
 
-    let batch = pb::MessageBatch {
-        from: None,
-        messages: vec![],
+    let reply = open().await.refused(&batch(&[numbered(3, 2, 0)])).await;
+    assert_eq!(code(&reply), tonic::Code::InvalidArgument);
+    assert!(
+        reply
+            .message
+            .contains("from member 3 on the stream of member 1"),
+        "{reply:?}"
+    );
+
+    let mut hand = open().await;
+    hand.write(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).await;
+    let reply = hand.refusal().await;
+    assert_eq!(code(&reply), tonic::Code::InvalidArgument);
+    assert!(reply.message.contains("undecodable frame"), "{reply:?}");
+
+    let mut hand = open().await;
+    let mut huge = BytesMut::new();
+    huge.put_u32(u32::try_from(config().frame_bytes_max + 1).expect("fits"));
+    hand.write(&huge).await;
+    let reply = hand.refusal().await;
+    assert_eq!(code(&reply), tonic::Code::InvalidArgument);
+    assert!(reply.message.contains("malformed frame"), "{reply:?}");
+
+    let mut hand = HandStream {
+        socket: TcpStream::connect(url.trim_start_matches("http://"))
+            .await
+            .expect("connect"),
     };
-    let status = client
-        .send(tokio_stream::iter([batch]))
-        .await
-        .expect_err("anonymous");
-    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    hand.write(b"chorus, but not the preface\n").await;
+    let reply = hand.refusal().await;
+    assert_eq!(code(&reply), tonic::Code::InvalidArgument);
+    assert!(reply.message.contains("preface"), "{reply:?}");
+
     assert!(
         server2.inbound.try_recv().is_err(),
         "nothing of a refused batch was delivered"
     );
 
     let good = numbered(1, 2, 5);
-    let batches = [
-        pb::MessageBatch {
-            from: Some(identity(7, 1).to_proto()),
-            messages: vec![message_to_proto(&good)],
-        },
-        pb::MessageBatch {
-            from: None,
-            messages: vec![message_to_proto(&good)],
-        },
-    ];
-    let ack = client
-        .send(tokio_stream::iter(batches))
-        .await
-        .expect("good stream accepted");
-    assert_eq!(ack.into_inner().batches_received, 2);
+    let mut hand = open().await;
+    hand.send(&batch(std::slice::from_ref(&good))).await;
+    hand.send(&pb::MessageBatch::default()).await;
+    hand.send(&batch(std::slice::from_ref(&good))).await;
     let received = guarded("good messages", receive(&mut server2.inbound, 2)).await;
     assert_eq!(received, vec![good.clone(), good]);
+}
+
+// Goal: a stream on which nothing arrives for a keepalive interval and timeout is ended with
+// UNAVAILABLE, while a transport with nothing to send keeps its stream open with empty
+// batches. Method: a stream opened by hand that stays silent; then a transport that sends,
+// stays idle for ten times the silence allowed, and sends again, on the one stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_stream_is_ended_and_an_idle_one_is_kept() {
+    let mut server2 = start_server(identity(7, 2)).await;
+    let (hand, reply) = HandStream::open(&server2.url, identity(7, 1), 2).await;
+    assert!(reply.expect("an answer").member.is_some());
+    let reply = hand.refusal().await;
+    assert_eq!(code(&reply), tonic::Code::Unavailable);
+    assert!(reply.message.contains("nothing arrived for"), "{reply:?}");
+
+    let (transport1, _reports) = PeerTransport::new(config(), identity(7, 1)).expect("config");
+    transport1.add_peer(NodeId(2), server2.url.clone());
+    transport1.send(numbered(1, 2, 1));
+    guarded("the first message", receive(&mut server2.inbound, 1)).await;
+    let silence_allowed = config().keepalive_interval + config().keepalive_timeout;
+    tokio::time::sleep(10 * silence_allowed).await;
+    transport1.send(numbered(1, 2, 2));
+    let second = guarded("the second message", receive(&mut server2.inbound, 1)).await;
+    assert_eq!(second, vec![numbered(1, 2, 2)]);
+    assert_eq!(
+        transport1.stats().streams_opened,
+        1,
+        "{:?}",
+        transport1.stats()
+    );
 }
 
 // Goal: a server with open peer streams shuts down (it ends them instead of waiting for the

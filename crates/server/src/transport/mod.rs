@@ -1,19 +1,20 @@
-//! The peer transport: Raft messages and snapshots between the members of one cluster, over the
-//! `chorus.peer.v1` gRPC service.
+//! The peer transport: Raft messages and snapshots between the members of one cluster.
 //!
 //! Sending ([`PeerTransport`]): the Raft loop hands every outgoing message to
 //! [`PeerTransport::send`], which never blocks. Each remote member has a bounded queue; when it is
 //! full the message is dropped, counted, and the node is told the peer is unreachable (Raft
 //! tolerates lost messages and slows down replication to an unreachable follower). A task per
 //! member drains the queue into `MessageBatch` frames of at most `batch_msgs_max` messages and
-//! `batch_bytes_max` bytes, over one long-lived `Send` stream. It connects on the first message,
-//! checks the member with a `Handshake`, and after a failure reconnects with exponential backoff
+//! `batch_bytes_max` bytes, over one long-lived Raft message stream: a TCP connection of its own
+//! to the member's peer port, in the format of [`stream`]. It connects on the first message,
+//! checks the member with a handshake, and after a failure reconnects with exponential backoff
 //! and jitter, bounded by `reconnect_backoff_max`. Snapshots go through their own task and the
-//! `InstallSnapshot` stream, so a large snapshot never holds up heartbeats.
+//! `InstallSnapshot` gRPC stream, so a large snapshot never holds up heartbeats.
 //!
-//! Receiving ([`server::PeerService`]): the tonic service checks the handshake and the sender's
-//! identity, decodes every frame (a malformed frame ends that stream with an error; the server
-//! keeps serving), and hands the messages to the node through a bounded channel.
+//! Receiving ([`server::PeerService`]): the service tells Raft message streams from HTTP/2
+//! connections on the peer port, checks each stream's handshake and the sender's identity,
+//! decodes every frame (a malformed frame ends that stream with an error; the server keeps
+//! serving), and hands the messages to the node through a bounded channel.
 //!
 //! Every limit is in [`TransportConfig`]. What is not here: deciding whom to send to (the Raft
 //! driver), TLS (roadmap step 4).
@@ -21,6 +22,7 @@
 pub mod convert;
 pub mod server;
 pub mod snapshot;
+pub mod stream;
 
 mod peer;
 
@@ -45,9 +47,8 @@ pub struct TransportConfig {
     /// Encoded bytes of the messages in one `MessageBatch` (a single larger message, up to
     /// `frame_bytes_max`, travels alone).
     pub batch_bytes_max: usize,
-    /// Batches handed to the gRPC stream and not yet written to the connection.
-    pub stream_batches_max: usize,
-    /// Largest gRPC frame either side accepts; larger messages are dropped by the sender.
+    /// Largest frame either side accepts, on a Raft message stream as in gRPC; larger messages
+    /// are dropped by the sender. At most [`stream::FRAME_BYTES_LIMIT`].
     pub frame_bytes_max: usize,
     /// Snapshot data in one `SnapshotChunk`.
     pub snapshot_chunk_bytes_max: usize,
@@ -87,7 +88,6 @@ impl Default for TransportConfig {
             peer_queue_msgs_max: 4096,
             batch_msgs_max: 256,
             batch_bytes_max: 1024 * 1024,
-            stream_batches_max: 4,
             frame_bytes_max: 16 * 1024 * 1024,
             snapshot_chunk_bytes_max: 1024 * 1024,
             snapshot_bytes_max: 4 * 1024 * 1024 * 1024,
@@ -128,6 +128,11 @@ pub enum TransportConfigError {
     },
     #[error("reconnect_backoff_min ({min:?}) is above reconnect_backoff_max ({max:?})")]
     BackoffInverted { min: Duration, max: Duration },
+    #[error(
+        "frame_bytes_max ({frame_bytes_max}) is above {}, the most a frame's length prefix can say",
+        stream::FRAME_BYTES_LIMIT
+    )]
+    FrameAboveLimit { frame_bytes_max: usize },
 }
 
 impl TransportConfig {
@@ -137,7 +142,6 @@ impl TransportConfig {
             ("peer_queue_msgs_max", self.peer_queue_msgs_max as u64),
             ("batch_msgs_max", self.batch_msgs_max as u64),
             ("batch_bytes_max", self.batch_bytes_max as u64),
-            ("stream_batches_max", self.stream_batches_max as u64),
             ("frame_bytes_max", self.frame_bytes_max as u64),
             (
                 "snapshot_chunk_bytes_max",
@@ -176,6 +180,11 @@ impl TransportConfig {
         {
             return Err(TransportConfigError::ChunkAboveFrame {
                 chunk_bytes_max: self.snapshot_chunk_bytes_max,
+                frame_bytes_max: self.frame_bytes_max,
+            });
+        }
+        if self.frame_bytes_max > stream::FRAME_BYTES_LIMIT {
+            return Err(TransportConfigError::FrameAboveLimit {
                 frame_bytes_max: self.frame_bytes_max,
             });
         }
@@ -228,6 +237,7 @@ pub(crate) struct Counters {
     msgs_dropped_no_peer: AtomicU64,
     msgs_dropped_send_failed: AtomicU64,
     connect_failures: AtomicU64,
+    streams_opened: AtomicU64,
     handshake_refusals: AtomicU64,
     snapshots_sent: AtomicU64,
     snapshots_failed: AtomicU64,
@@ -237,7 +247,7 @@ pub(crate) struct Counters {
 /// A copy of the transport's counters at one moment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TransportStats {
-    /// Messages handed to a `Send` stream.
+    /// Messages written to a Raft message stream.
     pub msgs_sent: u64,
     pub batches_sent: u64,
     /// Messages dropped because the member's queue was full.
@@ -246,10 +256,12 @@ pub struct TransportStats {
     pub msgs_dropped_too_large: u64,
     /// Messages to a member the transport does not know.
     pub msgs_dropped_no_peer: u64,
-    /// Messages lost with a stream that failed.
+    /// Messages dropped because their member was removed while they waited to be sent again.
     pub msgs_dropped_send_failed: u64,
     /// Connection attempts that failed (refused, timed out, handshake unanswered).
     pub connect_failures: u64,
+    /// Raft message streams opened: the first to each member, and each after one was lost.
+    pub streams_opened: u64,
     /// Handshakes the remote member refused (another cluster, another member, bad version).
     pub handshake_refusals: u64,
     pub snapshots_sent: u64,
@@ -273,6 +285,7 @@ impl Counters {
             msgs_dropped_no_peer: get(&self.msgs_dropped_no_peer),
             msgs_dropped_send_failed: get(&self.msgs_dropped_send_failed),
             connect_failures: get(&self.connect_failures),
+            streams_opened: get(&self.streams_opened),
             handshake_refusals: get(&self.handshake_refusals),
             snapshots_sent: get(&self.snapshots_sent),
             snapshots_failed: get(&self.snapshots_failed),
@@ -426,7 +439,6 @@ mod tests {
             (|c| c.peer_queue_msgs_max = 0, "peer_queue_msgs_max"),
             (|c| c.batch_msgs_max = 0, "batch_msgs_max"),
             (|c| c.batch_bytes_max = 0, "batch_bytes_max"),
-            (|c| c.stream_batches_max = 0, "stream_batches_max"),
             (
                 |c| c.snapshot_chunk_bytes_max = 0,
                 "snapshot_chunk_bytes_max",
@@ -455,6 +467,10 @@ mod tests {
             (
                 |c| c.reconnect_backoff_min = Duration::from_secs(60),
                 "reconnect_backoff_min (60s)",
+            ),
+            (
+                |c| c.frame_bytes_max = stream::FRAME_BYTES_LIMIT + 1,
+                "frame_bytes_max (4294967296)",
             ),
         ];
         for (break_it, name) in cases {

@@ -3,17 +3,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use chorus_proto::peer as pb;
 use chorus_proto::peer::peer_client::PeerClient;
 use chorus_raft::{Message, NodeId};
 use prost::Message as _;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt as _;
+use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tonic::transport::{Channel, Endpoint};
 
 use super::convert::message_to_proto;
 use super::snapshot::snapshot_chunks;
+use super::stream;
 use super::{Counters, FRAME_OVERHEAD_BYTES, Shared, TransportReport};
 
 /// The member a task sends to.
@@ -76,8 +81,8 @@ impl Backoff {
     }
 }
 
-/// Opens a channel to the member and checks, by handshake, that it is the member we meant in
-/// our cluster.
+/// Opens a gRPC channel to the member, for a snapshot, and checks, by handshake, that it is the
+/// member we meant in our cluster.
 pub(crate) async fn connect(
     shared: &Shared,
     target: &Target,
@@ -222,22 +227,109 @@ fn encode_checked(shared: &Shared, message: &Message) -> Option<pb::Message> {
 
 // ----- Message stream ---------------------------------------------------------------------
 
-/// An open `Send` stream: batches go into `frames`; `call` drives the RPC.
+/// An open Raft message stream (see [`super::stream`]).
 struct OpenStream {
-    frames: mpsc::Sender<pb::MessageBatch>,
-    call: JoinHandle<Result<tonic::Response<pb::SendAck>, tonic::Status>>,
-    sent_identity: bool,
+    write: OwnedWriteHalf,
+    /// What the member writes after accepting the handshake: only why it ended the stream.
+    replies: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
 }
 
-impl OpenStream {
-    fn open(shared: &Shared, mut client: PeerClient<Channel>) -> Self {
-        let (frames, frames_rx) = mpsc::channel(shared.config.stream_batches_max);
-        let call = tokio::spawn(async move { client.send(ReceiverStream::new(frames_rx)).await });
-        OpenStream {
-            frames,
-            call,
-            sent_identity: false,
-        }
+/// The host and port of a peer URL such as `http://10.0.0.2:2380`.
+fn socket_address(url: &str) -> Result<(String, u16), ConnectError> {
+    let bad = |why: &str| ConnectError::Unreachable(format!("bad URL {url}: {why}"));
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
+    let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+    let port = authority
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    // An IPv6 host comes in brackets, which the resolver does not take.
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    Ok((host.to_string(), port))
+}
+
+/// Opens a Raft message stream to the member and checks, by its answer to the handshake, that
+/// it is the member we meant in our cluster.
+async fn open_stream(shared: &Shared, target: &Target) -> Result<OpenStream, ConnectError> {
+    let config = &shared.config;
+    let unreachable = |why: String| ConnectError::Unreachable(format!("{}: {why}", target.url));
+    let address = socket_address(&target.url)?;
+    let socket = tokio::time::timeout(config.connect_timeout, TcpStream::connect(address))
+        .await
+        .map_err(|_| unreachable("connection timed out".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    // Heartbeats and votes are small and must not wait for more to fill a segment.
+    socket
+        .set_nodelay(true)
+        .map_err(|e| unreachable(e.to_string()))?;
+    let (read, mut write) = socket.into_split();
+    let mut replies = stream::frames(read, config.frame_bytes_max);
+    let mut opening = BytesMut::from(stream::PREFACE);
+    let handshake = pb::HandshakeRequest {
+        from: Some(shared.local.to_proto()),
+        to_member_id: target.member.get(),
+    };
+    stream::put_frame(&mut opening, &handshake);
+    let answer = tokio::time::timeout(config.handshake_timeout, async {
+        write.write_all(&opening).await?;
+        replies.next().await.transpose()
+    })
+    .await
+    .map_err(|_| unreachable("handshake timed out".into()))?
+    .map_err(|e| unreachable(e.to_string()))?
+    .ok_or_else(|| unreachable("closed the connection before answering the handshake".into()))?;
+    let reply = pb::StreamReply::decode(answer.freeze())
+        .map_err(|e| unreachable(format!("undecodable answer to the handshake: {e}")))?;
+    if reply.member.is_none() {
+        let code = tonic::Code::from(reply.code as i32);
+        let why = format!("{}: {code:?}: {}", target.url, reply.message);
+        return Err(if is_refusal(code) {
+            ConnectError::Refused(why)
+        } else {
+            ConnectError::Unreachable(why)
+        });
+    }
+    check_answer(shared, target, reply.member)?;
+    Ok(OpenStream { write, replies })
+}
+
+/// Waits until the member ends the open stream, and says why; never, when none is open.
+async fn stream_end(stream: &mut Option<OpenStream>) -> String {
+    let Some(open) = stream else {
+        return std::future::pending().await;
+    };
+    match open.replies.next().await {
+        None => "closed by the member".to_string(),
+        Some(Err(error)) => error.to_string(),
+        Some(Ok(frame)) => match pb::StreamReply::decode(frame.freeze()) {
+            Ok(reply) => format!(
+                "ended by the member: {:?}: {}",
+                tonic::Code::from(reply.code as i32),
+                reply.message
+            ),
+            Err(error) => format!("undecodable reply: {error}"),
+        },
+    }
+}
+
+/// Writes one frame; a member that takes none of it for a keepalive timeout is taken for gone
+/// (a paused process, a cut cable), so that the sender reconnects rather than wait on TCP.
+async fn write_frame(shared: &Shared, open: &mut OpenStream, frame: &[u8]) -> std::io::Result<()> {
+    let timeout = shared.config.keepalive_timeout;
+    match tokio::time::timeout(timeout, open.write.write_all(frame)).await {
+        Ok(written) => written,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the member took no data for {timeout:?}"),
+        )),
     }
 }
 
@@ -256,16 +348,46 @@ pub(crate) async fn run_message_sender(
     let mut backoff = Backoff::new(config.reconnect_backoff_min, config.reconnect_backoff_max);
     let mut stream: Option<OpenStream> = None;
     let mut carry: Option<pb::Message> = None;
+    let mut buf = BytesMut::new();
+    // An open stream on which nothing was written for a whole tick gets an empty batch, so
+    // that the member can tell a quiet sender from a vanished one.
+    let mut keepalive = tokio::time::interval(config.keepalive_interval);
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut wrote = false;
     loop {
         let first = match carry.take() {
             Some(frame) => frame,
-            None => match queue.recv().await {
-                Some(message) => match encode_checked(&shared, &message) {
+            None => {
+                let message = tokio::select! {
+                    biased;
+                    message = queue.recv() => match message {
+                        Some(message) => message,
+                        None => break,
+                    },
+                    why = stream_end(&mut stream) => {
+                        stream = None;
+                        on_stream_lost(&shared, &target, &why);
+                        continue;
+                    }
+                    _ = keepalive.tick() => {
+                        if !std::mem::take(&mut wrote)
+                            && let Some(open) = stream.as_mut()
+                        {
+                            buf.clear();
+                            stream::put_frame(&mut buf, &pb::MessageBatch::default());
+                            if let Err(error) = write_frame(&shared, open, &buf).await {
+                                stream = None;
+                                on_stream_lost(&shared, &target, &error.to_string());
+                            }
+                        }
+                        continue;
+                    }
+                };
+                match encode_checked(&shared, &message) {
                     Some(frame) => frame,
                     None => continue,
-                },
-                None => break,
-            },
+                }
+            }
         };
         let (batch, rest) = fill_batch(first, limits, queue.len(), || {
             loop {
@@ -276,75 +398,98 @@ pub(crate) async fn run_message_sender(
             }
         });
         carry = rest;
-        if !deliver(&shared, &target, &mut stream, &mut backoff, &queue, batch).await {
+        let sending = Sending {
+            shared: &shared,
+            target: &target,
+            queue: &queue,
+        };
+        if !sending
+            .deliver(&mut stream, &mut backoff, &mut buf, batch)
+            .await
+        {
             break;
         }
+        wrote = true;
     }
-    if let Some(open) = stream {
-        // Closing `frames` ends the stream normally; the call then completes by itself.
-        drop(open.frames);
-    }
+    // Dropping the stream closes the connection; the member sees the end of the stream.
+    drop(stream);
     tracing::debug!(to = %target.member, "message sender stopped");
 }
 
-/// Sends one batch, connecting and reconnecting as needed. Returns false once the queue is
-/// closed while waiting, which means: stop.
-async fn deliver(
-    shared: &Shared,
-    target: &Target,
-    stream: &mut Option<OpenStream>,
-    backoff: &mut Backoff,
-    queue: &mpsc::Receiver<Message>,
-    mut batch: Vec<pb::Message>,
-) -> bool {
-    loop {
-        if stream.is_none() {
-            match connect(shared, target).await {
-                Ok(client) => {
-                    backoff.reset();
-                    tracing::debug!(to = %target.member, "connected");
-                    *stream = Some(OpenStream::open(shared, client));
+/// A stream that failed: logged, and the node told the member is unreachable.
+fn on_stream_lost(shared: &Shared, target: &Target, why: &str) {
+    tracing::debug!(to = %target.member, why, "Raft message stream lost");
+    shared.report(TransportReport::Unreachable(target.member));
+}
+
+/// What [`Sending::deliver`] needs besides the stream it may replace.
+struct Sending<'a> {
+    shared: &'a Shared,
+    target: &'a Target,
+    queue: &'a mpsc::Receiver<Message>,
+}
+
+impl Sending<'_> {
+    /// Sends one batch, connecting and reconnecting as needed. Returns false once the queue is
+    /// closed while waiting, which means: stop.
+    async fn deliver(
+        &self,
+        stream: &mut Option<OpenStream>,
+        backoff: &mut Backoff,
+        buf: &mut BytesMut,
+        batch: Vec<pb::Message>,
+    ) -> bool {
+        let (shared, target) = (self.shared, self.target);
+        let count = batch.len() as u64;
+        buf.clear();
+        stream::put_frame(buf, &pb::MessageBatch { messages: batch });
+        loop {
+            if stream.is_none() {
+                match open_stream(shared, target).await {
+                    Ok(open) => {
+                        Counters::add(&shared.counters.streams_opened, 1);
+                        backoff.reset();
+                        tracing::debug!(to = %target.member, "connected");
+                        *stream = Some(open);
+                    }
+                    Err(error) => {
+                        on_connect_failed(shared, target, &error);
+                        if !self.pause(backoff, count).await {
+                            return false;
+                        }
+                        continue;
+                    }
+                }
+            }
+            let open = stream.as_mut().expect("connected above");
+            match write_frame(shared, open, buf).await {
+                Ok(()) => {
+                    Counters::add(&shared.counters.msgs_sent, count);
+                    Counters::add(&shared.counters.batches_sent, 1);
+                    return true;
                 }
                 Err(error) => {
-                    on_connect_failed(shared, target, &error);
-                    tokio::time::sleep(backoff.next_delay()).await;
-                    if queue.is_closed() {
+                    // The batch may be partly written; it goes again, whole, on a new stream
+                    // (Raft takes a message twice as well as once).
+                    *stream = None;
+                    on_stream_lost(shared, target, &error.to_string());
+                    if !self.pause(backoff, count).await {
                         return false;
                     }
-                    continue;
                 }
             }
         }
-        let open = stream.as_mut().expect("connected above");
-        let count = batch.len() as u64;
-        let frame = pb::MessageBatch {
-            from: (!open.sent_identity).then(|| shared.local.to_proto()),
-            messages: batch,
-        };
-        match open.frames.send(frame).await {
-            Ok(()) => {
-                open.sent_identity = true;
-                Counters::add(&shared.counters.msgs_sent, count);
-                Counters::add(&shared.counters.batches_sent, 1);
-                return true;
-            }
-            Err(mpsc::error::SendError(frame)) => {
-                // The call ended, so the stream is gone; retry the batch on a new one.
-                let open = stream.take().expect("checked above");
-                let outcome = open.call.await;
-                tracing::debug!(to = %target.member, ?outcome, "message stream ended");
-                shared.report(TransportReport::Unreachable(target.member));
-                batch = frame.messages;
-                tokio::time::sleep(backoff.next_delay()).await;
-                if queue.is_closed() {
-                    Counters::add(
-                        &shared.counters.msgs_dropped_send_failed,
-                        batch.len() as u64,
-                    );
-                    return false;
-                }
-            }
+    }
+
+    /// Waits before the next attempt. False if the queue was closed meanwhile: the batch of
+    /// `count` messages is then dropped.
+    async fn pause(&self, backoff: &mut Backoff, count: u64) -> bool {
+        tokio::time::sleep(backoff.next_delay()).await;
+        if self.queue.is_closed() {
+            Counters::add(&self.shared.counters.msgs_dropped_send_failed, count);
+            return false;
         }
+        true
     }
 }
 

@@ -1,23 +1,33 @@
-//! The receiving side of the peer transport: the `chorus.peer.v1.Peer` gRPC service.
+//! The receiving side of the peer transport: the Raft message streams, and the
+//! `chorus.peer.v1.Peer` gRPC service (handshake and snapshots).
 //!
 //! Every frame is untrusted. The service checks the caller's identity (cluster, version), that
 //! each message is addressed to this member and comes from the member that opened the stream,
 //! and decodes every field. A frame that fails a check ends its stream with an error that says
 //! why; other streams and later connections are served as before. Accepted messages go to the
-//! node through a bounded channel: when the node falls behind, the streams wait, and HTTP/2
-//! flow control slows the senders down until their own queues drop messages.
+//! node through a bounded channel: when the node falls behind, a stream stops reading, and TCP
+//! flow control slows its sender down until the sender's own queue drops messages.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use bytes::BytesMut;
 use chorus_proto::peer as pb;
 use chorus_proto::peer::peer_server::{Peer, PeerServer};
 use chorus_raft::{Message, MessageBody};
+use prost::Message as _;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{DecodeError, message_from_proto};
 use super::snapshot::{SnapshotAssembler, SnapshotStreamError};
+use super::stream;
 use super::{LocalIdentity, TransportConfig, TransportConfigError};
 
 /// Why the service refused a request. [`From<InboundError> for Status`] is the one place that
@@ -52,6 +62,28 @@ pub enum InboundError {
     Snapshot(#[from] SnapshotStreamError),
     #[error("this member is shutting down")]
     ShuttingDown,
+    #[error("the connection did not open with the Raft stream preface")]
+    BadPreface,
+    #[error("undecodable frame: {0}")]
+    Undecodable(#[from] prost::DecodeError),
+    #[error("malformed frame: {0}")]
+    Framing(std::io::Error),
+    #[error("the connection failed: {0}")]
+    Io(std::io::Error),
+    #[error("nothing arrived for {0:?}")]
+    Silent(Duration),
+}
+
+impl From<std::io::Error> for InboundError {
+    /// The frame reader reports a frame above the limit as `InvalidData`: the caller's fault,
+    /// not the connection's.
+    fn from(error: std::io::Error) -> Self {
+        if error.kind() == std::io::ErrorKind::InvalidData {
+            InboundError::Framing(error)
+        } else {
+            InboundError::Io(error)
+        }
+    }
 }
 
 impl From<InboundError> for Status {
@@ -63,10 +95,13 @@ impl From<InboundError> for Status {
             }
             E::Snapshot(SnapshotStreamError::ChecksumMismatch { .. }) => tonic::Code::DataLoss,
             E::Snapshot(SnapshotStreamError::TooLarge { .. }) => tonic::Code::ResourceExhausted,
-            E::ShuttingDown => tonic::Code::Unavailable,
+            E::ShuttingDown | E::Io(_) | E::Silent(_) => tonic::Code::Unavailable,
             E::MissingIdentity
             | E::ZeroMember
             | E::Decode(_)
+            | E::BadPreface
+            | E::Undecodable(_)
+            | E::Framing(_)
             | E::WrongRecipient { .. }
             | E::WrongSender { .. }
             | E::Snapshot(_) => tonic::Code::InvalidArgument,
@@ -82,8 +117,9 @@ pub struct PeerService {
     local: LocalIdentity,
     config: TransportConfig,
     inbound: mpsc::Sender<Message>,
-    /// Set once to end every open stream: a `Send` stream lives as long as the connection, so
-    /// without this a graceful shutdown would wait for the peers to hang up.
+    /// Set once to end every open stream and stop accepting connections: a Raft message stream
+    /// lives as long as its connection, so without this a graceful shutdown would wait for the
+    /// peers to hang up.
     stopping: Arc<watch::Sender<bool>>,
 }
 
@@ -107,8 +143,9 @@ impl PeerService {
         ))
     }
 
-    /// Ends every open and future stream of this service with UNAVAILABLE; peers reconnect to
-    /// whoever serves next. Called by [`serve`] when shutdown begins.
+    /// Ends every open and future stream of this service with UNAVAILABLE, and stops accepting
+    /// connections; peers reconnect to whoever serves next. Called by [`serve`] when shutdown
+    /// begins.
     pub fn stop_streams(&self) {
         self.stopping.send_replace(true);
     }
@@ -189,40 +226,150 @@ impl PeerService {
         Ok(())
     }
 
-    async fn deliver(&self, message: Message) -> Result<(), InboundError> {
-        self.inbound
-            .send(message)
-            .await
-            .map_err(|_| InboundError::ShuttingDown)
+    /// Checks a handshake: the caller's identity, and that it meant this member.
+    fn check_handshake(
+        &self,
+        request: pb::HandshakeRequest,
+    ) -> Result<pb::PeerIdentity, InboundError> {
+        let from = self.check_identity(request.from)?;
+        if request.to_member_id != self.local.member_id.get() {
+            return Err(InboundError::WrongMember {
+                wanted: request.to_member_id,
+                local: self.local.member_id.get(),
+            });
+        }
+        Ok(from)
     }
 
-    async fn receive_batches(
+    /// The connections of `listener`: Raft message streams are served by the service, each on
+    /// a task of its own; every other connection (HTTP/2) comes out of the returned stream, for
+    /// the gRPC server. The listener closes when the stream is dropped.
+    pub fn incoming(&self, listener: TcpListener) -> Incoming {
+        let (routed, http2) = mpsc::channel(64);
+        Incoming {
+            listener,
+            service: self.clone(),
+            routed,
+            http2,
+            pause: None,
+        }
+    }
+
+    /// Serves `socket` as a Raft message stream or hands it to the gRPC server, by its first
+    /// byte. A connection that sends nothing within the handshake timeout is closed.
+    async fn route(self, socket: TcpStream, http2: mpsc::Sender<TcpStream>) {
+        // Raft messages and gRPC answers are small and must not wait for more to fill a segment.
+        if let Err(error) = socket.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY on a peer connection");
+        }
+        let mut first = [0u8; 1];
+        let peeked =
+            tokio::time::timeout(self.config.handshake_timeout, socket.peek(&mut first)).await;
+        match peeked {
+            Ok(Ok(1..)) if first[0] == stream::PREFACE[0] => self.serve_stream(socket).await,
+            Ok(Ok(1..)) => {
+                let _ = http2.send(socket).await;
+            }
+            // Closed, failed or silent before its first byte: nothing to serve.
+            _ => {}
+        }
+    }
+
+    /// Serves one Raft message stream until the caller closes it. When the service ends it
+    /// instead (a refused frame, a silent caller, shutdown), the caller is told why.
+    async fn serve_stream(self, mut socket: TcpStream) {
+        let caller = socket.peer_addr().ok();
+        let (mut read, mut write) = socket.split();
+        let error = match self.receive_stream(&mut read, &mut write).await {
+            Ok(batches) => {
+                tracing::debug!(?caller, batches, "Raft message stream closed by its sender");
+                return;
+            }
+            Err(error) => error,
+        };
+        match &error {
+            InboundError::ShuttingDown => {
+                tracing::debug!(?caller, "ending a Raft message stream: shutting down");
+            }
+            error => tracing::warn!(?caller, %error, "ending a Raft message stream"),
+        }
+        let mut reply = BytesMut::new();
+        stream::put_frame(&mut reply, &stream::refused(&Status::from(error)));
+        // The caller may be gone, or not reading: do not wait for it long.
+        let _ = tokio::time::timeout(self.config.handshake_timeout, write.write_all(&reply)).await;
+    }
+
+    /// The stream's handshake, then its batches, each decoded and checked as a whole before any
+    /// of its messages is delivered. Returns the number of batches once the caller closes.
+    async fn receive_stream(
         &self,
-        mut stream: Streaming<pb::MessageBatch>,
-    ) -> Result<u64, Status> {
-        let mut sender: Option<pb::PeerIdentity> = None;
+        read: &mut tokio::net::tcp::ReadHalf<'_>,
+        write: &mut tokio::net::tcp::WriteHalf<'_>,
+    ) -> Result<u64, InboundError> {
+        let wait = self.config.handshake_timeout;
+        let silent = |_| InboundError::Silent(wait);
+        if !tokio::time::timeout(wait, stream::read_preface(read))
+            .await
+            .map_err(silent)??
+        {
+            return Err(InboundError::BadPreface);
+        }
+        let mut frames = stream::frames(read, self.config.frame_bytes_max);
+        let Some(first) = tokio::time::timeout(wait, frames.next())
+            .await
+            .map_err(silent)?
+        else {
+            return Ok(0);
+        };
+        let sender = self.check_handshake(pb::HandshakeRequest::decode(first?.freeze())?)?;
+        let mut reply = BytesMut::new();
+        stream::put_frame(&mut reply, &stream::accepted(self.local.to_proto()));
+        write.write_all(&reply).await?;
+        tracing::debug!(from = sender.member_id, "Raft message stream accepted");
+
+        // The sender writes at least every keepalive interval; one that missed a whole
+        // keepalive timeout besides is gone. Checked by a ticker, not a timer per frame.
+        let idle = self.config.keepalive_interval + self.config.keepalive_timeout;
+        let mut idle_check = tokio::time::interval_at(tokio::time::Instant::now() + idle, idle);
+        let mut heard = false;
+        let mut stopping = self.stopping.subscribe();
+        let stopped = stopping.wait_for(|stop| *stop);
+        tokio::pin!(stopped);
         let mut batches = 0u64;
-        while let Some(batch) = self.next_frame(&mut stream).await? {
-            let from = match sender {
-                Some(from) => from,
-                None => *sender.insert(self.check_identity(batch.from)?),
+        loop {
+            let frame = tokio::select! {
+                biased;
+                _ = &mut stopped => return Err(InboundError::ShuttingDown),
+                frame = frames.next() => frame,
+                _ = idle_check.tick() => {
+                    if !std::mem::take(&mut heard) {
+                        return Err(InboundError::Silent(idle));
+                    }
+                    continue;
+                }
             };
-            // Decode the whole batch before delivering any of it: a malformed frame is refused
-            // as a unit.
+            let Some(frame) = frame else {
+                return Ok(batches);
+            };
+            heard = true;
+            let batch = pb::MessageBatch::decode(frame?.freeze())?;
             let messages: Vec<Message> = batch
                 .messages
                 .into_iter()
-                .map(|frame| self.accept(&from, frame))
-                .collect::<Result<_, _>>()
-                .inspect_err(|error| {
-                    tracing::warn!(from = from.member_id, %error, "refusing a message batch");
-                })?;
+                .map(|frame| self.accept(&sender, frame))
+                .collect::<Result<_, _>>()?;
             for message in messages {
                 self.deliver(message).await?;
             }
             batches += 1;
         }
-        Ok(batches)
+    }
+
+    async fn deliver(&self, message: Message) -> Result<(), InboundError> {
+        self.inbound
+            .send(message)
+            .await
+            .map_err(|_| InboundError::ShuttingDown)
     }
 
     async fn receive_snapshot(
@@ -260,29 +407,15 @@ impl Peer for PeerService {
         &self,
         request: Request<pb::HandshakeRequest>,
     ) -> Result<Response<pb::HandshakeResponse>, Status> {
-        let request = request.into_inner();
-        let from = self.check_identity(request.from).inspect_err(|error| {
-            tracing::warn!(%error, "refusing a handshake");
-        })?;
-        if request.to_member_id != self.local.member_id.get() {
-            return Err(InboundError::WrongMember {
-                wanted: request.to_member_id,
-                local: self.local.member_id.get(),
-            }
-            .into());
-        }
+        let from = self
+            .check_handshake(request.into_inner())
+            .inspect_err(|error| {
+                tracing::warn!(%error, "refusing a handshake");
+            })?;
         tracing::debug!(from = from.member_id, "handshake accepted");
         Ok(Response::new(pb::HandshakeResponse {
             member: Some(self.local.to_proto()),
         }))
-    }
-
-    async fn send(
-        &self,
-        request: Request<Streaming<pb::MessageBatch>>,
-    ) -> Result<Response<pb::SendAck>, Status> {
-        let batches_received = self.receive_batches(request.into_inner()).await?;
-        Ok(Response::new(pb::SendAck { batches_received }))
     }
 
     async fn install_snapshot(
@@ -301,7 +434,50 @@ impl Peer for PeerService {
     }
 }
 
-/// Serves the peer service on `listener` until `shutdown` completes. Then open streams are
+/// The connections of the peer port for the gRPC server; see [`PeerService::incoming`].
+#[derive(Debug)]
+pub struct Incoming {
+    listener: TcpListener,
+    service: PeerService,
+    /// Where a connection goes once its first byte says it is HTTP/2.
+    routed: mpsc::Sender<TcpStream>,
+    http2: mpsc::Receiver<TcpStream>,
+    /// After an error accepting (such as too many open files), a pause rather than a spin.
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Stream for Incoming {
+    type Item = std::io::Result<TcpStream>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some(pause) = this.pause.as_mut()
+            && pause.as_mut().poll(cx).is_ready()
+        {
+            this.pause = None;
+        }
+        while this.pause.is_none() {
+            match this.listener.poll_accept(cx) {
+                Poll::Ready(Ok((socket, _))) => {
+                    tokio::spawn(this.service.clone().route(socket, this.routed.clone()));
+                }
+                Poll::Ready(Err(error)) => {
+                    tracing::warn!(%error, "cannot accept a peer connection");
+                    let mut pause = Box::pin(tokio::time::sleep(Duration::from_millis(100)));
+                    // Registers the wakeup that ends the pause.
+                    let _ = pause.as_mut().poll(cx);
+                    this.pause = Some(pause);
+                }
+                Poll::Pending => break,
+            }
+        }
+        // Never ends: `routed` is held here.
+        this.http2.poll_recv(cx).map(|socket| socket.map(Ok))
+    }
+}
+
+/// Serves the Raft message streams and the peer service on `listener` until `shutdown`
+/// completes. Then open streams are
 /// ended (see [`PeerService::stop_streams`]) and the server is given `shutdown_grace` to finish
 /// in-flight requests before it stops regardless.
 pub async fn serve(
@@ -311,12 +487,13 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let config = service.config.clone();
     let handle = service.clone();
+    let incoming = service.incoming(listener);
     let (drain, drained) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .add_service(service.into_server())
-        .serve_with_incoming_shutdown(crate::member::nodelay(listener), async {
+        .serve_with_incoming_shutdown(incoming, async {
             let _ = drained.await;
         });
     tokio::pin!(server);
