@@ -1,9 +1,10 @@
 //! Writes that reach a member which does not lead travel to the leader on one long-lived
-//! `Forward.WriteStream` per leader: each write is a message tagged with an id, and the leader
-//! answers each id once the write is applied there, in the order writes finish. A forwarded
-//! write therefore costs a message on a stream that is already open, not an HTTP/2 request of
-//! its own (headers, a new stream, a task on each side). On the leader no task waits for it
-//! either: the Raft loop puts its outcome straight into the stream's answers.
+//! write stream per leader, a peer stream of its own (see [`crate::transport::stream`]): each
+//! write is a frame tagged with an id, and the leader answers each id once the write is applied
+//! there, in the order writes finish. A forwarded write therefore costs a frame on a connection
+//! that is already open, not an HTTP/2 request of its own (headers, a new stream, a task on each
+//! side). On the leader no task waits for it either: the Raft loop puts its outcome straight
+//! into the stream's answers.
 //!
 //! When the stream breaks (the leader stopped, the connection dropped), every write still
 //! waiting on it fails with etcd's "request timed out, possibly due to connection lost": the
@@ -15,24 +16,41 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use chorus_proto::internal as ipb;
+use chorus_proto::peer as ppb;
 use chorus_raft::NodeId;
+use prost::Message as _;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use crate::error::ServerError;
+use crate::transport::server::AcceptedStream;
+use crate::transport::stream;
+use crate::transport::{LocalIdentity, TransportConfig};
 
 /// Writes queued for one stream before senders wait.
 const STREAM_QUEUE: usize = 1024;
 
 type WriteResult = Result<ipb::forward_response::Response, Status>;
 
-/// Sends writes to the leader's `Forward` service. Channels connect lazily and are kept.
+/// How this member opens write streams: who it is, and the transport's limits.
+#[derive(Clone, Copy, Debug)]
+struct Link {
+    local: LocalIdentity,
+    dial: stream::Dial,
+    /// A write that makes no progress for this long means the leader is gone.
+    write_timeout: Duration,
+}
+
+/// Sends writes to the leader on write streams, and other requests to the `Forward` service of
+/// a member. Channels connect lazily and are kept.
 #[derive(Clone, Debug)]
 pub struct Forwarder {
+    link: Link,
     peer_urls: Arc<Mutex<HashMap<NodeId, String>>>,
     clients: Arc<Mutex<HashMap<NodeId, Channel>>>,
     streams: Arc<Mutex<HashMap<NodeId, Arc<WriteStream>>>>,
@@ -55,28 +73,20 @@ struct Waiting(Mutex<Option<HashMap<u64, oneshot::Sender<WriteResult>>>>);
 type WaitingGuard<'a> = MutexGuard<'a, Option<HashMap<u64, oneshot::Sender<WriteResult>>>>;
 
 impl WriteStream {
-    /// Opens a stream on `channel` and starts the task that hands its answers out.
-    fn open(channel: Channel) -> Arc<WriteStream> {
+    /// Opens a write stream to `leader` at `url` and starts the task that carries it.
+    fn open(link: Link, leader: NodeId, url: String) -> Arc<WriteStream> {
         let (requests, queued) = mpsc::channel(STREAM_QUEUE);
         let waiting = Arc::new(Waiting(Mutex::new(Some(HashMap::new()))));
         let answers = Arc::clone(&waiting);
         tokio::spawn(async move {
-            let mut client = ipb::forward_client::ForwardClient::new(channel);
-            match client.write_stream(ReceiverStream::new(queued)).await {
-                Ok(response) => {
-                    let mut incoming = response.into_inner();
-                    loop {
-                        match incoming.message().await {
-                            Ok(Some(answer)) => answers.answer(answer),
-                            Ok(None) => break,
-                            Err(status) => {
-                                tracing::debug!(%status, "forwarding stream to the leader ended");
-                                break;
-                            }
-                        }
-                    }
-                }
-                Err(status) => tracing::debug!(%status, "could not open a forwarding stream"),
+            let handshake = ppb::HandshakeRequest {
+                from: Some(link.local.to_proto()),
+                to_member_id: leader.get(),
+                stream: ppb::StreamKind::Writes as i32,
+            };
+            match stream::open(&url, &handshake, link.dial).await {
+                Ok(opened) => carry(opened, queued, &answers, link.write_timeout).await,
+                Err(error) => tracing::debug!(%error, "could not open a write stream"),
             }
             answers.close();
         });
@@ -159,6 +169,63 @@ impl Waiting {
     }
 }
 
+/// Carries one write stream: the queued writes out, as many in one socket write as are
+/// waiting, and the answers in. Once no more writes can come (the last handle was dropped), the
+/// stream is half-closed and the answers still due are awaited; the leader then closes.
+async fn carry(
+    opened: stream::Opened,
+    mut queued: mpsc::Receiver<ipb::ForwardStreamRequest>,
+    answers: &Waiting,
+    write_timeout: Duration,
+) {
+    let stream::Opened {
+        mut frames,
+        mut write,
+    } = opened;
+    let sending = async {
+        let mut buf = BytesMut::new();
+        while let Some(first) = queued.recv().await {
+            // Writes arrive one by one from many callers: let the others queue theirs, so
+            // that one socket write carries them all.
+            tokio::task::yield_now().await;
+            buf.clear();
+            stream::put_frame(&mut buf, &first);
+            while let Ok(next) = queued.try_recv() {
+                stream::put_frame(&mut buf, &next);
+            }
+            if let Err(error) = stream::write_within(&mut write, &buf, write_timeout).await {
+                tracing::debug!(%error, "write stream to the leader failed");
+                return false;
+            }
+        }
+        let _ = write.shutdown().await;
+        true
+    };
+    let receiving = async {
+        while let Some(frame) = frames.next().await {
+            let answer = frame.map_err(|e| e.to_string()).and_then(|frame| {
+                ipb::ForwardStreamResponse::decode(frame.freeze()).map_err(|e| e.to_string())
+            });
+            match answer {
+                Ok(answer) => answers.answer(answer),
+                Err(error) => {
+                    tracing::debug!(%error, "write stream from the leader failed");
+                    return;
+                }
+            }
+        }
+    };
+    tokio::pin!(sending, receiving);
+    tokio::select! {
+        () = &mut receiving => {}
+        finished = &mut sending => {
+            if finished {
+                receiving.await;
+            }
+        }
+    }
+}
+
 /// Removes a write's waiter when its caller stops waiting (answered, failed or timed out).
 struct Forget<'a> {
     waiting: &'a Waiting,
@@ -174,9 +241,24 @@ impl Drop for Forget<'_> {
 }
 
 impl Forwarder {
-    /// A forwarder to the members at these peer URLs (`http://host:port`).
-    pub fn new(peer_urls: HashMap<NodeId, String>) -> Self {
+    /// A forwarder of member `local` to the members at these peer URLs (`http://host:port`),
+    /// with the transport's timeouts and frame limit.
+    pub fn new(
+        local: LocalIdentity,
+        config: &TransportConfig,
+        peer_urls: HashMap<NodeId, String>,
+    ) -> Self {
+        let link = Link {
+            local,
+            dial: stream::Dial {
+                connect_timeout: config.connect_timeout,
+                handshake_timeout: config.handshake_timeout,
+                frame_bytes_max: config.frame_bytes_max,
+            },
+            write_timeout: config.keepalive_timeout,
+        };
         Forwarder {
+            link,
             peer_urls: Arc::new(Mutex::new(peer_urls)),
             clients: Arc::new(Mutex::new(HashMap::new())),
             streams: Arc::new(Mutex::new(HashMap::new())),
@@ -216,13 +298,8 @@ impl Forwarder {
             .remove(&member);
     }
 
-    pub(crate) fn channel(&self, member: NodeId) -> Result<Channel, Status> {
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(channel) = clients.get(&member) {
-            return Ok(channel.clone());
-        }
-        let url = self
-            .peer_urls
+    fn peer_url(&self, member: NodeId) -> Result<String, Status> {
+        self.peer_urls
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&member)
@@ -231,7 +308,15 @@ impl Forwarder {
                 Status::from(ServerError::Unexpected {
                     message: format!("etcdserver: unknown leader {member}"),
                 })
-            })?;
+            })
+    }
+
+    pub(crate) fn channel(&self, member: NodeId) -> Result<Channel, Status> {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(channel) = clients.get(&member) {
+            return Ok(channel.clone());
+        }
+        let url = self.peer_url(member)?;
         let channel = Endpoint::from_shared(url.clone())
             .map_err(|e| {
                 Status::from(ServerError::Unexpected {
@@ -253,7 +338,7 @@ impl Forwarder {
         if let Some(stream) = streams.get(&leader) {
             return Ok(Arc::clone(stream));
         }
-        let stream = WriteStream::open(self.channel(leader)?);
+        let stream = WriteStream::open(self.link, leader, self.peer_url(leader)?);
         streams.insert(leader, Arc::clone(&stream));
         Ok(stream)
     }
@@ -276,11 +361,6 @@ impl Forwarder {
     }
 }
 
-/// The answers of one `Forward.WriteStream`, as the service returns them.
-pub(crate) type AnswerStream = std::pin::Pin<
-    Box<dyn tokio_stream::Stream<Item = Result<ipb::ForwardStreamResponse, Status>> + Send>,
->;
-
 /// Where the outcome of one forwarded write goes: the answers of its stream, under its id.
 /// Sending costs a message on a channel; no task waits for the write.
 #[derive(Debug)]
@@ -301,26 +381,50 @@ impl<R> StreamAnswer<R> {
     }
 }
 
-/// The leader's side of `Forward.WriteStream`: hands each write to `propose` as it arrives,
-/// with where its outcome goes, and answers each outcome (turned into the wire's form by
-/// `answer`) in the order they come. The answers that are ready together leave together.
+/// The leader's side of a write stream: hands each write to `propose` as it arrives, with
+/// where its outcome goes, and answers each outcome (turned into the wire's form by `answer`)
+/// in the order they come. The answers that are ready together leave in one socket write.
 ///
 /// The answers wait in an unbounded queue: what bounds them is the writes the leader takes
 /// at once (the Raft loop's command queue and its waiters, which refuse more).
 pub(crate) fn serve_stream<R, P, A>(
-    mut incoming: tonic::Streaming<ipb::ForwardStreamRequest>,
+    stream: AcceptedStream,
+    write_timeout: Duration,
     propose: P,
     answer: A,
-) -> AnswerStream
-where
+) where
     R: Send + 'static,
     P: Fn(ipb::forward_request::Request, StreamAnswer<R>) + Send + 'static,
     A: Fn(R) -> WriteResult + Send + 'static,
 {
-    use ipb::forward_stream_response::Result as Answer;
-    let (answers, outgoing) = mpsc::unbounded_channel();
+    let AcceptedStream {
+        from,
+        mut frames,
+        mut write,
+        mut stopping,
+    } = stream;
+    let (answers, mut outgoing) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        while let Ok(Some(message)) = incoming.message().await {
+        let stopped = stopping.wait_for(|stop| *stop);
+        tokio::pin!(stopped);
+        loop {
+            let frame = tokio::select! {
+                biased;
+                _ = &mut stopped => break,
+                frame = frames.next() => frame,
+            };
+            let message = match frame.map(|frame| {
+                frame.map_err(|e| e.to_string()).and_then(|frame| {
+                    ipb::ForwardStreamRequest::decode(frame.freeze()).map_err(|e| e.to_string())
+                })
+            }) {
+                None => break,
+                Some(Ok(message)) => message,
+                Some(Err(error)) => {
+                    tracing::warn!(from = from.member_id, %error, "ending a write stream");
+                    break;
+                }
+            };
             let id = message.id;
             match message.request.and_then(|r| r.request) {
                 Some(request) => propose(
@@ -338,23 +442,47 @@ where
                 }
             }
         }
+        // Dropping `answers` here: the answering task ends once every write taken is answered.
     });
-    let answers = UnboundedReceiverStream::new(outgoing).map(move |(id, outcome)| {
-        let result = match outcome.and_then(&answer) {
-            Ok(response) => Answer::Response(ipb::ForwardResponse {
-                response: Some(response),
-            }),
-            Err(status) => Answer::Error(ipb::ForwardError {
-                code: status.code() as i32,
-                message: status.message().to_string(),
-            }),
-        };
-        Ok(ipb::ForwardStreamResponse {
-            id,
-            result: Some(result),
-        })
+    tokio::spawn(async move {
+        let mut buf = BytesMut::new();
+        while let Some(first) = outgoing.recv().await {
+            // The Raft loop answers a whole batch of writes at once: let it finish, so that one
+            // socket write carries them all.
+            tokio::task::yield_now().await;
+            buf.clear();
+            stream::put_frame(&mut buf, &to_wire(first, &answer));
+            while let Ok(next) = outgoing.try_recv() {
+                stream::put_frame(&mut buf, &to_wire(next, &answer));
+            }
+            if let Err(error) = stream::write_within(&mut write, &buf, write_timeout).await {
+                tracing::debug!(%error, "write stream to a follower failed");
+                return;
+            }
+        }
+        // Dropping `write` closes the stream: the follower has every answer.
     });
-    Box::pin(answers)
+}
+
+/// One outcome in the wire's form.
+fn to_wire<R>(
+    (id, outcome): (u64, Result<R, Status>),
+    answer: impl Fn(R) -> WriteResult,
+) -> ipb::ForwardStreamResponse {
+    use ipb::forward_stream_response::Result as Answer;
+    let result = match outcome.and_then(answer) {
+        Ok(response) => Answer::Response(ipb::ForwardResponse {
+            response: Some(response),
+        }),
+        Err(status) => Answer::Error(ipb::ForwardError {
+            code: status.code() as i32,
+            message: status.message().to_string(),
+        }),
+    };
+    ipb::ForwardStreamResponse {
+        id,
+        result: Some(result),
+    }
 }
 
 #[cfg(test)]

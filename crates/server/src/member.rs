@@ -322,7 +322,7 @@ async fn run_member(
     let transport_config = TransportConfig::default();
     let (transport, reports) = PeerTransport::new(transport_config.clone(), local)
         .map_err(fail("configure the peer transport"))?;
-    let forwarder = Forwarder::new(HashMap::new());
+    let forwarder = Forwarder::new(local, &transport_config, HashMap::new());
     let mut peers = PeerSync::new(transport.clone(), forwarder.clone(), member_id);
     peers.sync(&members);
     let members: SharedMembers = Arc::new(std::sync::RwLock::new(members));
@@ -528,6 +528,10 @@ async fn serve_peers(
         // not wait.
         handle.stop_streams();
     });
+    let writes = forward.clone();
+    let write_timeout = config.keepalive_timeout;
+    let peer_service =
+        peer_service.accept_writes(move |stream| writes.serve_writes(stream, write_timeout));
     let incoming = peer_service.incoming(listener);
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(config.keepalive_interval))

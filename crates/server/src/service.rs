@@ -18,6 +18,7 @@ use crate::error::ServerError;
 use crate::kv_convert;
 use crate::maintenance;
 use crate::node::{NodeHandle, WriteReply, WriteResult};
+use crate::transport::server::AcceptedStream;
 
 /// The limits the edge enforces, from the validated `ServerConfig`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -303,23 +304,23 @@ pub struct ForwardService {
     pub membership: Arc<Membership>,
 }
 
-#[tonic::async_trait]
-impl ipb::forward_server::Forward for ForwardService {
-    type WriteStreamStream = crate::forward::AnswerStream;
-
-    async fn write_stream(
-        &self,
-        request: Request<tonic::Streaming<ipb::ForwardStreamRequest>>,
-    ) -> Result<Response<Self::WriteStreamStream>, Status> {
+impl ForwardService {
+    /// Serves a write stream another member opened: its writes are proposed here as leader
+    /// (see [`crate::forward::serve_stream`]). A write the stream's answers cannot wait
+    /// `write_timeout` for means the member is gone.
+    pub fn serve_writes(&self, stream: AcceptedStream, write_timeout: Duration) {
         let node = self.edge.node.clone();
-        let answers = crate::forward::serve_stream(
-            request.into_inner(),
+        crate::forward::serve_stream(
+            stream,
+            write_timeout,
             move |request, answer| node.propose_to(request, WriteReply::Stream(answer)),
             |outcome: WriteResult| outcome.map(write_to_proto).map_err(Status::from),
         );
-        Ok(Response::new(answers))
     }
+}
 
+#[tonic::async_trait]
+impl ipb::forward_server::Forward for ForwardService {
     async fn lease_keep_alive(
         &self,
         request: Request<pb::LeaseKeepAliveRequest>,

@@ -152,12 +152,21 @@ impl HandStream {
 
     /// Connects, sends a handshake from `from` to member `to`, and returns the answer.
     async fn open(url: &str, from: LocalIdentity, to: u64) -> (Self, Option<pb::StreamReply>) {
-        let mut hand = HandStream::connect(url).await;
-        hand.send(&pb::HandshakeRequest {
+        let handshake = pb::HandshakeRequest {
             from: Some(from.to_proto()),
             to_member_id: to,
-        })
-        .await;
+            stream: pb::StreamKind::Raft as i32,
+        };
+        HandStream::open_with(url, &handshake).await
+    }
+
+    /// Connects, sends `handshake`, and returns the answer.
+    async fn open_with(
+        url: &str,
+        handshake: &pb::HandshakeRequest,
+    ) -> (Self, Option<pb::StreamReply>) {
+        let mut hand = HandStream::connect(url).await;
+        hand.send(handshake).await;
         let reply = hand.reply().await;
         (hand, reply)
     }
@@ -420,6 +429,7 @@ async fn wrong_cluster_is_refused() {
     let request = pb::HandshakeRequest {
         from: Some(identity(8, 1).to_proto()),
         to_member_id: 2,
+        stream: pb::StreamKind::Raft as i32,
     };
     let status = client
         .handshake(request)
@@ -432,6 +442,7 @@ async fn wrong_cluster_is_refused() {
     let request = pb::HandshakeRequest {
         from: Some(identity(7, 1).to_proto()),
         to_member_id: 3,
+        stream: pb::StreamKind::Raft as i32,
     };
     let status = client
         .handshake(request)
@@ -548,6 +559,34 @@ async fn malformed_frame_is_refused_and_server_keeps_serving() {
     hand.send(&batch(std::slice::from_ref(&good))).await;
     let received = guarded("good messages", receive(&mut server2.inbound, 2)).await;
     assert_eq!(received, vec![good.clone(), good]);
+}
+
+// Goal: a write stream to a member that takes none is refused with UNIMPLEMENTED, and a stream
+// of a kind the member does not know with INVALID_ARGUMENT; both are then closed. Method: two
+// handshakes by hand to a peer service without a write handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unserved_stream_kinds_are_refused() {
+    let server2 = start_server(identity(7, 2)).await;
+    let handshake = |stream| pb::HandshakeRequest {
+        from: Some(identity(7, 1).to_proto()),
+        to_member_id: 2,
+        stream,
+    };
+    let (mut hand, reply) =
+        HandStream::open_with(&server2.url, &handshake(pb::StreamKind::Writes as i32)).await;
+    let reply = reply.expect("an answer");
+    assert_eq!(code(&reply), tonic::Code::Unimplemented, "{reply:?}");
+    assert!(reply.message.contains("no forwarded writes"), "{reply:?}");
+    assert!(hand.reply().await.is_none(), "closed after refusing");
+
+    let (mut hand, reply) = HandStream::open_with(&server2.url, &handshake(99)).await;
+    let reply = reply.expect("an answer");
+    assert_eq!(code(&reply), tonic::Code::InvalidArgument, "{reply:?}");
+    assert!(
+        reply.message.contains("unknown kind of peer stream 99"),
+        "{reply:?}"
+    );
+    assert!(hand.reply().await.is_none(), "closed after refusing");
 }
 
 // Goal: a stream on which nothing arrives for a keepalive interval and timeout is ended with

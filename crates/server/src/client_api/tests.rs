@@ -42,7 +42,14 @@ async fn start() -> Running {
     let (node, _status) = NodeHandle::detached(Arc::new(RwLock::new(store)));
     let edge = Edge {
         node: node.clone(),
-        forwarder: Forwarder::new(Default::default()),
+        forwarder: Forwarder::new(
+            crate::transport::LocalIdentity {
+                cluster_id: 1,
+                member_id: chorus_raft::NodeId(1),
+            },
+            &crate::transport::TransportConfig::default(),
+            Default::default(),
+        ),
         limits: EdgeLimits {
             request_bytes_max: 1024 * 1024,
             txn_ops_max: 128,

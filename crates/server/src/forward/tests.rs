@@ -2,12 +2,11 @@ use super::*;
 
 use chorus_proto::etcdserverpb as pb;
 use tokio::net::TcpListener;
-use tonic::{Request, Response};
+
+use crate::transport::PeerService;
 
 /// A leader stand-in: answers a put of key `n` (decimal) after `n % 7` ms with revision `n`,
 /// a put of key `fail` with etcd's "key not found" error, and never a put of key `hang`.
-struct Echo;
-
 async fn echo(request: ipb::forward_request::Request) -> WriteResult {
     let ipb::forward_request::Request::Put(put) = request else {
         return Err(Status::invalid_argument("only puts"));
@@ -29,75 +28,40 @@ async fn echo(request: ipb::forward_request::Request) -> WriteResult {
     }))
 }
 
-#[tonic::async_trait]
-impl ipb::forward_server::Forward for Echo {
-    type WriteStreamStream = AnswerStream;
-
-    async fn write_stream(
-        &self,
-        request: Request<tonic::Streaming<ipb::ForwardStreamRequest>>,
-    ) -> Result<Response<Self::WriteStreamStream>, Status> {
+/// Serves `Echo` as member `member` on `listener` until `stop` fires.
+fn serve(
+    listener: TcpListener,
+    member: NodeId,
+    stop: oneshot::Receiver<()>,
+) -> tokio::task::JoinHandle<()> {
+    let (service, _raft_messages) =
+        PeerService::new(TransportConfig::default(), identity(member)).expect("valid config");
+    let service = service.accept_writes(|stream| {
         // Each write is answered by a task of its own, so that answers come out of order.
         let propose = |request, answer: StreamAnswer<WriteResult>| {
             tokio::spawn(async move { answer.send(echo(request).await) });
         };
-        Ok(Response::new(serve_stream(
-            request.into_inner(),
-            propose,
-            |outcome| outcome,
-        )))
-    }
+        serve_stream(stream, Duration::from_secs(5), propose, |outcome| outcome);
+    });
+    tokio::spawn(async move {
+        crate::transport::serve(listener, service, async {
+            let _ = stop.await;
+        })
+        .await
+        .unwrap();
+    })
+}
 
-    async fn lease_keep_alive(
-        &self,
-        _: Request<pb::LeaseKeepAliveRequest>,
-    ) -> Result<Response<pb::LeaseKeepAliveResponse>, Status> {
-        Err(Status::unimplemented("test"))
-    }
-
-    async fn lease_time_to_live(
-        &self,
-        _: Request<pb::LeaseTimeToLiveRequest>,
-    ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
-        Err(Status::unimplemented("test"))
-    }
-
-    async fn member_info(
-        &self,
-        _: Request<ipb::MemberInfoRequest>,
-    ) -> Result<Response<ipb::MemberInfoResponse>, Status> {
-        Err(Status::unimplemented("test"))
-    }
-
-    async fn member_change(
-        &self,
-        _: Request<ipb::MemberChangeRequest>,
-    ) -> Result<Response<ipb::MemberChangeResponse>, Status> {
-        Err(Status::unimplemented("test"))
-    }
-
-    async fn member_table_get(
-        &self,
-        _: Request<ipb::MemberTableRequest>,
-    ) -> Result<Response<ipb::MemberTable>, Status> {
-        Err(Status::unimplemented("test"))
+fn identity(member: NodeId) -> LocalIdentity {
+    LocalIdentity {
+        cluster_id: 0xc1,
+        member_id: member,
     }
 }
 
-/// Serves `Echo` on `listener` until `stop` fires.
-fn serve(listener: TcpListener, stop: oneshot::Receiver<()>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(ipb::forward_server::ForwardServer::new(Echo))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async {
-                    let _ = stop.await;
-                },
-            )
-            .await
-            .unwrap();
-    })
+/// A forwarder of member 100 to the members at `urls`.
+fn forwarder(urls: HashMap<NodeId, String>) -> Forwarder {
+    Forwarder::new(identity(NodeId(100)), &TransportConfig::default(), urls)
 }
 
 fn put(key: &str) -> ipb::forward_request::Request {
@@ -125,8 +89,8 @@ async fn concurrent_writes_get_their_own_answers() {
     let leader = NodeId(7);
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (_stop, stopped) = oneshot::channel();
-    serve(listener, stopped);
-    let forwarder = Forwarder::new(HashMap::from([(leader, url)]));
+    serve(listener, leader, stopped);
+    let forwarder = forwarder(HashMap::from([(leader, url)]));
     let writes = (0..500).map(|n| {
         let forwarder = forwarder.clone();
         tokio::spawn(async move { (n, forwarder.forward(leader, put(&n.to_string())).await) })
@@ -168,13 +132,13 @@ async fn a_lost_stream_fails_its_writes_and_is_replaced() {
     let server_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server_address = server_listener.local_addr().unwrap();
     let (_stop, stopped) = oneshot::channel();
-    serve(server_listener, stopped);
+    let leader = NodeId(7);
+    serve(server_listener, leader, stopped);
     let proxy_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = proxy_listener.local_addr().unwrap();
     let first_proxy = proxy(proxy_listener, server_address);
 
-    let leader = NodeId(7);
-    let forwarder = Forwarder::new(HashMap::from([(leader, format!("http://{address}"))]));
+    let forwarder = forwarder(HashMap::from([(leader, format!("http://{address}"))]));
     assert_eq!(revision(forwarder.forward(leader, put("1")).await), 1);
     let writes: Vec<_> = (0..20)
         .map(|_| {
@@ -227,9 +191,9 @@ async fn the_stream_to_a_former_leader_ends() {
         urls.insert(member, format!("http://{}", listener.local_addr().unwrap()));
         let (stop, stopped) = oneshot::channel::<()>();
         stops.push(stop);
-        serve(listener, stopped);
+        serve(listener, member, stopped);
     }
-    let forwarder = Forwarder::new(urls);
+    let forwarder = forwarder(urls);
     assert_eq!(revision(forwarder.forward(a, put("3")).await), 3);
     let to_a = Arc::clone(&forwarder.streams.lock().unwrap()[&a].waiting);
     assert_eq!(revision(forwarder.forward(b, put("4")).await), 4);
@@ -251,35 +215,85 @@ async fn a_message_without_a_write_is_answered_with_an_error() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (_stop, stopped) = oneshot::channel();
-    serve(listener, stopped);
-    let channel = Endpoint::from_shared(url).unwrap().connect_lazy();
-    let mut client = ipb::forward_client::ForwardClient::new(channel);
+    serve(listener, NodeId(7), stopped);
+    let handshake = ppb::HandshakeRequest {
+        from: Some(identity(NodeId(100)).to_proto()),
+        to_member_id: 7,
+        stream: ppb::StreamKind::Writes as i32,
+    };
+    let dial = stream::Dial {
+        connect_timeout: Duration::from_secs(5),
+        handshake_timeout: Duration::from_secs(5),
+        frame_bytes_max: 1 << 20,
+    };
+    let stream::Opened {
+        frames: mut answers,
+        mut write,
+    } = stream::open(&url, &handshake, dial).await.unwrap();
     let empty = ipb::ForwardStreamRequest {
         id: 1,
         request: None,
     };
-    let write = ipb::ForwardStreamRequest {
+    let put_5 = ipb::ForwardStreamRequest {
         id: 2,
         request: Some(ipb::ForwardRequest {
             request: Some(put("5")),
         }),
     };
-    let mut answers = client
-        .write_stream(tokio_stream::iter([empty, write]))
-        .await
-        .unwrap()
-        .into_inner();
-    let first = answers.message().await.unwrap().expect("an answer");
+    let mut buf = BytesMut::new();
+    stream::put_frame(&mut buf, &empty);
+    stream::put_frame(&mut buf, &put_5);
+    write.write_all(&buf).await.unwrap();
+    let mut answer = async || {
+        let frame = answers.next().await.expect("an answer").unwrap();
+        ipb::ForwardStreamResponse::decode(frame.freeze()).unwrap()
+    };
+    let first = answer().await;
     assert_eq!(first.id, 1);
     let Some(ipb::forward_stream_response::Result::Error(error)) = first.result else {
         panic!("not an error: {first:?}");
     };
     assert_eq!(error.code, Code::Unknown as i32);
     assert!(error.message.contains("without a request"), "{error:?}");
-    let second = answers.message().await.unwrap().expect("an answer");
+    let second = answer().await;
     assert_eq!(second.id, 2);
     let Some(ipb::forward_stream_response::Result::Response(response)) = second.result else {
         panic!("not a response: {second:?}");
     };
     assert_eq!(revision(Ok(response.response.unwrap())), 5);
+}
+
+// Property: a member of another cluster, or one that dialled the wrong member, gets no write
+// through: its stream is refused at the handshake, and the write fails at once with etcd's
+// "connection lost" timeout instead of waiting for an answer.
+// Method: forwarders of another cluster, and of this cluster aimed at the wrong member id, each
+// forward a put the stand-in would answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_another_cluster_or_to_another_member_is_refused() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (_stop, stopped) = oneshot::channel();
+    serve(listener, NodeId(7), stopped);
+    let foreign = LocalIdentity {
+        cluster_id: 0xf0,
+        member_id: NodeId(100),
+    };
+    let foreign = Forwarder::new(
+        foreign,
+        &TransportConfig::default(),
+        HashMap::from([(NodeId(7), url.clone())]),
+    );
+    let misdialled = forwarder(HashMap::from([(NodeId(8), url)]));
+    let lost = Status::from(ServerError::TimeoutDueToConnectionLost);
+    for (forwarder, leader) in [(foreign, NodeId(7)), (misdialled, NodeId(8))] {
+        let error =
+            tokio::time::timeout(Duration::from_secs(10), forwarder.forward(leader, put("6")))
+                .await
+                .expect("refused at once")
+                .unwrap_err();
+        assert_eq!(
+            (error.code(), error.message()),
+            (lost.code(), lost.message())
+        );
+    }
 }

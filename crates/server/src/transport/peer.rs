@@ -8,17 +8,14 @@ use chorus_proto::peer as pb;
 use chorus_proto::peer::peer_client::PeerClient;
 use chorus_raft::{Message, NodeId};
 use prost::Message as _;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
-use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tonic::transport::{Channel, Endpoint};
 
 use super::convert::message_to_proto;
 use super::snapshot::snapshot_chunks;
-use super::stream;
+use super::stream::{self, ConnectError};
 use super::{Counters, FRAME_OVERHEAD_BYTES, Shared, TransportReport};
 
 /// The member a task sends to.
@@ -26,17 +23,6 @@ use super::{Counters, FRAME_OVERHEAD_BYTES, Shared, TransportReport};
 pub(crate) struct Target {
     pub(crate) member: NodeId,
     pub(crate) url: String,
-}
-
-/// Why a connection to a member could not be used.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum ConnectError {
-    /// The member could not be reached; worth retrying.
-    #[error("member unreachable: {0}")]
-    Unreachable(String),
-    /// The member answered and refused us (another cluster, another member, another version).
-    #[error("member refused the handshake: {0}")]
-    Refused(String),
 }
 
 /// The delay before connection attempt `attempt` (0-based) after failures: `min * 2^attempt`,
@@ -105,57 +91,25 @@ pub(crate) async fn connect(
     let request = pb::HandshakeRequest {
         from: Some(shared.local.to_proto()),
         to_member_id: target.member.get(),
+        stream: pb::StreamKind::Raft as i32,
     };
     let answer = tokio::time::timeout(config.handshake_timeout, client.handshake(request))
         .await
         .map_err(|_| ConnectError::Unreachable(format!("{}: handshake timed out", target.url)))?;
     let response = match answer {
         Ok(response) => response.into_inner(),
-        Err(status) if is_refusal(status.code()) => {
+        Err(status) if stream::is_refusal(status.code()) => {
             return Err(ConnectError::Refused(status.message().to_string()));
         }
         Err(status) => return Err(ConnectError::Unreachable(status.to_string())),
     };
-    check_answer(shared, target, response.member)?;
+    stream::check_member(
+        &target.url,
+        shared.local.cluster_id,
+        target.member.get(),
+        response.member,
+    )?;
     Ok(client)
-}
-
-fn is_refusal(code: tonic::Code) -> bool {
-    matches!(
-        code,
-        tonic::Code::FailedPrecondition
-            | tonic::Code::InvalidArgument
-            | tonic::Code::PermissionDenied
-    )
-}
-
-/// The member that answered must be the one we dialled, in our cluster.
-fn check_answer(
-    shared: &Shared,
-    target: &Target,
-    member: Option<pb::PeerIdentity>,
-) -> Result<(), ConnectError> {
-    let member = member.ok_or_else(|| {
-        ConnectError::Refused(format!(
-            "{} answered the handshake without its identity",
-            target.url
-        ))
-    })?;
-    if member.cluster_id != shared.local.cluster_id {
-        return Err(ConnectError::Refused(format!(
-            "{} is a member of cluster {:#x}, not of our cluster {:#x}",
-            target.url, member.cluster_id, shared.local.cluster_id
-        )));
-    }
-    if member.member_id != target.member.get() {
-        return Err(ConnectError::Refused(format!(
-            "{} is member {:#x}, not the expected member {:#x}",
-            target.url,
-            member.member_id,
-            target.member.get()
-        )));
-    }
-    Ok(())
 }
 
 /// Records a failed connection and tells the node.
@@ -231,74 +185,27 @@ fn encode_checked(shared: &Shared, message: &Message) -> Option<pb::Message> {
 struct OpenStream {
     write: OwnedWriteHalf,
     /// What the member writes after accepting the handshake: only why it ended the stream.
-    replies: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
+    replies: stream::Frames,
 }
 
-/// The host and port of a peer URL such as `http://10.0.0.2:2380`.
-fn socket_address(url: &str) -> Result<(String, u16), ConnectError> {
-    let bad = |why: &str| ConnectError::Unreachable(format!("bad URL {url}: {why}"));
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
-    let authority = uri.authority().ok_or_else(|| bad("no host"))?;
-    let port = authority
-        .port_u16()
-        .unwrap_or(if uri.scheme_str() == Some("https") {
-            443
-        } else {
-            80
-        });
-    // An IPv6 host comes in brackets, which the resolver does not take.
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    Ok((host.to_string(), port))
-}
-
-/// Opens a Raft message stream to the member and checks, by its answer to the handshake, that
-/// it is the member we meant in our cluster.
+/// Opens a Raft message stream to the member.
 async fn open_stream(shared: &Shared, target: &Target) -> Result<OpenStream, ConnectError> {
     let config = &shared.config;
-    let unreachable = |why: String| ConnectError::Unreachable(format!("{}: {why}", target.url));
-    let address = socket_address(&target.url)?;
-    let socket = tokio::time::timeout(config.connect_timeout, TcpStream::connect(address))
-        .await
-        .map_err(|_| unreachable("connection timed out".into()))?
-        .map_err(|e| unreachable(e.to_string()))?;
-    // Heartbeats and votes are small and must not wait for more to fill a segment.
-    socket
-        .set_nodelay(true)
-        .map_err(|e| unreachable(e.to_string()))?;
-    let (read, mut write) = socket.into_split();
-    let mut replies = stream::frames(read, config.frame_bytes_max);
-    let mut opening = BytesMut::from(stream::PREFACE);
     let handshake = pb::HandshakeRequest {
         from: Some(shared.local.to_proto()),
         to_member_id: target.member.get(),
+        stream: pb::StreamKind::Raft as i32,
     };
-    stream::put_frame(&mut opening, &handshake);
-    let answer = tokio::time::timeout(config.handshake_timeout, async {
-        write.write_all(&opening).await?;
-        replies.next().await.transpose()
+    let dial = stream::Dial {
+        connect_timeout: config.connect_timeout,
+        handshake_timeout: config.handshake_timeout,
+        frame_bytes_max: config.frame_bytes_max,
+    };
+    let opened = stream::open(&target.url, &handshake, dial).await?;
+    Ok(OpenStream {
+        write: opened.write,
+        replies: opened.frames,
     })
-    .await
-    .map_err(|_| unreachable("handshake timed out".into()))?
-    .map_err(|e| unreachable(e.to_string()))?
-    .ok_or_else(|| unreachable("closed the connection before answering the handshake".into()))?;
-    let reply = pb::StreamReply::decode(answer.freeze())
-        .map_err(|e| unreachable(format!("undecodable answer to the handshake: {e}")))?;
-    if reply.member.is_none() {
-        let code = tonic::Code::from(reply.code as i32);
-        let why = format!("{}: {code:?}: {}", target.url, reply.message);
-        return Err(if is_refusal(code) {
-            ConnectError::Refused(why)
-        } else {
-            ConnectError::Unreachable(why)
-        });
-    }
-    check_answer(shared, target, reply.member)?;
-    Ok(OpenStream { write, replies })
 }
 
 /// Waits until the member ends the open stream, and says why; never, when none is open.
@@ -320,17 +227,9 @@ async fn stream_end(stream: &mut Option<OpenStream>) -> String {
     }
 }
 
-/// Writes one frame; a member that takes none of it for a keepalive timeout is taken for gone
-/// (a paused process, a cut cable), so that the sender reconnects rather than wait on TCP.
+/// Writes one frame within the keepalive timeout (see [`stream::write_within`]).
 async fn write_frame(shared: &Shared, open: &mut OpenStream, frame: &[u8]) -> std::io::Result<()> {
-    let timeout = shared.config.keepalive_timeout;
-    match tokio::time::timeout(timeout, open.write.write_all(frame)).await {
-        Ok(written) => written,
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("the member took no data for {timeout:?}"),
-        )),
-    }
+    stream::write_within(&mut open.write, frame, shared.config.keepalive_timeout).await
 }
 
 /// Sends the messages queued for one member until the queue is closed (the member was removed
@@ -389,6 +288,9 @@ pub(crate) async fn run_message_sender(
                 }
             }
         };
+        // The Raft loop hands over a Ready's messages one by one: let it finish, so that one
+        // batch (one socket write) carries them all.
+        tokio::task::yield_now().await;
         let (batch, rest) = fill_batch(first, limits, queue.len(), || {
             loop {
                 let message = queue.try_recv().ok()?;

@@ -20,6 +20,7 @@ use chorus_proto::peer::peer_server::{Peer, PeerServer};
 use chorus_raft::{Message, MessageBody};
 use prost::Message as _;
 use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::{Stream, StreamExt as _};
@@ -72,6 +73,10 @@ pub enum InboundError {
     Io(std::io::Error),
     #[error("nothing arrived for {0:?}")]
     Silent(Duration),
+    #[error("unknown kind of peer stream {0}")]
+    UnknownStreamKind(i32),
+    #[error("this member takes no forwarded writes")]
+    NoWrites,
 }
 
 impl From<std::io::Error> for InboundError {
@@ -96,10 +101,12 @@ impl From<InboundError> for Status {
             E::Snapshot(SnapshotStreamError::ChecksumMismatch { .. }) => tonic::Code::DataLoss,
             E::Snapshot(SnapshotStreamError::TooLarge { .. }) => tonic::Code::ResourceExhausted,
             E::ShuttingDown | E::Io(_) | E::Silent(_) => tonic::Code::Unavailable,
+            E::NoWrites => tonic::Code::Unimplemented,
             E::MissingIdentity
             | E::ZeroMember
             | E::Decode(_)
             | E::BadPreface
+            | E::UnknownStreamKind(_)
             | E::Undecodable(_)
             | E::Framing(_)
             | E::WrongRecipient { .. }
@@ -121,6 +128,30 @@ pub struct PeerService {
     /// lives as long as its connection, so without this a graceful shutdown would wait for the
     /// peers to hang up.
     stopping: Arc<watch::Sender<bool>>,
+    /// Where accepted write streams go; without it they are refused.
+    writes: Option<WriteStreams>,
+}
+
+/// A write stream a member opened, handed to [`PeerService::accept_writes`]'s handler once its
+/// handshake is accepted.
+#[derive(Debug)]
+pub struct AcceptedStream {
+    /// Who opened it (checked: our cluster, a known protocol version).
+    pub from: pb::PeerIdentity,
+    pub frames: stream::Frames,
+    pub write: OwnedWriteHalf,
+    /// Becomes true when the member stops; the stream should then end.
+    pub stopping: watch::Receiver<bool>,
+}
+
+/// The handler of accepted write streams.
+#[derive(Clone)]
+struct WriteStreams(Arc<dyn Fn(AcceptedStream) + Send + Sync>);
+
+impl std::fmt::Debug for WriteStreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteStreams")
+    }
 }
 
 impl PeerService {
@@ -138,9 +169,19 @@ impl PeerService {
                 config,
                 inbound,
                 stopping,
+                writes: None,
             },
             inbound_rx,
         ))
+    }
+
+    /// Takes write streams (see [`crate::forward`]): each accepted one goes to `handler`, which
+    /// must not block.
+    pub fn accept_writes(self, handler: impl Fn(AcceptedStream) + Send + Sync + 'static) -> Self {
+        PeerService {
+            writes: Some(WriteStreams(Arc::new(handler))),
+            ..self
+        }
     }
 
     /// Ends every open and future stream of this service with UNAVAILABLE, and stops accepting
@@ -275,12 +316,31 @@ impl PeerService {
         }
     }
 
-    /// Serves one Raft message stream until the caller closes it. When the service ends it
-    /// instead (a refused frame, a silent caller, shutdown), the caller is told why.
-    async fn serve_stream(self, mut socket: TcpStream) {
+    /// Serves one peer stream: the handshake, then the Raft messages of a Raft stream until the
+    /// caller closes it, or the hand-over of a write stream to its handler. When the service
+    /// ends a stream itself (a refused frame, a silent caller, shutdown), the caller is told why.
+    async fn serve_stream(self, socket: TcpStream) {
         let caller = socket.peer_addr().ok();
-        let (mut read, mut write) = socket.split();
-        let error = match self.receive_stream(&mut read, &mut write).await {
+        let (read, mut write) = socket.into_split();
+        let outcome = match self.open_stream(read, &mut write).await {
+            Ok((mut frames, sender, pb::StreamKind::Raft)) => {
+                tracing::debug!(from = sender.member_id, "Raft message stream accepted");
+                self.receive_batches(&mut frames, &sender).await
+            }
+            Ok((frames, from, pb::StreamKind::Writes)) => {
+                tracing::debug!(from = from.member_id, "write stream accepted");
+                let writes = self.writes.as_ref().expect("checked by open_stream");
+                (writes.0)(AcceptedStream {
+                    from,
+                    frames,
+                    write,
+                    stopping: self.stopping.subscribe(),
+                });
+                return;
+            }
+            Err(error) => Err(error),
+        };
+        let error = match outcome {
             Ok(batches) => {
                 tracing::debug!(?caller, batches, "Raft message stream closed by its sender");
                 return;
@@ -289,9 +349,9 @@ impl PeerService {
         };
         match &error {
             InboundError::ShuttingDown => {
-                tracing::debug!(?caller, "ending a Raft message stream: shutting down");
+                tracing::debug!(?caller, "ending a peer stream: shutting down");
             }
-            error => tracing::warn!(?caller, %error, "ending a Raft message stream"),
+            error => tracing::warn!(?caller, %error, "ending a peer stream"),
         }
         let mut reply = BytesMut::new();
         stream::put_frame(&mut reply, &stream::refused(&Status::from(error)));
@@ -299,34 +359,46 @@ impl PeerService {
         let _ = tokio::time::timeout(self.config.handshake_timeout, write.write_all(&reply)).await;
     }
 
-    /// The stream's handshake, then its batches, each decoded and checked as a whole before any
-    /// of its messages is delivered. Returns the number of batches once the caller closes.
-    async fn receive_stream(
+    /// Reads the preface and the handshake, and accepts the caller: its frames, who it is and
+    /// what the stream carries.
+    async fn open_stream(
         &self,
-        read: &mut tokio::net::tcp::ReadHalf<'_>,
-        write: &mut tokio::net::tcp::WriteHalf<'_>,
-    ) -> Result<u64, InboundError> {
+        mut read: OwnedReadHalf,
+        write: &mut OwnedWriteHalf,
+    ) -> Result<(stream::Frames, pb::PeerIdentity, pb::StreamKind), InboundError> {
         let wait = self.config.handshake_timeout;
         let silent = |_| InboundError::Silent(wait);
-        if !tokio::time::timeout(wait, stream::read_preface(read))
+        if !tokio::time::timeout(wait, stream::read_preface(&mut read))
             .await
             .map_err(silent)??
         {
             return Err(InboundError::BadPreface);
         }
         let mut frames = stream::frames(read, self.config.frame_bytes_max);
-        let Some(first) = tokio::time::timeout(wait, frames.next())
+        let first = tokio::time::timeout(wait, frames.next())
             .await
             .map_err(silent)?
-        else {
-            return Ok(0);
-        };
-        let sender = self.check_handshake(pb::HandshakeRequest::decode(first?.freeze())?)?;
+            .ok_or(InboundError::MissingIdentity)??;
+        let request = pb::HandshakeRequest::decode(first.freeze())?;
+        let kind = pb::StreamKind::try_from(request.stream)
+            .map_err(|_| InboundError::UnknownStreamKind(request.stream))?;
+        let sender = self.check_handshake(request)?;
+        if kind == pb::StreamKind::Writes && self.writes.is_none() {
+            return Err(InboundError::NoWrites);
+        }
         let mut reply = BytesMut::new();
         stream::put_frame(&mut reply, &stream::accepted(self.local.to_proto()));
         write.write_all(&reply).await?;
-        tracing::debug!(from = sender.member_id, "Raft message stream accepted");
+        Ok((frames, sender, kind))
+    }
 
+    /// The batches of a Raft stream, each decoded and checked as a whole before any of its
+    /// messages is delivered. Returns the number of batches once the caller closes.
+    async fn receive_batches(
+        &self,
+        frames: &mut stream::Frames,
+        sender: &pb::PeerIdentity,
+    ) -> Result<u64, InboundError> {
         // The sender writes at least every keepalive interval; one that missed a whole
         // keepalive timeout besides is gone. Checked by a ticker, not a timer per frame.
         let idle = self.config.keepalive_interval + self.config.keepalive_timeout;
@@ -356,7 +428,7 @@ impl PeerService {
             let messages: Vec<Message> = batch
                 .messages
                 .into_iter()
-                .map(|frame| self.accept(&sender, frame))
+                .map(|frame| self.accept(sender, frame))
                 .collect::<Result<_, _>>()?;
             for message in messages {
                 self.deliver(message).await?;

@@ -1,34 +1,42 @@
-//! The wire format of the Raft message stream: how one member carries its Raft messages to
-//! another, on a TCP connection of its own to the other's peer port.
+//! The wire format of peer streams: a TCP connection of its own from one member to another's
+//! peer port, for what goes between two members all the time. There are two kinds: Raft
+//! messages, and the writes a follower forwards to the leader with their answers.
 //!
-//! The peer port serves both this stream and HTTP/2 (the handshake and snapshots of the
+//! The peer port serves both these streams and HTTP/2 (the handshake and snapshots of the
 //! `chorus.peer.v1.Peer` service, and the internal services); [`PeerService::incoming`] tells
 //! them apart by the first byte a connection sends: HTTP/2's preface begins with `P`, this
 //! stream's [`PREFACE`] with `c`.
 //!
 //! After the preface both sides write frames: a 4-byte big-endian length, then one protobuf
 //! message of that many bytes.
-//! 1. The caller's first frame is a `HandshakeRequest`. The receiver answers with a
-//!    `StreamReply` that carries its identity, or refuses the caller with a status code and the
-//!    reason and closes the connection.
-//! 2. The caller then writes `MessageBatch` frames, the messages in the order its Raft node made
-//!    them. When it has had nothing to send for a keepalive interval it writes an empty batch, so
-//!    that the receiver can tell a quiet member from a vanished one.
-//! 3. The receiver writes nothing more, except when it ends the stream itself (a malformed
+//! 1. The caller's first frame is a `HandshakeRequest`, which names the stream's kind. The
+//!    receiver answers with a `StreamReply` that carries its identity, or refuses the caller
+//!    with a status code and the reason and closes the connection.
+//! 2. On a Raft stream the caller then writes `MessageBatch` frames, the messages in the order
+//!    its Raft node made them. When it has had nothing to send for a keepalive interval it
+//!    writes an empty batch, so that the receiver can tell a quiet member from a vanished one.
+//!    The receiver writes nothing more, except when it ends the stream itself (a malformed
 //!    frame, a silent caller, shutdown): one last `StreamReply` that says why.
+//! 3. On a write stream the caller writes `ForwardStreamRequest` frames and the leader answers
+//!    each with a `ForwardStreamResponse` frame under the same id (see `crate::forward`).
 //!
-//! Why not a gRPC stream: docs/adr/0003-raft-message-stream.md.
+//! Why not gRPC streams: docs/adr/0003-peer-streams.md.
 //!
 //! [`PeerService::incoming`]: super::PeerService::incoming
 
+use std::time::Duration;
+
 use bytes::{BufMut, BytesMut};
 use chorus_proto::peer as pb;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use prost::Message as _;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_stream::StreamExt as _;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
-/// The first bytes a caller writes on a Raft message stream.
-pub const PREFACE: &[u8] = b"chorus raft stream\n";
-
+/// The first bytes a caller writes on a peer stream.
+pub const PREFACE: &[u8] = b"chorus peer stream\n";
 /// Bytes of a frame's length prefix.
 pub const LENGTH_PREFIX_BYTES: usize = 4;
 
@@ -85,10 +93,156 @@ pub fn refused(status: &tonic::Status) -> pb::StreamReply {
     }
 }
 
+/// The frames a member writes on a stream.
+pub type Frames = FramedRead<OwnedReadHalf, LengthDelimitedCodec>;
+
+/// Why a stream (or a gRPC channel) to a member could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The member could not be reached; worth retrying.
+    #[error("member unreachable: {0}")]
+    Unreachable(String),
+    /// The member answered and refused us (another cluster, another member, another version).
+    #[error("member refused the handshake: {0}")]
+    Refused(String),
+}
+
+/// How long opening a stream may take, and the largest frame it accepts.
+#[derive(Clone, Copy, Debug)]
+pub struct Dial {
+    pub connect_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub frame_bytes_max: usize,
+}
+
+/// A stream the member accepted.
+#[derive(Debug)]
+pub struct Opened {
+    pub frames: Frames,
+    pub write: OwnedWriteHalf,
+}
+
+/// Opens a stream to the member at `url` (such as `http://10.0.0.2:2380`) with `handshake`,
+/// and checks, by the answer, that it is the member `handshake` names in the caller's cluster.
+pub async fn open(
+    url: &str,
+    handshake: &pb::HandshakeRequest,
+    dial: Dial,
+) -> Result<Opened, ConnectError> {
+    let unreachable = |why: String| ConnectError::Unreachable(format!("{url}: {why}"));
+    let address = socket_address(url)?;
+    let socket = tokio::time::timeout(dial.connect_timeout, TcpStream::connect(address))
+        .await
+        .map_err(|_| unreachable("connection timed out".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    // What goes on peer streams is small and must not wait for more to fill a segment.
+    socket
+        .set_nodelay(true)
+        .map_err(|e| unreachable(e.to_string()))?;
+    let (read, mut write) = socket.into_split();
+    let mut frames = self::frames(read, dial.frame_bytes_max);
+    let mut opening = BytesMut::from(PREFACE);
+    put_frame(&mut opening, handshake);
+    let answer = tokio::time::timeout(dial.handshake_timeout, async {
+        write.write_all(&opening).await?;
+        frames.next().await.transpose()
+    })
+    .await
+    .map_err(|_| unreachable("handshake timed out".into()))?
+    .map_err(|e| unreachable(e.to_string()))?
+    .ok_or_else(|| unreachable("closed the connection before answering the handshake".into()))?;
+    let reply = pb::StreamReply::decode(answer.freeze())
+        .map_err(|e| unreachable(format!("undecodable answer to the handshake: {e}")))?;
+    if reply.member.is_none() {
+        let code = tonic::Code::from(reply.code as i32);
+        let why = format!("{url}: {code:?}: {}", reply.message);
+        return Err(if is_refusal(code) {
+            ConnectError::Refused(why)
+        } else {
+            ConnectError::Unreachable(why)
+        });
+    }
+    let cluster_id = handshake.from.map_or(0, |from| from.cluster_id);
+    check_member(url, cluster_id, handshake.to_member_id, reply.member)?;
+    Ok(Opened { frames, write })
+}
+
+/// Whether a refusal means the member will never take us (so: not worth retrying soon).
+pub fn is_refusal(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::FailedPrecondition
+            | tonic::Code::InvalidArgument
+            | tonic::Code::PermissionDenied
+    )
+}
+
+/// The member that answered a handshake must be `member_id`, the one dialled at `url`, in
+/// cluster `cluster_id`.
+pub fn check_member(
+    url: &str,
+    cluster_id: u64,
+    member_id: u64,
+    member: Option<pb::PeerIdentity>,
+) -> Result<(), ConnectError> {
+    let member = member.ok_or_else(|| {
+        ConnectError::Refused(format!("{url} answered the handshake without its identity"))
+    })?;
+    if member.cluster_id != cluster_id {
+        return Err(ConnectError::Refused(format!(
+            "{url} is a member of cluster {:#x}, not of our cluster {cluster_id:#x}",
+            member.cluster_id
+        )));
+    }
+    if member.member_id != member_id {
+        return Err(ConnectError::Refused(format!(
+            "{url} is member {:#x}, not the expected member {member_id:#x}",
+            member.member_id
+        )));
+    }
+    Ok(())
+}
+
+/// The host and port of a peer URL such as `http://10.0.0.2:2380`.
+fn socket_address(url: &str) -> Result<(String, u16), ConnectError> {
+    let bad = |why: &str| ConnectError::Unreachable(format!("bad URL {url}: {why}"));
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
+    let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+    let port = authority
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    // An IPv6 host comes in brackets, which the resolver does not take.
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    Ok((host.to_string(), port))
+}
+
+/// Writes `bytes` (whole frames); a member that takes none of them for `timeout` is taken for
+/// gone (a paused process, a cut cable), so that the caller reconnects rather than wait on TCP.
+pub async fn write_within(
+    write: &mut OwnedWriteHalf,
+    bytes: &[u8],
+    timeout: Duration,
+) -> std::io::Result<()> {
+    match tokio::time::timeout(timeout, write.write_all(bytes)).await {
+        Ok(written) => written,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the member took no data for {timeout:?}"),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use tokio_stream::StreamExt as _;
-
     use super::*;
 
     // Goal: frames written by `put_frame` come back whole and in order from `frames`, however
