@@ -56,7 +56,7 @@ pub struct Forwarder {
     streams: Arc<Mutex<HashMap<NodeId, Arc<WriteStream>>>>,
 }
 
-/// One open `WriteStream` to a member. Dropping the last handle ends the stream once the
+/// One open write stream to a member. Dropping the last handle ends the stream once the
 /// leader has answered the writes on it.
 #[derive(Debug)]
 struct WriteStream {
