@@ -20,7 +20,6 @@ use bytes::BytesMut;
 use chorus_proto::internal as ipb;
 use chorus_proto::peer as ppb;
 use chorus_raft::NodeId;
-use prost::Message as _;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt as _;
@@ -184,16 +183,11 @@ async fn carry(
     } = opened;
     let sending = async {
         let mut buf = BytesMut::new();
+        // Writes arrive one by one from many callers: those queued together leave together.
         while let Some(first) = queued.recv().await {
-            // Writes arrive one by one from many callers: let the others queue theirs, so
-            // that one socket write carries them all.
-            tokio::task::yield_now().await;
-            buf.clear();
-            stream::put_frame(&mut buf, &first);
-            while let Ok(next) = queued.try_recv() {
-                stream::put_frame(&mut buf, &next);
-            }
-            if let Err(error) = stream::write_within(&mut write, &buf, write_timeout).await {
+            let next = || queued.try_recv().ok();
+            let written = stream::write_gathered(&mut write, &mut buf, first, next, write_timeout);
+            if let Err(error) = written.await {
                 tracing::debug!(%error, "write stream to the leader failed");
                 return false;
             }
@@ -203,10 +197,7 @@ async fn carry(
     };
     let receiving = async {
         while let Some(frame) = frames.next().await {
-            let answer = frame.map_err(|e| e.to_string()).and_then(|frame| {
-                ipb::ForwardStreamResponse::decode(frame.freeze()).map_err(|e| e.to_string())
-            });
-            match answer {
+            match stream::decode::<ipb::ForwardStreamResponse>(frame) {
                 Ok(answer) => answers.answer(answer),
                 Err(error) => {
                     tracing::debug!(%error, "write stream from the leader failed");
@@ -250,11 +241,7 @@ impl Forwarder {
     ) -> Self {
         let link = Link {
             local,
-            dial: stream::Dial {
-                connect_timeout: config.connect_timeout,
-                handshake_timeout: config.handshake_timeout,
-                frame_bytes_max: config.frame_bytes_max,
-            },
+            dial: config.dial(),
             write_timeout: config.keepalive_timeout,
         };
         Forwarder {
@@ -395,7 +382,7 @@ pub(crate) fn serve_stream<R, P, A>(
 ) where
     R: Send + 'static,
     P: Fn(ipb::forward_request::Request, StreamAnswer<R>) + Send + 'static,
-    A: Fn(R) -> WriteResult + Send + 'static,
+    A: Fn(R) -> WriteResult + Send + Sync + 'static,
 {
     let AcceptedStream {
         from,
@@ -413,11 +400,7 @@ pub(crate) fn serve_stream<R, P, A>(
                 _ = &mut stopped => break,
                 frame = frames.next() => frame,
             };
-            let message = match frame.map(|frame| {
-                frame.map_err(|e| e.to_string()).and_then(|frame| {
-                    ipb::ForwardStreamRequest::decode(frame.freeze()).map_err(|e| e.to_string())
-                })
-            }) {
+            let message = match frame.map(stream::decode::<ipb::ForwardStreamRequest>) {
                 None => break,
                 Some(Ok(message)) => message,
                 Some(Err(error)) => {
@@ -446,16 +429,12 @@ pub(crate) fn serve_stream<R, P, A>(
     });
     tokio::spawn(async move {
         let mut buf = BytesMut::new();
+        // The Raft loop answers a whole batch of writes at once: they leave together.
         while let Some(first) = outgoing.recv().await {
-            // The Raft loop answers a whole batch of writes at once: let it finish, so that one
-            // socket write carries them all.
-            tokio::task::yield_now().await;
-            buf.clear();
-            stream::put_frame(&mut buf, &to_wire(first, &answer));
-            while let Ok(next) = outgoing.try_recv() {
-                stream::put_frame(&mut buf, &to_wire(next, &answer));
-            }
-            if let Err(error) = stream::write_within(&mut write, &buf, write_timeout).await {
+            let first = to_wire(first, &answer);
+            let next = || outgoing.try_recv().ok().map(|next| to_wire(next, &answer));
+            let written = stream::write_gathered(&mut write, &mut buf, first, next, write_timeout);
+            if let Err(error) = written.await {
                 tracing::debug!(%error, "write stream to a follower failed");
                 return;
             }

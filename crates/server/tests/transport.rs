@@ -206,8 +206,13 @@ impl HandStream {
     }
 }
 
-fn code(reply: &pb::StreamReply) -> tonic::Code {
-    tonic::Code::from(reply.code as i32)
+/// Checks that `reply` refuses with `code` and a message that says `says`.
+fn assert_refused(reply: &pb::StreamReply, code: tonic::Code, says: &str) {
+    assert_eq!(tonic::Code::from(reply.code as i32), code, "{reply:?}");
+    assert!(
+        reply.message.contains(says),
+        "{reply:?} does not say {says:?}"
+    );
 }
 
 fn batch(messages: &[Message]) -> pb::MessageBatch {
@@ -454,8 +459,7 @@ async fn wrong_cluster_is_refused() {
     let (mut hand, reply) = HandStream::open(&server2.url, identity(8, 1), 2).await;
     let reply = reply.expect("an answer");
     assert!(reply.member.is_none(), "{reply:?}");
-    assert_eq!(code(&reply), tonic::Code::FailedPrecondition);
-    assert!(reply.message.contains("cluster 0x8"), "{reply:?}");
+    assert_refused(&reply, tonic::Code::FailedPrecondition, "cluster 0x8");
     assert!(hand.reply().await.is_none(), "closed after refusing");
 
     let (foreign, mut reports) = PeerTransport::new(config(), identity(8, 1)).expect("config");
@@ -499,43 +503,37 @@ async fn malformed_frame_is_refused_and_server_keeps_serving() {
     let mut first = batch(&[numbered(1, 2, 0)]);
     first.messages.push(broken);
     let reply = open().await.refused(&first).await;
-    assert_eq!(code(&reply), tonic::Code::InvalidArgument);
-    assert!(
-        reply.message.contains("Message.body is missing"),
-        "{reply:?}"
+    assert_refused(
+        &reply,
+        tonic::Code::InvalidArgument,
+        "Message.body is missing",
     );
 
     let reply = open().await.refused(&batch(&[numbered(1, 3, 0)])).await;
-    assert_eq!(code(&reply), tonic::Code::InvalidArgument);
-    assert!(
-        reply
-            .message
-            .contains("message to member 3 arrived at member 2"),
-        "{reply:?}"
+    assert_refused(
+        &reply,
+        tonic::Code::InvalidArgument,
+        "message to member 3 arrived at member 2",
     );
 
     let reply = open().await.refused(&batch(&[numbered(3, 2, 0)])).await;
-    assert_eq!(code(&reply), tonic::Code::InvalidArgument);
-    assert!(
-        reply
-            .message
-            .contains("from member 3 on the stream of member 1"),
-        "{reply:?}"
+    assert_refused(
+        &reply,
+        tonic::Code::InvalidArgument,
+        "from member 3 on the stream of member 1",
     );
 
     let mut hand = open().await;
     hand.write(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).await;
     let reply = hand.refusal().await;
-    assert_eq!(code(&reply), tonic::Code::InvalidArgument);
-    assert!(reply.message.contains("undecodable frame"), "{reply:?}");
+    assert_refused(&reply, tonic::Code::InvalidArgument, "undecodable frame");
 
     let mut hand = open().await;
     let mut huge = BytesMut::new();
     huge.put_u32(u32::try_from(config().frame_bytes_max + 1).expect("fits"));
     hand.write(&huge).await;
     let reply = hand.refusal().await;
-    assert_eq!(code(&reply), tonic::Code::InvalidArgument);
-    assert!(reply.message.contains("malformed frame"), "{reply:?}");
+    assert_refused(&reply, tonic::Code::InvalidArgument, "malformed frame");
 
     let mut hand = HandStream {
         socket: TcpStream::connect(url.trim_start_matches("http://"))
@@ -544,8 +542,7 @@ async fn malformed_frame_is_refused_and_server_keeps_serving() {
     };
     hand.write(b"chorus, but not the preface\n").await;
     let reply = hand.refusal().await;
-    assert_eq!(code(&reply), tonic::Code::InvalidArgument);
-    assert!(reply.message.contains("preface"), "{reply:?}");
+    assert_refused(&reply, tonic::Code::InvalidArgument, "preface");
 
     assert!(
         server2.inbound.try_recv().is_err(),
@@ -575,16 +572,15 @@ async fn unserved_stream_kinds_are_refused() {
     let (mut hand, reply) =
         HandStream::open_with(&server2.url, &handshake(pb::StreamKind::Writes as i32)).await;
     let reply = reply.expect("an answer");
-    assert_eq!(code(&reply), tonic::Code::Unimplemented, "{reply:?}");
-    assert!(reply.message.contains("no forwarded writes"), "{reply:?}");
+    assert_refused(&reply, tonic::Code::Unimplemented, "no forwarded writes");
     assert!(hand.reply().await.is_none(), "closed after refusing");
 
     let (mut hand, reply) = HandStream::open_with(&server2.url, &handshake(99)).await;
     let reply = reply.expect("an answer");
-    assert_eq!(code(&reply), tonic::Code::InvalidArgument, "{reply:?}");
-    assert!(
-        reply.message.contains("unknown kind of peer stream 99"),
-        "{reply:?}"
+    assert_refused(
+        &reply,
+        tonic::Code::InvalidArgument,
+        "unknown kind of peer stream 99",
     );
     assert!(hand.reply().await.is_none(), "closed after refusing");
 }
@@ -599,8 +595,7 @@ async fn a_silent_stream_is_ended_and_an_idle_one_is_kept() {
     let (hand, reply) = HandStream::open(&server2.url, identity(7, 1), 2).await;
     assert!(reply.expect("an answer").member.is_some());
     let reply = hand.refusal().await;
-    assert_eq!(code(&reply), tonic::Code::Unavailable);
-    assert!(reply.message.contains("nothing arrived for"), "{reply:?}");
+    assert_refused(&reply, tonic::Code::Unavailable, "nothing arrived for");
 
     let (transport1, _reports) = PeerTransport::new(config(), identity(7, 1)).expect("config");
     transport1.add_peer(NodeId(2), server2.url.clone());

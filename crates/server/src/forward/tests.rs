@@ -1,6 +1,7 @@
 use super::*;
 
 use chorus_proto::etcdserverpb as pb;
+use prost::Message as _;
 use tokio::net::TcpListener;
 
 use crate::transport::PeerService;
@@ -28,7 +29,7 @@ async fn echo(request: ipb::forward_request::Request) -> WriteResult {
     }))
 }
 
-/// Serves `Echo` as member `member` on `listener` until `stop` fires.
+/// Serves the `echo` stand-in as member `member` on `listener` until `stop` fires.
 fn serve(
     listener: TcpListener,
     member: NodeId,
@@ -221,11 +222,7 @@ async fn a_message_without_a_write_is_answered_with_an_error() {
         to_member_id: 7,
         stream: ppb::StreamKind::Writes as i32,
     };
-    let dial = stream::Dial {
-        connect_timeout: Duration::from_secs(5),
-        handshake_timeout: Duration::from_secs(5),
-        frame_bytes_max: 1 << 20,
-    };
+    let dial = TransportConfig::default().dial();
     let stream::Opened {
         frames: mut answers,
         mut write,

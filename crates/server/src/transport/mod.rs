@@ -136,6 +136,15 @@ pub enum TransportConfigError {
 }
 
 impl TransportConfig {
+    /// How peer streams are opened under these limits.
+    pub fn dial(&self) -> stream::Dial {
+        stream::Dial {
+            connect_timeout: self.connect_timeout,
+            handshake_timeout: self.handshake_timeout,
+            frame_bytes_max: self.frame_bytes_max,
+        }
+    }
+
     /// Rejects limits that cannot work, naming the values.
     pub fn validate(&self) -> Result<(), TransportConfigError> {
         let counts = [

@@ -190,18 +190,12 @@ struct OpenStream {
 
 /// Opens a Raft message stream to the member.
 async fn open_stream(shared: &Shared, target: &Target) -> Result<OpenStream, ConnectError> {
-    let config = &shared.config;
     let handshake = pb::HandshakeRequest {
         from: Some(shared.local.to_proto()),
         to_member_id: target.member.get(),
         stream: pb::StreamKind::Raft as i32,
     };
-    let dial = stream::Dial {
-        connect_timeout: config.connect_timeout,
-        handshake_timeout: config.handshake_timeout,
-        frame_bytes_max: config.frame_bytes_max,
-    };
-    let opened = stream::open(&target.url, &handshake, dial).await?;
+    let opened = stream::open(&target.url, &handshake, shared.config.dial()).await?;
     Ok(OpenStream {
         write: opened.write,
         replies: opened.frames,
@@ -213,17 +207,16 @@ async fn stream_end(stream: &mut Option<OpenStream>) -> String {
     let Some(open) = stream else {
         return std::future::pending().await;
     };
-    match open.replies.next().await {
-        None => "closed by the member".to_string(),
-        Some(Err(error)) => error.to_string(),
-        Some(Ok(frame)) => match pb::StreamReply::decode(frame.freeze()) {
-            Ok(reply) => format!(
-                "ended by the member: {:?}: {}",
-                tonic::Code::from(reply.code as i32),
-                reply.message
-            ),
-            Err(error) => format!("undecodable reply: {error}"),
-        },
+    let Some(frame) = open.replies.next().await else {
+        return "closed by the member".to_string();
+    };
+    match stream::decode::<pb::StreamReply>(frame) {
+        Ok(reply) => format!(
+            "ended by the member: {:?}: {}",
+            tonic::Code::from(reply.code as i32),
+            reply.message
+        ),
+        Err(error) => error.to_string(),
     }
 }
 

@@ -241,6 +241,42 @@ pub async fn write_within(
     }
 }
 
+/// Writes `first`, and every message `next` yields once the other tasks have run, as frames in
+/// one socket write (see [`write_within`]). The tasks that queue messages for a stream (the Raft
+/// loop with the answers of an applied batch, many clients with their writes) then finish
+/// queueing what goes together before the stream takes it.
+pub async fn write_gathered<M: prost::Message>(
+    write: &mut OwnedWriteHalf,
+    buf: &mut BytesMut,
+    first: M,
+    mut next: impl FnMut() -> Option<M>,
+    timeout: Duration,
+) -> std::io::Result<()> {
+    tokio::task::yield_now().await;
+    buf.clear();
+    put_frame(buf, &first);
+    while let Some(message) = next() {
+        put_frame(buf, &message);
+    }
+    write_within(write, buf, timeout).await
+}
+
+/// Why a frame read from a stream is no message.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("undecodable frame: {0}")]
+    Undecodable(#[from] prost::DecodeError),
+}
+
+/// The message in a frame read from a stream.
+pub fn decode<M: prost::Message + Default>(
+    frame: std::io::Result<BytesMut>,
+) -> Result<M, FrameError> {
+    Ok(M::decode(frame?.freeze())?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
