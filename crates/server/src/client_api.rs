@@ -12,7 +12,8 @@
 //!
 //! Every accepted connection is wrapped so that requests whose `:authority` is a URL are served
 //! ([`crate::authority`]) and so that responses that become ready together leave in one write
-//! ([`crate::coalesce`]). A stop ends each connection gracefully: HTTP/2's GOAWAY, then the
+//! ([`crate::coalesce`]). A connection's request streams run on the connection's own task, not
+//! as a task each (`streams`). A stop ends each connection gracefully: HTTP/2's GOAWAY, then the
 //! requests already started run to their end.
 
 use std::convert::Infallible;
@@ -26,7 +27,7 @@ use chorus_proto::etcdserverpb::watch_server::{self, WatchServer};
 use chorus_proto::v3electionpb::election_server::{self, ElectionServer};
 use chorus_proto::v3lockpb::lock_server::{self, LockServer};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::codegen::{BoxFuture, Service as _};
@@ -38,6 +39,9 @@ use crate::coordination::{ElectionService, LockService};
 use crate::lease::LeaseService;
 use crate::service::{KvService, MaintenanceService};
 use crate::watch::WatchService;
+use streams::{StreamExecutor, Streams};
+
+mod streams;
 
 type Response = http::Response<tonic::body::Body>;
 
@@ -88,9 +92,6 @@ impl hyper::service::Service<http::Request<Incoming>> for ClientApi {
 /// Serves the client API on `listener` until `stop` turns true, then ends every connection
 /// gracefully and returns once they all have.
 pub async fn serve(listener: TcpListener, api: ClientApi, mut stop: watch::Receiver<bool>) {
-    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    // The timer serves hyper's keep-alive pings and its header read timeout.
-    http2.timer(TokioTimer::new());
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -113,27 +114,40 @@ pub async fn serve(listener: TcpListener, api: ClientApi, mut stop: watch::Recei
             tracing::debug!(%error, "could not set TCP_NODELAY on a client connection");
         }
         let io = TokioIo::new(UrlAuthority::new(CoalescedWrites::new(tcp)));
-        let connection = http2.serve_connection(io, api.clone());
+        let mut streams = Streams::default();
+        let connection = http2(streams.executor()).serve_connection(io, api.clone());
         let mut stop = stop.clone();
         connections.spawn(async move {
             tokio::pin!(connection);
             let served = tokio::select! {
-                ended = connection.as_mut() => Some(ended),
+                ended = streams.serve(connection.as_mut()) => Some(ended),
                 _ = stop.wait_for(|s| *s) => None,
             };
             let ended = match served {
                 Some(ended) => ended,
                 None => {
                     connection.as_mut().graceful_shutdown();
-                    connection.await
+                    streams.serve(connection).await
                 }
             };
+            streams.detach();
             if let Err(error) = ended {
                 tracing::debug!(%error, "client connection ended");
             }
         });
     }
     while connections.join_next().await.is_some() {}
+}
+
+/// The HTTP/2 server of one connection, whose request streams `executor` runs (see
+/// `streams`).
+fn http2(executor: StreamExecutor) -> hyper::server::conn::http2::Builder<StreamExecutor> {
+    let mut http2 = hyper::server::conn::http2::Builder::new(executor);
+    // The timer serves hyper's keep-alive pings and its header read timeout.
+    http2.timer(TokioTimer::new());
+    // gRPC has no use for a `date` header on every response.
+    http2.auto_date_header(false);
+    http2
 }
 
 #[cfg(test)]

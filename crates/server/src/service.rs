@@ -193,11 +193,24 @@ impl Edge {
                 Err(_) => return Err(ServerError::Timeout.into()),
             }
         }
-        let response = self
-            .node
-            .read_store(|store| store.range(&req))
-            .map_err(ServerError::from)?;
-        Ok(kv_convert::range_to_proto(&response))
+        let read = move |node: &NodeHandle| {
+            node.read_store(|store| store.range(&req))
+                .map(|response| kv_convert::range_to_proto(&response))
+                .map_err(ServerError::from)
+        };
+        if request.range_end.is_empty() {
+            return Ok(read(&self.node)?);
+        }
+        // A range over many keys can take long: it runs on a task of its own rather than on
+        // its connection's, where the requests behind it would wait for it (see
+        // `client_api::streams`).
+        let node = self.node.clone();
+        match tokio::spawn(async move { read(&node) }).await {
+            Ok(response) => Ok(response?),
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            // Only a runtime that is shutting down cancels a task.
+            Err(_) => Err(ServerError::Stopped.into()),
+        }
     }
 }
 
