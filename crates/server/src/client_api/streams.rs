@@ -83,12 +83,8 @@ impl Future for Local {
         // A stream that panics ends alone, as a task of its own would: the connection and its
         // other streams go on.
         match panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
-            Ok(Poll::Ready(())) => return Poll::Ready(None),
+            Ok(Poll::Ready(())) | Err(_) => return Poll::Ready(None),
             Ok(Poll::Pending) => {}
-            Err(_) => {
-                this.future = None;
-                return Poll::Ready(None);
-            }
         }
         this.polls += 1;
         if this.polls >= LOCAL_POLLS {
@@ -185,7 +181,7 @@ mod tests {
     }
 
     /// Serves a connection that ends once `until` has fired, on a task of its own; returns
-    /// that task's id.
+    /// that task's id and the id `until` carried.
     async fn serve_until(
         streams: Streams,
         until: oneshot::Receiver<tokio::task::Id>,
@@ -263,11 +259,10 @@ mod tests {
 
     #[tokio::test]
     async fn streams_left_when_the_connection_ends_run_to_their_end() {
-        let streams = Streams::default();
+        let mut streams = Streams::default();
         let executor = streams.executor();
         let (tx, left) = oneshot::channel();
         // Started once the connection has ended, so never polled on its task.
-        let mut streams = streams;
         let connection = std::future::ready(());
         tokio::pin!(connection);
         streams.serve(connection).await;
