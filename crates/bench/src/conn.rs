@@ -3,13 +3,8 @@
 //! A [`Connection`] hands each request straight to hyper's handle of one HTTP/2 connection,
 //! which every client on it shares. tonic's `Channel` would put a queue and a worker task in
 //! front of the connection (its `Buffer`), so that each request crossed one more task: about a
-//! seventh of the generator's CPU in a read benchmark. hyper in turn hands each request's
-//! response future (and the sending of its body, when that does not finish at once) to its
-//! executor; the connection's task runs those itself ([`Streams`]) instead of spawning a task
-//! for each, and the clients that share the connection run on that task too
-//! ([`Connection::run`]). A response then completes its client's request without waking any
-//! other task. Less CPU spent by the generator leaves more of the shared cores to the servers
-//! under test, whichever they are.
+//! seventh of the generator's CPU in a read benchmark. Less CPU spent by the generator leaves
+//! more of the shared cores to the servers under test, whichever they are.
 //!
 //! A connection does not reconnect: once it fails, its requests fail and are counted as errors,
 //! which is what a benchmark should report.
@@ -22,9 +17,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use chorus_server::coalesce::CoalescedWrites;
-use chorus_server::streams::{StreamExecutor, Streams};
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tonic::body::Body;
 use tonic::codegen::Service;
@@ -39,8 +33,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) struct Connection {
     send: SendRequest<Body>,
     origin: Uri,
-    /// Runs futures on the connection's task.
-    executor: StreamExecutor,
 }
 
 impl Connection {
@@ -53,8 +45,6 @@ impl Connection {
             .trim_start_matches('[')
             .trim_end_matches(']');
         let port = authority.port_u16().unwrap_or(80);
-        let mut streams = Streams::all_local();
-        let executor = streams.executor();
         let opening = async {
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
                 .await
@@ -66,7 +56,7 @@ impl Connection {
             tcp.set_nodelay(true)
                 .with_context(|| format!("set TCP_NODELAY on the connection to {url}"))?;
             let io = TokioIo::new(CoalescedWrites::new(tcp));
-            hyper::client::conn::http2::Builder::<StreamExecutor>::new(executor.clone())
+            hyper::client::conn::http2::Builder::new(TokioExecutor::new())
                 .handshake(io)
                 .await
                 .with_context(|| format!("HTTP/2 handshake with {url}"))
@@ -74,24 +64,10 @@ impl Connection {
         let (send, connection) = tokio::time::timeout(CONNECT_TIMEOUT, opening)
             .await
             .with_context(|| format!("connect to {url}: no answer in {CONNECT_TIMEOUT:?}"))??;
-        // The connection's own task reads and writes its frames and runs its streams; it ends
-        // with the connection, and the requests then in flight fail with the error.
-        tokio::spawn(async move {
-            tokio::pin!(connection);
-            let _ = streams.serve(connection).await;
-            streams.detach();
-        });
-        Ok(Connection {
-            send,
-            origin,
-            executor,
-        })
-    }
-
-    /// Runs `future` on the connection's task, beside its streams, until it ends; if the
-    /// connection ends first, on a task of its own.
-    pub(crate) fn run<F: Future<Output = ()> + Send + 'static>(&self, future: F) {
-        hyper::rt::Executor::execute(&self.executor, future);
+        // The connection's own task reads and writes its frames; it ends with the connection,
+        // and the requests then in flight fail with the error.
+        tokio::spawn(connection);
+        Ok(Connection { send, origin })
     }
 
     /// The scheme and authority the gRPC clients put in each request.

@@ -14,7 +14,7 @@ use chorus_proto::etcdserverpb::watch_client::WatchClient;
 use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::conn::Connection;
@@ -408,7 +408,7 @@ pub(crate) async fn run(
             );
         }
     }
-    let mut clients = Vec::with_capacity(args.clients);
+    let mut clients = tokio::task::JoinSet::new();
     for i in 0..args.clients {
         let client = Client {
             args: args.clone(),
@@ -419,16 +419,11 @@ pub(crate) async fn run(
             rng: StdRng::from_os_rng(),
             stats: Stats::new(),
         };
-        // A client runs on its connection's task, where its responses arrive.
-        let (tx, rx) = oneshot::channel();
-        client.connection.clone().run(async move {
-            let _ = tx.send(client.run().await);
-        });
-        clients.push(rx);
+        clients.spawn(client.run());
     }
     let mut stats = Stats::new();
-    for client in clients {
-        stats.merge(client.await.context("a client failed")?);
+    while let Some(joined) = clients.join_next().await {
+        stats.merge(joined.context("a client task failed")?);
     }
     if args.workload == Workload::Watch {
         let expected = stats.ok * args.watchers as u64;

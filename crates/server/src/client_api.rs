@@ -13,7 +13,7 @@
 //! Every accepted connection is wrapped so that requests whose `:authority` is a URL are served
 //! ([`crate::authority`]) and so that responses that become ready together leave in one write
 //! ([`crate::coalesce`]). A connection's request streams run on the connection's own task, not
-//! as a task each ([`crate::streams`]). A stop ends each connection gracefully: HTTP/2's GOAWAY, then the
+//! as a task each (`streams`). A stop ends each connection gracefully: HTTP/2's GOAWAY, then the
 //! requests already started run to their end.
 
 use std::convert::Infallible;
@@ -38,8 +38,10 @@ use crate::coalesce::CoalescedWrites;
 use crate::coordination::{ElectionService, LockService};
 use crate::lease::LeaseService;
 use crate::service::{KvService, MaintenanceService};
-use crate::streams::{StreamExecutor, Streams};
 use crate::watch::WatchService;
+use streams::{StreamExecutor, Streams};
+
+mod streams;
 
 type Response = http::Response<tonic::body::Body>;
 
@@ -138,7 +140,7 @@ pub async fn serve(listener: TcpListener, api: ClientApi, mut stop: watch::Recei
 }
 
 /// The HTTP/2 server of one connection, whose request streams `executor` runs (see
-/// [`crate::streams`]).
+/// `streams`).
 fn http2(executor: StreamExecutor) -> hyper::server::conn::http2::Builder<StreamExecutor> {
     let mut http2 = hyper::server::conn::http2::Builder::new(executor);
     // The timer serves hyper's keep-alive pings and its header read timeout.

@@ -58,7 +58,6 @@ pub mod metrics;
 pub mod node;
 pub mod service;
 pub mod snap;
-pub mod streams;
 pub mod transport;
 pub mod watch;
 

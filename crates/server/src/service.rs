@@ -203,7 +203,7 @@ impl Edge {
         }
         // A range over many keys can take long: it runs on a task of its own rather than on
         // its connection's, where the requests behind it would wait for it (see
-        // `crate::streams`).
+        // `client_api::streams`).
         let node = self.node.clone();
         match tokio::spawn(async move { read(&node) }).await {
             Ok(response) => Ok(response?),

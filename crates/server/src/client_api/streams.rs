@@ -1,20 +1,17 @@
-//! The streams of an HTTP/2 connection run on the connection's own task.
+//! The request streams of a client connection run on the connection's own task.
 //!
 //! hyper's HTTP/2 server hands every request stream to its executor as a future of its own
 //! (decoding the request, the service's work, encoding and sending the response). With tokio's
 //! executor each of those is a task: spawned when the request arrives, scheduled on some
 //! worker, woken by the Raft driver when its answer is ready, and then waking the connection's
 //! task to write the response. On a busy member that is two tasks and two wakeups per request
-//! where the connection's task alone would do. hyper's HTTP/2 client does the same on the other
-//! side: each request's response future, and the sending of its body when that does not finish
-//! at once, become futures handed to the executor.
+//! where the connection's task alone would do.
 //!
-//! [`StreamExecutor`] is the executor to give hyper instead: it queues the stream futures, and
-//! [`Streams`] polls them on the task that drives the connection, each time that task runs. A
-//! request's answer then wakes the one task that also writes it out, and the answers a Raft
-//! batch releases together for one connection are all sent on that task's next run. The client
-//! API serves every connection this way, and the load generator (`chorus bench`) drives the
-//! connections it opens this way.
+//! [`StreamExecutor`] is the executor the client API gives hyper instead: it queues the stream
+//! futures, and [`Streams`] polls them on the task that drives the connection, each time that
+//! task runs. A request's answer then wakes the one task that also writes it out, and the
+//! answers a Raft batch releases together for one connection are all sent on that task's next
+//! run.
 //!
 //! A stream that is not done after [`LOCAL_POLLS`] polls (a watch, a lease's keep-alives, a
 //! snapshot download, a lock that waits for its turn) moves to a task of its own, so that long
@@ -61,25 +58,16 @@ where
     }
 }
 
-impl std::fmt::Debug for StreamExecutor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StreamExecutor")
-            .field("queued", &self.shared.lock().len())
-            .finish()
-    }
-}
-
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Vec<StreamFuture>> {
         self.queued.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-/// A stream future and how many more times the connection's task polls it before it moves to
-/// a task of its own (`None`: it stays).
+/// A stream future and how often the connection's task has polled it.
 struct Local {
     future: Option<StreamFuture>,
-    polls_left: Option<u32>,
+    polls: u32,
 }
 
 impl Future for Local {
@@ -98,47 +86,22 @@ impl Future for Local {
             Ok(Poll::Ready(())) | Err(_) => return Poll::Ready(None),
             Ok(Poll::Pending) => {}
         }
-        match &mut this.polls_left {
-            Some(1) => Poll::Ready(this.future.take()),
-            Some(left) => {
-                *left -= 1;
-                Poll::Pending
-            }
-            None => Poll::Pending,
+        this.polls += 1;
+        if this.polls >= LOCAL_POLLS {
+            return Poll::Ready(this.future.take());
         }
+        Poll::Pending
     }
 }
 
 /// The streams of one connection, run on the task that drives it.
+#[derive(Default)]
 pub struct Streams {
     executor: StreamExecutor,
     running: FuturesUnordered<Local>,
-    /// How many polls a stream gets before it moves to a task of its own (`None`: all).
-    local_polls: Option<u32>,
-}
-
-impl Default for Streams {
-    /// Streams that move to tasks of their own after [`LOCAL_POLLS`] polls.
-    fn default() -> Streams {
-        Streams {
-            executor: StreamExecutor::default(),
-            running: FuturesUnordered::new(),
-            local_polls: Some(LOCAL_POLLS),
-        }
-    }
 }
 
 impl Streams {
-    /// Streams that all stay on the connection's task however long they run: for a connection
-    /// whose every stream is short or cheap, such as the load generator's, where the clients
-    /// that share the connection run on its task too.
-    pub fn all_local() -> Streams {
-        Streams {
-            local_polls: None,
-            ..Streams::default()
-        }
-    }
-
     /// The executor to build the connection with.
     pub fn executor(&self) -> StreamExecutor {
         self.executor.clone()
@@ -180,10 +143,9 @@ impl Streams {
     fn poll_streams(&mut self, cx: &mut Context<'_>) {
         self.executor.shared.task.register(cx.waker());
         let queued = mem::take(&mut *self.executor.shared.lock());
-        let polls_left = self.local_polls;
         self.running.extend(queued.into_iter().map(|future| Local {
             future: Some(future),
-            polls_left,
+            polls: 0,
         }));
         while let Poll::Ready(Some(done)) = self.running.poll_next_unpin(cx) {
             if let Some(long) = done {
@@ -270,16 +232,6 @@ mod tests {
         assert_eq!(short_task, connection_task);
         let long_task = long.await.expect("the moved stream ends");
         assert_ne!(long_task, connection_task);
-    }
-
-    #[tokio::test]
-    async fn all_local_streams_stay_however_long_they_run() {
-        let streams = Streams::all_local();
-        let executor = streams.executor();
-        let (tx, long) = oneshot::channel();
-        executor.execute(stream(LOCAL_POLLS * 4, tx));
-        let (connection_task, long_task) = serve_until(streams, long).await;
-        assert_eq!(long_task, connection_task);
     }
 
     #[tokio::test]
