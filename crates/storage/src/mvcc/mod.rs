@@ -16,7 +16,8 @@
 //! The server applies committed Raft entries with [`MvccStore::apply_entries`] (or by hand:
 //! [`MvccStore::begin`], [`WriteBatch::apply`] per entry, [`WriteBatch::set_applied_index`],
 //! [`WriteBatch::commit`]); reads ([`MvccStore::range`], [`MvccStore::events`]) see committed
-//! batches. A request error (etcd's errors: compacted, future revision, duplicate key, key not
+//! batches. A range over many keys can leave the store's lock early: [`MvccStore::start_range`]
+//! walks the index and the second step, [`DetachedRange::finish`], reads the engine. A request error (etcd's errors: compacted, future revision, duplicate key, key not
 //! found, ...) leaves the store unchanged; any other error means the node must stop.
 //!
 //! Errors map to etcd's messages through [`MvccError`]'s `Display`; the variants carry what the
@@ -37,6 +38,7 @@
 
 mod codec;
 mod commit;
+mod detached;
 mod error;
 mod index;
 mod snapshot;
@@ -47,6 +49,7 @@ mod upgrade;
 mod view;
 mod write;
 
+pub use detached::DetachedRange;
 pub use error::{MvccError, MvccResult};
 pub use snapshot::{SNAPSHOT_MAGIC, Snapshot, SnapshotMeta, SnapshotRestore};
 pub use store::{ENGINE_FILE, MvccConfig, MvccStore};

@@ -14,6 +14,7 @@ use redb::{
 
 use super::codec::{Record, RecordId, corrupt};
 use super::commit::{Committer, EngineCommit, InFlight};
+use super::detached::EngineReaders;
 use super::error::{MvccError, MvccResult, engine};
 use super::index::KeyIndex;
 use super::txn::check_range_request;
@@ -197,6 +198,8 @@ pub struct MvccStore {
     pub(crate) engine: Option<Pinned>,
     /// The engine commit running on the commit thread, if any.
     pub(crate) in_flight: Option<InFlight>,
+    /// The detached ranges reading the engine (see [`DetachedRange`](super::DetachedRange)).
+    pub(crate) readers: Arc<EngineReaders>,
     /// The commit thread, with `MvccConfig::commit_in_background`.
     committer: Option<Committer>,
     pub(crate) config: MvccConfig,
@@ -223,6 +226,7 @@ impl Drop for MvccStore {
         // closes.
         self.committer = None;
         self.in_flight = None;
+        self.readers.wait_idle();
         self.engine = None;
     }
 }
@@ -315,6 +319,7 @@ impl MvccStore {
             engine: Some(Pinned::take(&db)?),
             db: Arc::new(db),
             in_flight: None,
+            readers: Arc::default(),
             committer,
             config,
             core,
@@ -526,6 +531,7 @@ impl MvccStore {
         // Everything in the engine first, and durable: compaction needs no state but the last
         // durable one alive, so the store's own read transaction goes too.
         self.sync()?;
+        self.readers.wait_idle();
         self.engine = None;
         let db = Arc::get_mut(&mut self.db).expect("no commit in flight holds the engine");
         let compacted = db.compact().map_err(engine);

@@ -96,7 +96,7 @@ impl<T: RecordTable> Records<'_, T> {
 }
 
 /// Checks that the record read under `id` belongs to `key`.
-fn check_key(record: Record, id: RecordId, key: &[u8]) -> MvccResult<Record> {
+pub(crate) fn check_key(record: Record, id: RecordId, key: &[u8]) -> MvccResult<Record> {
     if record.kv.key.as_ref() != key {
         return Err(corrupt(
             "index",
@@ -105,6 +105,9 @@ fn check_key(record: Record, id: RecordId, key: &[u8]) -> MvccResult<Record> {
     }
     Ok(record)
 }
+
+/// Keys in key order, each with the id of the version a read sees.
+pub(crate) type KeyIds<'a> = Vec<(&'a [u8], RecordId)>;
 
 /// The store as seen at `current`.
 pub(crate) struct View<'a, T> {
@@ -115,7 +118,7 @@ pub(crate) struct View<'a, T> {
     pub compacted: Revision,
 }
 
-impl<T: RecordTable> View<'_, T> {
+impl<'a, T: RecordTable> View<'a, T> {
     /// The key-value stored under `id` for `key`.
     pub fn kv(&self, key: &[u8], id: RecordId) -> MvccResult<KeyValue> {
         Ok(self.records.get(id, key)?.kv)
@@ -157,6 +160,17 @@ impl<T: RecordTable> View<'_, T> {
 
     /// etcd's Range: read, filter by revisions, sort, limit.
     pub fn range(&self, req: &RangeRequest) -> MvccResult<RangeResponse> {
+        let (found, count) = self.range_keys(req)?;
+        let kvs = found
+            .iter()
+            .map(|(key, id)| self.kv(key, *id))
+            .collect::<MvccResult<Vec<_>>>()?;
+        Ok(shape_range(req, kvs, self.current, count))
+    }
+
+    /// The keys a range reads with the ids of their versions (none for `count_only`), and how
+    /// many keys it matches.
+    pub fn range_keys(&self, req: &RangeRequest) -> MvccResult<(KeyIds<'a>, i64)> {
         let at = self.read_revision(req.revision)?;
         let span = KeySpan::new(&req.key, &req.range_end);
         // Sorting and filtering need every key; otherwise read one more than the limit to learn
@@ -164,38 +178,40 @@ impl<T: RecordTable> View<'_, T> {
         // no sort order does not count as sorting here: it sorts only the keys read.
         let fetch_all = req.sort_order != SortOrder::None || has_revision_filters(req);
         let limit = (!fetch_all && req.limit > 0).then(|| req.limit as usize + 1);
-        let (found, count) = self.index.range(&span, at, limit);
-        let count = i64::try_from(count).expect("key counts fit in i64");
+        let index: &'a KeyIndex = self.index;
+        let (mut found, count) = index.range(&span, at, limit);
         if req.count_only {
-            return Ok(RangeResponse {
-                revision: self.current,
-                kvs: Vec::new(),
-                more: false,
-                count,
-            });
+            found.clear();
         }
-        let mut kvs = found
-            .iter()
-            .map(|(key, id)| self.kv(key, *id))
-            .collect::<MvccResult<Vec<_>>>()?;
-        kvs.retain(|kv| passes_revision_filters(req, kv));
-        sort_kvs(&mut kvs, req.sort_order, req.sort_target);
-        let mut more = false;
-        if req.limit > 0 && kvs.len() > req.limit as usize {
-            kvs.truncate(req.limit as usize);
-            more = true;
+        Ok((found, i64::try_from(count).expect("key counts fit in i64")))
+    }
+}
+
+/// A range's response from the key-values it read (in key order): filtered by revisions,
+/// sorted, cut at the limit.
+pub(crate) fn shape_range(
+    req: &RangeRequest,
+    mut kvs: Vec<KeyValue>,
+    current: Revision,
+    count: i64,
+) -> RangeResponse {
+    kvs.retain(|kv| passes_revision_filters(req, kv));
+    sort_kvs(&mut kvs, req.sort_order, req.sort_target);
+    let mut more = false;
+    if req.limit > 0 && kvs.len() > req.limit as usize {
+        kvs.truncate(req.limit as usize);
+        more = true;
+    }
+    if req.keys_only {
+        for kv in &mut kvs {
+            kv.value = Bytes::new();
         }
-        if req.keys_only {
-            for kv in &mut kvs {
-                kv.value = Bytes::new();
-            }
-        }
-        Ok(RangeResponse {
-            revision: self.current,
-            kvs,
-            more,
-            count,
-        })
+    }
+    RangeResponse {
+        revision: current,
+        kvs,
+        more,
+        count,
     }
 }
 
