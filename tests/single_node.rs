@@ -328,6 +328,100 @@ async fn snapshot_stream_restores_and_defragment_keeps_data() {
     assert_eq!(value_of(&got), vec![b"defrag".as_slice()]);
 }
 
+/// Goal: a range over more records than the server reads on its runtime's workers (it reads
+/// those off the workers and without the store's lock) answers as any range does, at the
+/// revision it was asked for, while writes go on. Method: 1,500 keys written by transactions;
+/// ranges over all of them (plain, limited, sorted, keys only, count only, at the revision
+/// before the last batch) while another task keeps writing keys outside the range.
+#[tokio::test(flavor = "multi_thread")]
+async fn large_ranges_answer_while_writes_go_on() {
+    let cluster = Cluster::start(1, &[]);
+    let endpoint = cluster.members[0].endpoint();
+    wait_ready(&endpoint).await;
+    let mut client = kv(&endpoint).await;
+    let mut revision = 0;
+    for batch in 0..12 {
+        let success = (0..125)
+            .map(|i| pb::RequestOp {
+                request: Some(Op::RequestPut(put(
+                    &format!("big/{:05}", batch * 125 + i),
+                    &format!("v{batch}"),
+                ))),
+            })
+            .collect();
+        let txn = pb::TxnRequest {
+            success,
+            ..Default::default()
+        };
+        let response = client.txn(txn).await.unwrap().into_inner();
+        revision = response.header.unwrap().revision;
+    }
+    let writer = tokio::spawn({
+        let mut client = client.clone();
+        async move {
+            for i in 0..200 {
+                client.put(put(&format!("other/{i}"), "x")).await.unwrap();
+            }
+        }
+    });
+    let all = || pb::RangeRequest {
+        key: "big/".into(),
+        range_end: common::prefix_end("big/").into(),
+        ..Default::default()
+    };
+    for _ in 0..3 {
+        let got = client.range(all()).await.unwrap().into_inner();
+        assert_eq!((got.count, got.kvs.len(), got.more), (1500, 1500, false));
+        for (i, kv) in got.kvs.iter().enumerate() {
+            assert_eq!(kv.key, format!("big/{i:05}").as_bytes());
+            assert_eq!(kv.value, format!("v{}", i / 125).as_bytes());
+            assert_eq!(kv.version, 1);
+        }
+
+        let limited = pb::RangeRequest {
+            limit: 1200,
+            ..all()
+        };
+        let got = client.range(limited).await.unwrap().into_inner();
+        assert_eq!((got.count, got.kvs.len(), got.more), (1500, 1200, true));
+        assert_eq!(got.kvs[1199].key.as_ref(), b"big/01199");
+
+        let sorted = pb::RangeRequest {
+            sort_order: pb::range_request::SortOrder::Descend as i32,
+            sort_target: pb::range_request::SortTarget::Mod as i32,
+            keys_only: true,
+            ..all()
+        };
+        let got = client.range(sorted).await.unwrap().into_inner();
+        assert_eq!(got.kvs.len(), 1500);
+        assert_eq!(got.kvs[0].mod_revision, revision);
+        assert!(got.kvs[0].key.starts_with(b"big/0137"));
+        assert!(got.kvs.iter().all(|kv| kv.value.is_empty()));
+        assert!(
+            got.kvs
+                .windows(2)
+                .all(|w| w[0].mod_revision >= w[1].mod_revision)
+        );
+
+        let counted = pb::RangeRequest {
+            count_only: true,
+            ..all()
+        };
+        let got = client.range(counted).await.unwrap().into_inner();
+        assert_eq!((got.count, got.kvs.len()), (1500, 0));
+
+        let before_last = pb::RangeRequest {
+            revision: revision - 1,
+            ..all()
+        };
+        let got = client.range(before_last).await.unwrap().into_inner();
+        assert_eq!((got.count, got.kvs.len()), (1375, 1375));
+    }
+    writer.await.unwrap();
+    let got = client.range(all()).await.unwrap().into_inner();
+    assert_eq!(got.count, 1500);
+}
+
 /// Goal: `--auto-compaction-mode periodic` compacts history older than the retention and keeps
 /// the rest, as etcd. Method: a 2 s retention while a key is rewritten every 50 ms for 5 s;
 /// then the oldest revisions answer etcd's compacted error and the last second still reads.
