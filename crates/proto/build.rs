@@ -47,6 +47,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_transport(false)
         // Keys, values and log entries are shared without copying.
         .bytes(".")
+        // tonic's prost codec, encoding each message into room reserved for all of it.
+        .codec_path("crate::codec::Codec")
         .compile_fds(descriptors)?;
     Ok(())
 }

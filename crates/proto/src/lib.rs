@@ -42,6 +42,8 @@ macro_rules! generated_module {
     };
 }
 
+pub mod codec;
+
 generated_module!(
     /// Package `mvccpb`: key-value records and watch events.
     mvccpb,
