@@ -32,16 +32,9 @@ export PACED_FRACTION="${PACED_FRACTION:-0.8}"
 MEMORY_KEYS="${MEMORY_KEYS:-0}"
 OUT="${OUT:-bench/results/latest.md}"
 
-if ! command -v etcd >/dev/null 2>&1; then
-  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing etcd (Debian package etcd-server)" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
-  else
-    echo "etcd is not installed: apt-get install etcd-server" >&2
-    exit 1
-  fi
-fi
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+need_etcd etcd-server
 
 if [[ -n "${SERVER_CPUS:-}${GENERATOR_CPUS:-}" && ( -z "${SERVER_CPUS:-}" || -z "${GENERATOR_CPUS:-}" ) ]]; then
   echo "SERVER_CPUS and GENERATOR_CPUS go together (taskset CPU lists, e.g. 0 and 1)" >&2
@@ -57,8 +50,6 @@ if [[ -n "${SERVER_CPUS:-}" ]]; then
   GENERATOR_PIN=(taskset -c "$GENERATOR_CPUS")
 fi
 
-# shellcheck source=bench/lib.sh
-source bench/lib.sh
 cargo build --release --quiet
 CHORUS="$PWD/target/release/chorus"
 WORK="$(mktemp -d)"

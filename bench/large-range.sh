@@ -27,19 +27,9 @@ RATE="${RATE:-2000}"
 DURATION="${DURATION:-15s}"
 RANGES="${RANGES:-5}"
 
-if ! command -v etcd >/dev/null 2>&1 || ! command -v etcdctl >/dev/null 2>&1; then
-  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing etcd (Debian packages etcd-server, etcd-client)" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client >/dev/null
-  else
-    echo "etcd is not installed: apt-get install etcd-server etcd-client" >&2
-    exit 1
-  fi
-fi
-
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
+need_etcd etcd-server etcd-client
 if [[ -n "${CHORUS:-}" ]]; then
   CHORUS_LABEL="$CHORUS"
 else

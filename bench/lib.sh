@@ -84,3 +84,24 @@ cpu_ticks() {
   done
   echo "$total"
 }
+
+# need_etcd PACKAGES...: installs the Debian packages named (etcd-server for etcd, etcd-client
+# for etcdctl) when a command they provide is missing and this runs as root; fails otherwise.
+need_etcd() {
+  local package missing=()
+  for package in "$@"; do
+    case $package in
+      etcd-server) command -v etcd >/dev/null 2>&1 || missing+=("$package") ;;
+      etcd-client) command -v etcdctl >/dev/null 2>&1 || missing+=("$package") ;;
+    esac
+  done
+  [[ ${#missing[@]} -eq 0 ]] && return 0
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing ${missing[*]} (Debian)" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "etcd is not installed: apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+}
