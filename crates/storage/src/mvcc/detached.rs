@@ -16,12 +16,12 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use bytes::Bytes;
 
-use super::codec::{Record, RecordId, corrupt};
+use super::codec::{Record, RecordId};
 use super::error::{MvccResult, engine};
 use super::store::{MvccStore, RECORDS, pinned};
 use super::txn::check_range_request;
 use super::types::{RangeRequest, RangeResponse, Revision};
-use super::view::{EngineTable, Records, check_key, shape_range};
+use super::view::{EngineTable, Records, check_key, missing, shape_range};
 
 /// A range whose keys are known and whose records are not yet read: see the module's doc. Hold
 /// it only as long as it takes to [finish](DetachedRange::finish): a defragmentation, or
@@ -61,26 +61,19 @@ impl MvccStore {
         let view = self.view();
         let (found, count) = view.range_keys(req)?;
         // Every id in memory is above every id in the engine (see `Records`).
-        let memory_from = self
-            .committing()
+        let records = self.records();
+        let memory_from = records
+            .committing
             .keys()
             .next()
-            .or_else(|| self.buffer.records.keys().next())
+            .or_else(|| records.buffered.keys().next())
             .copied();
         let mut keys = Vec::with_capacity(found.iter().map(|(key, _)| key.len()).sum());
         let mut located = Vec::with_capacity(found.len());
         for (key, id) in found {
             let memory = match memory_from {
                 Some(from) if id >= from => {
-                    let bytes = self
-                        .buffer
-                        .records
-                        .get(&id)
-                        .or_else(|| self.committing().get(&id))
-                        .ok_or_else(|| {
-                            corrupt("index", format!("record {id:?} of key {key:?} is missing"))
-                        })?;
-                    Some(bytes.clone())
+                    Some(records.memory(id).ok_or_else(|| missing(id, key))?.clone())
                 }
                 _ => None,
             };

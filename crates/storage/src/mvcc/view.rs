@@ -35,16 +35,19 @@ pub(crate) struct Records<'a, T> {
     pub table: &'a T,
 }
 
-impl<T: RecordTable> Records<'_, T> {
+impl<'a, T: RecordTable> Records<'a, T> {
+    /// The encoded record `id` when it is in memory (applied since the engine's last commit).
+    pub fn memory(&self, id: RecordId) -> Option<&'a Bytes> {
+        self.buffered.get(&id).or_else(|| self.committing.get(&id))
+    }
+
     /// Reads one record by id and checks that it belongs to `key`.
     pub fn get(&self, id: RecordId, key: &[u8]) -> MvccResult<Record> {
-        let missing = || corrupt("index", format!("record {id:?} of key {key:?} is missing"));
-        let memory = self.buffered.get(&id).or_else(|| self.committing.get(&id));
-        let record = match memory {
+        let record = match self.memory(id) {
             Some(bytes) => Record::decode(id, bytes)?,
             None => {
                 let guard = self.table.get(&id.encode()).map_err(engine)?;
-                Record::decode(id, guard.ok_or_else(missing)?.value())?
+                Record::decode(id, guard.ok_or_else(|| missing(id, key))?.value())?
             }
         };
         check_key(record, id, key)
@@ -93,6 +96,11 @@ impl<T: RecordTable> Records<'_, T> {
         })?;
         Ok(crc)
     }
+}
+
+/// The error for a record the index names and the store does not hold.
+pub(crate) fn missing(id: RecordId, key: &[u8]) -> MvccError {
+    corrupt("index", format!("record {id:?} of key {key:?} is missing"))
 }
 
 /// Checks that the record read under `id` belongs to `key`.
@@ -178,8 +186,7 @@ impl<'a, T: RecordTable> View<'a, T> {
         // no sort order does not count as sorting here: it sorts only the keys read.
         let fetch_all = req.sort_order != SortOrder::None || has_revision_filters(req);
         let limit = (!fetch_all && req.limit > 0).then(|| req.limit as usize + 1);
-        let index: &'a KeyIndex = self.index;
-        let (mut found, count) = index.range(&span, at, limit);
+        let (mut found, count) = self.index.range(&span, at, limit);
         if req.count_only {
             found.clear();
         }
