@@ -54,6 +54,7 @@ enum Op {
         back: u8,
         limit: u8,
         count_only: bool,
+        keys_only: bool,
         /// Sort order and target, and which revision filter (if any), as small numbers.
         shape: (u8, u8, u8, u8),
     },
@@ -123,11 +124,11 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (any::<u8>(), any::<u8>(), any::<bool>())
             .prop_map(|(key, end, prev_kv)| Op::Delete { key, end, prev_kv }),
         2 => (
-            (any::<u8>(), any::<u8>(), 0u8..12, 0u8..4, prop::bool::weighted(0.1)),
+            (any::<u8>(), any::<u8>(), 0u8..12, 0u8..4, prop::bool::weighted(0.1), prop::bool::weighted(0.2)),
             (0u8..3, 0u8..5, 0u8..8, 0u8..12),
         )
-            .prop_map(|((key, end, back, limit, count_only), shape)| Op::Range {
-                key, end, back, limit, count_only, shape
+            .prop_map(|((key, end, back, limit, count_only, keys_only), shape)| Op::Range {
+                key, end, back, limit, count_only, keys_only, shape
             }),
         2 => (
             (any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>()),
@@ -245,6 +246,11 @@ impl Model {
         if req.count_only {
             kvs.clear();
             more = false;
+        }
+        if req.keys_only {
+            for kv in &mut kvs {
+                kv.value = Bytes::new();
+            }
         }
         Ok(RangeResponse {
             revision: Revision(current),
@@ -642,6 +648,7 @@ fn apply(store: &mut MvccStore, model: &mut Model, op: &Op, applied: &mut u64) {
             back,
             limit,
             count_only,
+            keys_only,
             shape: (order, target, filter, filter_revision),
         } => {
             let mut req = RangeRequest {
@@ -652,6 +659,7 @@ fn apply(store: &mut MvccStore, model: &mut Model, op: &Op, applied: &mut u64) {
                 }),
                 limit: *limit as i64,
                 count_only: *count_only,
+                keys_only: *keys_only,
                 sort_order: [SortOrder::None, SortOrder::Ascend, SortOrder::Descend]
                     [*order as usize],
                 sort_target: [

@@ -95,8 +95,35 @@ impl Record {
         out
     }
 
-    /// Decodes a record stored under `id`.
+    /// Decodes a record stored under `id`, copying its key and value.
     pub fn decode(id: RecordId, bytes: &[u8]) -> MvccResult<Record> {
+        let record = RecordRef::decode(id, bytes)?;
+        Ok(Record {
+            kv: record.kv(
+                id,
+                Bytes::copy_from_slice(record.key),
+                Bytes::copy_from_slice(record.value),
+            ),
+            tombstone: record.tombstone,
+        })
+    }
+}
+
+/// A record read in place: its fields, with the key and the value borrowed from the encoding,
+/// for a reader that keeps them without a copy of their own.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RecordRef<'a> {
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+    pub create_revision: Revision,
+    pub version: i64,
+    pub lease: LeaseId,
+    pub tombstone: bool,
+}
+
+impl<'a> RecordRef<'a> {
+    /// Decodes a record stored under `id`.
+    pub fn decode(id: RecordId, bytes: &'a [u8]) -> MvccResult<RecordRef<'a>> {
         if bytes.len() < HEADER_BYTES {
             return Err(corrupt(
                 "record",
@@ -116,18 +143,29 @@ impl Record {
         if key_len == 0 || key_len > rest.len() {
             return Err(corrupt("record", format!("key length {key_len} at {id:?}")));
         }
-        let kv = KeyValue {
-            key: Bytes::copy_from_slice(&rest[..key_len]),
+        let (key, value) = rest.split_at(key_len);
+        Ok(RecordRef {
+            key,
+            value,
             create_revision: Revision(int_at(2)),
-            mod_revision: id.main,
             version: int_at(10),
-            value: Bytes::copy_from_slice(&rest[key_len..]),
             lease: LeaseId(int_at(18)),
-        };
-        Ok(Record {
-            kv,
             tombstone: flags & FLAG_TOMBSTONE != 0,
         })
+    }
+
+    /// The key-value of the record stored under `id`, with `key` holding this record's key and
+    /// `value` its value (or nothing, for a reader that asks for keys only).
+    pub fn kv(&self, id: RecordId, key: Bytes, value: Bytes) -> KeyValue {
+        debug_assert_eq!(key.as_ref(), self.key);
+        KeyValue {
+            key,
+            create_revision: self.create_revision,
+            mod_revision: id.main,
+            version: self.version,
+            value,
+            lease: self.lease,
+        }
     }
 }
 

@@ -11,17 +11,17 @@
 //! store applies meanwhile: the read transaction keeps the engine's records as they were, and
 //! the range holds its own references to the records in memory.
 
-use std::collections::BTreeMap;
+use std::cmp::Ordering;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
-use super::codec::{Record, RecordId};
+use super::codec::{RECORD_ID_BYTES, RecordId, RecordRef};
 use super::error::{MvccResult, engine};
 use super::store::{MvccStore, RECORDS, pinned};
 use super::txn::check_range_request;
-use super::types::{RangeRequest, RangeResponse, Revision};
-use super::view::{EngineTable, Records, check_key, missing, shape_range};
+use super::types::{KeyValue, RangeRequest, RangeResponse, Revision, SortTarget};
+use super::view::{EngineTable, RecordKey, RecordValue, check_key, missing, shape_range};
 
 /// A range whose keys are known and whose records are not yet read: see the module's doc. Hold
 /// it only as long as it takes to [finish](DetachedRange::finish): a defragmentation, or
@@ -118,26 +118,149 @@ impl DetachedRange {
     }
 
     /// The second step: reads the records and shapes the response as [`MvccStore::range`] does.
+    ///
+    /// The key-values share their memory: each key is a slice of one buffer of the range's
+    /// keys, a value still in memory a slice of its record, and the values read from the engine
+    /// slices of a few large copies. The engine's records are read in id order through one
+    /// cursor, which moves from record to record where they lie close together in the engine
+    /// (as the keys of a prefix written together do) instead of descending the engine's tree
+    /// once per record.
     pub fn finish(self) -> MvccResult<RangeResponse> {
-        static NONE: BTreeMap<RecordId, Bytes> = BTreeMap::new();
+        let keys = Bytes::from(self.keys);
+        let key_start = |at: usize| {
+            at.checked_sub(1)
+                .map_or(0, |before| self.found[before].key_end)
+        };
+        // Values are dropped below when only keys are asked for, unless the sort needs them.
+        let values_wanted = !self.req.keys_only || self.req.sort_target == SortTarget::Value;
         let mut kvs = Vec::with_capacity(self.found.len());
-        let mut start = 0;
-        for found in &self.found {
-            let key = &self.keys[start..found.key_end];
-            start = found.key_end;
-            let record = match (&found.memory, &self.table) {
-                (Some(bytes), _) => check_key(Record::decode(found.id, bytes)?, found.id, key)?,
-                (None, Some(table)) => Records {
-                    buffered: &NONE,
-                    committing: &NONE,
-                    table,
+        let mut in_engine = Vec::new();
+        for (at, found) in self.found.iter().enumerate() {
+            let key = keys.slice(key_start(at)..found.key_end);
+            let kv = match &found.memory {
+                Some(bytes) => {
+                    let record = RecordRef::decode(found.id, bytes)?;
+                    check_key(record.key, found.id, &key)?;
+                    let value = if values_wanted {
+                        bytes.slice_ref(record.value)
+                    } else {
+                        Bytes::new()
+                    };
+                    record.kv(found.id, key, value)
                 }
-                .get(found.id, key)?,
-                (None, None) => unreachable!("a range with records in the engine opens its table"),
+                None => {
+                    in_engine.push(at);
+                    KeyValue {
+                        key,
+                        ..KeyValue::default()
+                    }
+                }
             };
-            kvs.push(record.kv);
+            kvs.push(kv);
+        }
+        if !in_engine.is_empty() {
+            let table = self
+                .table
+                .as_ref()
+                .expect("a range with records in the engine opens its table");
+            if !in_engine.is_sorted_by_key(|&at| self.found[at].id) {
+                in_engine.sort_unstable_by_key(|&at| self.found[at].id);
+            }
+            let mut cursor = EngineCursor::new(table);
+            let mut values = Values::default();
+            for (done, &at) in in_engine.iter().enumerate() {
+                let id = self.found[at].id;
+                let key = &keys[key_start(at)..self.found[at].key_end];
+                let guard = cursor.read(id, key)?;
+                let record = RecordRef::decode(id, guard.value())?;
+                check_key(record.key, id, key)?;
+                let value = if values_wanted {
+                    values.copy(record.value, in_engine.len() - done)
+                } else {
+                    Bytes::new()
+                };
+                let kv = &mut kvs[at];
+                *kv = record.kv(id, std::mem::take(&mut kv.key), value);
+            }
         }
         Ok(shape_range(&self.req, kvs, self.current, self.count))
+    }
+}
+
+/// Reads records from the engine in increasing id order. It keeps a range cursor on the table
+/// and steps it forward to the next id asked for; when that id lies more than
+/// [`EngineCursor::MAX_SKIP`] records ahead, it seeks there afresh, which costs what a point
+/// lookup costs. So reading ids that lie together costs a step each, and reading scattered ids
+/// costs at most a few steps more than looking each one up.
+struct EngineCursor<'t> {
+    table: &'t EngineTable,
+    range: Option<redb::Range<'static, RecordKey, RecordValue>>,
+}
+
+impl<'t> EngineCursor<'t> {
+    /// How many records a step forward passes over before a seek is cheaper.
+    const MAX_SKIP: usize = 8;
+
+    fn new(table: &'t EngineTable) -> Self {
+        EngineCursor { table, range: None }
+    }
+
+    /// The encoded record `id` (of `key`, for the error when it is missing). Ids must be asked
+    /// for in increasing order.
+    fn read(&mut self, id: RecordId, key: &[u8]) -> MvccResult<EngineGuard> {
+        let wanted = id.encode();
+        if let Some(range) = &mut self.range {
+            for _ in 0..=Self::MAX_SKIP {
+                let Some(entry) = range.next() else {
+                    break;
+                };
+                let (at, bytes) = entry.map_err(engine)?;
+                match at.value().cmp(&wanted) {
+                    Ordering::Less => continue,
+                    Ordering::Equal => return Ok(bytes),
+                    Ordering::Greater => return Err(missing(id, key)),
+                }
+            }
+        }
+        let mut range = self
+            .table
+            .range::<&[u8; RECORD_ID_BYTES]>(&wanted..)
+            .map_err(engine)?;
+        let (at, bytes) = range
+            .next()
+            .ok_or_else(|| missing(id, key))?
+            .map_err(engine)?;
+        if at.value() != &wanted {
+            return Err(missing(id, key));
+        }
+        self.range = Some(range);
+        Ok(bytes)
+    }
+}
+
+/// An encoded record as the engine holds it, in a page of its own read transaction.
+type EngineGuard = redb::AccessGuard<'static, RecordValue>;
+
+/// Copies of values read from the engine, many to an allocation, each handed out as a slice.
+#[derive(Default)]
+struct Values {
+    /// What is left of the current allocation.
+    spare: BytesMut,
+}
+
+impl Values {
+    /// The most one allocation holds, unless a single value is larger.
+    const CHUNK: usize = 1 << 20;
+
+    /// A copy of `value`, the first of `left` values still to copy (which sizes a new
+    /// allocation, guessing the others about as large).
+    fn copy(&mut self, value: &[u8], left: usize) -> Bytes {
+        if self.spare.capacity() < value.len() {
+            let guess = value.len().saturating_mul(left).min(Self::CHUNK);
+            self.spare = BytesMut::with_capacity(guess.max(value.len()));
+        }
+        self.spare.extend_from_slice(value);
+        self.spare.split().freeze()
     }
 }
 

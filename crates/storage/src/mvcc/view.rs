@@ -50,7 +50,8 @@ impl<'a, T: RecordTable> Records<'a, T> {
                 Record::decode(id, guard.ok_or_else(|| missing(id, key))?.value())?
             }
         };
-        check_key(record, id, key)
+        check_key(&record.kv.key, id, key)?;
+        Ok(record)
     }
 
     /// Calls `each` with the id and the encoded record of every record in `range`, in id order,
@@ -103,15 +104,15 @@ pub(crate) fn missing(id: RecordId, key: &[u8]) -> MvccError {
     corrupt("index", format!("record {id:?} of key {key:?} is missing"))
 }
 
-/// Checks that the record read under `id` belongs to `key`.
-pub(crate) fn check_key(record: Record, id: RecordId, key: &[u8]) -> MvccResult<Record> {
-    if record.kv.key.as_ref() != key {
+/// Checks that the record read under `id`, which holds `found`, belongs to `key`.
+pub(crate) fn check_key(found: &[u8], id: RecordId, key: &[u8]) -> MvccResult<()> {
+    if found != key {
         return Err(corrupt(
             "index",
-            format!("record {id:?} holds {:?}, not {key:?}", record.kv.key),
+            format!("record {id:?} holds {found:?}, not {key:?}"),
         ));
     }
-    Ok(record)
+    Ok(())
 }
 
 /// Keys in key order, each with the id of the version a read sees.
