@@ -134,8 +134,44 @@ async fn write_then_read_everywhere(cluster: &Cluster, rounds: std::ops::Range<u
                 writer.name,
                 cluster.logs()
             );
+            // A transaction that only reads is served as a read, linearizable all the same.
+            let got = read_txn_retrying(&reader.endpoint(), &key, &value).await;
+            assert!(
+                got.succeeded,
+                "round {round}: {}'s transaction does not see the write made through {}\n{}",
+                reader.name,
+                writer.name,
+                cluster.logs()
+            );
         }
     }
+}
+
+/// A transaction through `endpoint` that compares `key`'s value with `value` and reads `key`
+/// on either branch.
+async fn read_txn_retrying(endpoint: &str, key: &str, value: &str) -> pb::TxnResponse {
+    use pb::compare::{CompareResult, CompareTarget, TargetUnion};
+    let read = pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestRange(get(key))),
+    };
+    let request = pb::TxnRequest {
+        compare: vec![pb::Compare {
+            result: CompareResult::Equal as i32,
+            target: CompareTarget::Value as i32,
+            key: key.to_owned().into(),
+            target_union: Some(TargetUnion::Value(value.to_owned().into())),
+            ..Default::default()
+        }],
+        success: vec![read.clone()],
+        failure: vec![read],
+    };
+    let client = kv(endpoint).await;
+    eventually(&format!("txn through {endpoint}"), || {
+        let mut client = client.clone();
+        let request = request.clone();
+        async move { client.txn(request).await.map(tonic::Response::into_inner) }
+    })
+    .await
 }
 
 /// Goal: static bootstrap of 5 and 7 members, and such a cluster keeps serving with as many

@@ -124,6 +124,139 @@ async fn single_member_kv_round_trip() {
     );
 }
 
+/// Goal: a transaction that only reads is served as a read, as etcd serves it: the answer it
+/// would get through the log, without an entry in the log; one that writes still goes through
+/// it. Method: one member; Maintenance.Status's raft index before and after read-only
+/// transactions of each kind (a compare that holds and one that fails, nested, serializable,
+/// no operation at all, a future revision, a compacted one), then after one that writes.
+#[tokio::test(flavor = "multi_thread")]
+async fn transactions_that_only_read_stay_out_of_the_log() {
+    let cluster = Cluster::start(1, &[]);
+    let endpoint = cluster.members[0].endpoint();
+    wait_ready(&endpoint).await;
+    let mut client = kv(&endpoint).await;
+    let status = common::maintenance(&endpoint).await;
+    for (key, value) in [("a", "1"), ("b", "2"), ("a", "3")] {
+        client.put(put(key, value)).await.unwrap();
+    }
+    client
+        .compact(pb::CompactionRequest {
+            revision: 2,
+            physical: true,
+        })
+        .await
+        .unwrap();
+    let raft_index = || {
+        let mut status = status.clone();
+        async move {
+            let response = status.status(pb::StatusRequest {}).await.unwrap();
+            response.into_inner().raft_index
+        }
+    };
+    let before = raft_index().await;
+
+    let range = |key: &str, end: &str, revision: i64, serializable: bool| pb::RequestOp {
+        request: Some(Op::RequestRange(pb::RangeRequest {
+            range_end: end.to_owned().into(),
+            revision,
+            serializable,
+            ..get(key)
+        })),
+    };
+    let txn =
+        |expected: &str, success: Vec<pb::RequestOp>, failure: Vec<pb::RequestOp>| pb::TxnRequest {
+            compare: vec![pb::Compare {
+                result: CompareResult::Equal as i32,
+                target: CompareTarget::Value as i32,
+                key: "a".into(),
+                target_union: Some(TargetUnion::Value(expected.to_owned().into())),
+                ..Default::default()
+            }],
+            success,
+            failure,
+        };
+    let values = |response: &pb::TxnResponse| -> Vec<Vec<Vec<u8>>> {
+        response
+            .responses
+            .iter()
+            .map(|op| match &op.response {
+                Some(pb::response_op::Response::ResponseRange(r)) => {
+                    r.kvs.iter().map(|kv| kv.value.to_vec()).collect()
+                }
+                Some(pb::response_op::Response::ResponseTxn(t)) => {
+                    vec![format!("nested {}", t.succeeded).into_bytes()]
+                }
+                other => panic!("unexpected txn response {other:?}"),
+            })
+            .collect()
+    };
+    let held = txn(
+        "3",
+        vec![range("a", "c", 0, false)],
+        vec![range("b", "", 0, false)],
+    );
+    let held = client.txn(held).await.unwrap().into_inner();
+    assert!(held.succeeded);
+    assert_eq!(held.header.as_ref().unwrap().revision, 4);
+    assert_eq!(values(&held), vec![vec![b"3".to_vec(), b"2".to_vec()]]);
+    let failed = txn(
+        "1",
+        vec![range("a", "", 0, false)],
+        vec![range("a", "", 3, false)],
+    );
+    let failed = client.txn(failed).await.unwrap().into_inner();
+    assert!(!failed.succeeded);
+    assert_eq!(values(&failed), vec![vec![b"1".to_vec()]]);
+    let nested = txn(
+        "3",
+        vec![pb::RequestOp {
+            request: Some(Op::RequestTxn(txn(
+                "1",
+                vec![],
+                vec![range("b", "", 0, true)],
+            ))),
+        }],
+        vec![],
+    );
+    let nested = client.txn(nested).await.unwrap().into_inner();
+    assert_eq!(values(&nested), vec![vec![b"nested false".to_vec()]]);
+    let serializable = txn("3", vec![range("a", "", 0, true)], vec![]);
+    let serializable = client.txn(serializable).await.unwrap().into_inner();
+    assert_eq!(values(&serializable), vec![vec![b"3".to_vec()]]);
+    let empty = client
+        .txn(pb::TxnRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(empty.succeeded && empty.responses.is_empty());
+    for (revision, message) in [
+        (
+            9,
+            "etcdserver: mvcc: required revision is a future revision",
+        ),
+        (1, "etcdserver: mvcc: required revision has been compacted"),
+    ] {
+        let refused = txn("3", vec![range("a", "", revision, false)], vec![]);
+        let status = client.txn(refused).await.unwrap_err();
+        assert_eq!(status.code(), Code::OutOfRange);
+        assert_eq!(status.message(), message);
+    }
+    assert_eq!(raft_index().await, before, "{}", cluster.logs());
+
+    let writes = txn(
+        "3",
+        vec![pb::RequestOp {
+            request: Some(Op::RequestPut(put("c", "4"))),
+        }],
+        vec![],
+    );
+    let writes = client.txn(writes).await.unwrap().into_inner();
+    assert_eq!(writes.header.unwrap().revision, 5);
+    assert!(raft_index().await > before);
+    let got = client.range(get("c")).await.unwrap().into_inner();
+    assert_eq!(value_of(&got), vec![b"4".as_slice()]);
+}
+
 /// Goal: the request limits answer with etcd's codes and messages and the member keeps
 /// serving. Method: a member with small --max-request-bytes and --max-txn-ops; one request over
 /// each limit, then a normal write.

@@ -141,6 +141,32 @@ pub fn txn_from_proto(req: &pb::TxnRequest) -> Result<mvcc::TxnRequest, ServerEr
     })
 }
 
+/// Whether every operation of the transaction, and of its nested ones, passes `range`: each is
+/// a range for which `range` holds, or a nested transaction of which that is true.
+fn txn_ranges_all(req: &pb::TxnRequest, range: &impl Fn(&pb::RangeRequest) -> bool) -> bool {
+    use pb::request_op::Request as R;
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .all(|op| match &op.request {
+            Some(R::RequestRange(r)) => range(r),
+            Some(R::RequestTxn(nested)) => txn_ranges_all(nested, range),
+            Some(R::RequestPut(_) | R::RequestDeleteRange(_)) | None => false,
+        })
+}
+
+/// Whether the transaction only reads (every operation, nested ones included, is a range), as
+/// [`mvcc::TxnRequest::is_read_only`] says of the converted request.
+pub fn txn_is_read_only(req: &pb::TxnRequest) -> bool {
+    txn_ranges_all(req, &|_| true)
+}
+
+/// Whether the transaction only reads and every range in it is serializable: etcd serves such
+/// a transaction from the member's own store, with no read barrier.
+pub fn txn_is_serializable(req: &pb::TxnRequest) -> bool {
+    txn_ranges_all(req, &|range| range.serializable)
+}
+
 /// etcd's `checkTxnRequest`: no branch, nor the compares, of this transaction or a nested one
 /// may have more than `ops_max` items.
 pub fn check_txn_ops(req: &pb::TxnRequest, ops_max: usize) -> Result<(), ServerError> {

@@ -187,11 +187,7 @@ impl Edge {
         let req = kv_convert::range_from_proto(&request)?;
         if !request.serializable {
             self.refuse_learner()?;
-            let barrier = self.node.read_barrier();
-            match tokio::time::timeout(self.limits.request_timeout, barrier).await {
-                Ok(result) => result?,
-                Err(_) => return Err(ServerError::Timeout.into()),
-            }
+            self.read_barrier().await?;
         }
         if request.range_end.is_empty() {
             return node_range(&self.node, &req);
@@ -207,6 +203,39 @@ impl Edge {
             // Only a runtime that is shutting down cancels a task.
             Err(_) => Err(ServerError::Stopped.into()),
         }
+    }
+
+    /// Waits, for at most the request timeout, until this member's store has applied every
+    /// write committed before the call: a linearizable read may then read it.
+    async fn read_barrier(&self) -> Result<(), Status> {
+        let barrier = self.node.read_barrier();
+        match tokio::time::timeout(self.limits.request_timeout, barrier).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(ServerError::Timeout.into()),
+        }
+    }
+
+    /// A transaction that only reads, served as etcd serves it: as a read, after a read barrier
+    /// unless every range in it is serializable, rather than through the log. `None` when the
+    /// transaction writes.
+    pub(crate) async fn read_txn(
+        &self,
+        request: &pb::TxnRequest,
+    ) -> Result<Option<pb::TxnResponse>, Status> {
+        if !kv_convert::txn_is_read_only(request) {
+            return Ok(None);
+        }
+        // etcd's learners serve no transaction, serializable or not.
+        self.refuse_learner()?;
+        let req = kv_convert::txn_from_proto(request)?;
+        if !kv_convert::txn_is_serializable(request) {
+            self.read_barrier().await?;
+        }
+        let response = self
+            .node
+            .read_store(|store| store.read_txn(&req))
+            .map_err(ServerError::from)?;
+        Ok(Some(kv_convert::txn_to_proto(&response)))
     }
 }
 
@@ -315,8 +344,10 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::TxnResponse>, Status> {
         let request = request.into_inner();
         kv_convert::check_txn_ops(&request, self.0.limits.txn_ops_max)?;
-        // Every transaction goes through the log, even one that only reads: one code path
-        // for compares, and its reads are linearizable like any write.
+        if let Some(mut response) = self.0.read_txn(&request).await? {
+            self.0.fill(&mut response.header);
+            return Ok(Response::new(response));
+        }
         let request = ipb::forward_request::Request::Txn(request);
         match self.0.write(request).await? {
             ipb::forward_response::Response::Txn(mut response) => {

@@ -695,8 +695,15 @@ fn apply(store: &mut MvccStore, model: &mut Model, op: &Op, applied: &mut u64) {
                 success: success.iter().map(|op| to_request(op, current)).collect(),
                 failure: failure.iter().map(|op| to_request(op, current)).collect(),
             };
+            // A transaction that only reads, served as a read, answers as it does applied.
+            let read = req
+                .is_read_only()
+                .then(|| result_of(store.read_txn(&req).map(WriteResponse::Txn)));
             let got = result_of(store.apply(index, &WriteOp::Txn(req.clone())));
             assert_eq!(got, model.txn(&req).map(WriteResponse::Txn), "{req:?}");
+            if let Some(read) = read {
+                assert_eq!(read, got, "read as a read: {req:?}");
+            }
         }
         Op::Compact { back } => {
             let rev = current + 1 - *back as i64;

@@ -17,7 +17,7 @@ use super::error::{MvccError, MvccResult};
 use super::index::KeySpan;
 use super::types::{
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, KeyValue, PutRequest, RangeRequest,
-    RequestOp, TxnRequest,
+    RequestOp, ResponseOp, Revision, TxnRequest, TxnResponse,
 };
 use super::view::{RecordTable, View};
 
@@ -214,6 +214,39 @@ impl TxnPath {
     }
 }
 
+/// The response of a transaction that only reads, on `path`: what applying it gives, the
+/// header's revision left at zero as for a nested transaction.
+pub(crate) fn read_path<T: RecordTable>(
+    view: &View<'_, T>,
+    txn: &TxnRequest,
+    path: &TxnPath,
+) -> MvccResult<TxnResponse> {
+    let branch = if path.succeeded {
+        &txn.success
+    } else {
+        &txn.failure
+    };
+    let mut nested = path.nested.iter();
+    let responses = branch
+        .iter()
+        .map(|op| match op {
+            RequestOp::Range(range) => view.range(range).map(ResponseOp::Range),
+            RequestOp::Txn(txn) => {
+                let path = nested.next().expect("a path for every nested txn");
+                read_path(view, txn, path).map(ResponseOp::Txn)
+            }
+            RequestOp::Put(_) | RequestOp::DeleteRange(_) => {
+                unreachable!("a transaction read as a read only reads")
+            }
+        })
+        .collect::<MvccResult<Vec<_>>>()?;
+    Ok(TxnResponse {
+        revision: Revision(0),
+        succeeded: path.succeeded,
+        responses,
+    })
+}
+
 /// etcd's compare: every live key of the range must satisfy it. With no key, a value compare
 /// fails and the others compare against zeros (version 0, create 0, mod 0, lease 0).
 fn compare_holds<T: RecordTable>(view: &View<'_, T>, compare: &Compare) -> MvccResult<bool> {
@@ -265,6 +298,54 @@ mod tests {
             success,
             failure,
         })
+    }
+
+    // Goal: a transaction counts as read-only only when no operation on any branch, nested ones
+    // included, writes. Method: a table of transactions.
+    #[test]
+    fn read_only_transactions() {
+        let range = || RequestOp::Range(RangeRequest::range(b"a".to_vec(), b"c".to_vec()));
+        let table: Vec<(&str, Vec<RequestOp>, Vec<RequestOp>, bool)> = vec![
+            ("no operation", vec![], vec![], true),
+            (
+                "ranges on both branches",
+                vec![range()],
+                vec![range(), range()],
+                true,
+            ),
+            (
+                "a put on success",
+                vec![range(), put("a")],
+                vec![range()],
+                false,
+            ),
+            (
+                "a delete on failure",
+                vec![range()],
+                vec![del("a", "")],
+                false,
+            ),
+            (
+                "a nested read",
+                vec![txn(vec![range()], vec![])],
+                vec![],
+                true,
+            ),
+            (
+                "a nested put",
+                vec![range()],
+                vec![txn(vec![], vec![put("b")])],
+                false,
+            ),
+        ];
+        for (case, success, failure, read_only) in table {
+            let req = TxnRequest {
+                compare: vec![],
+                success,
+                failure,
+            };
+            assert_eq!(req.is_read_only(), read_only, "{case}");
+        }
     }
 
     // Goal: etcd's duplicate key rule, case by case. Method: a table of branches and whether

@@ -298,6 +298,19 @@ pub struct TxnRequest {
     pub failure: Vec<RequestOp>,
 }
 
+impl TxnRequest {
+    /// Whether the transaction only reads: every operation of both branches, and of the
+    /// branches of its nested transactions, is a range. Such a transaction can be served as a
+    /// read ([`MvccStore::read_txn`](super::MvccStore::read_txn)).
+    pub fn is_read_only(&self) -> bool {
+        self.success.iter().chain(&self.failure).all(|op| match op {
+            RequestOp::Range(_) => true,
+            RequestOp::Txn(nested) => nested.is_read_only(),
+            RequestOp::Put(_) | RequestOp::DeleteRange(_) => false,
+        })
+    }
+}
+
 /// The response to one [`RequestOp`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ResponseOp {
