@@ -27,7 +27,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION="${DURATION:-15s}"
-WORKLOADS="${WORKLOADS:-put put-paced range range-paced range-serializable put-1 range-1 txn-cas mixed watch lease}"
+WORKLOADS="${WORKLOADS:-put put-paced range range-paced range-serializable put-1 range-1 txn-cas txn-read mixed watch lease}"
 export PACED_FRACTION="${PACED_FRACTION:-0.8}"
 MEMORY_KEYS="${MEMORY_KEYS:-0}"
 OUT="${OUT:-bench/results/latest.md}"
@@ -78,6 +78,7 @@ workload_args() {
     put-1) echo "put --conns 1 --clients 1" ;;
     range-1) echo "range --conns 1 --clients 1" ;;
     txn-cas) echo "txn-cas --conns 10 --clients 100 --key-space 1000" ;;
+    txn-read) echo "txn-read --conns 30 --clients 300" ;;
     mixed) echo "mixed --conns 30 --clients 300 --read-ratio 0.9" ;;
     watch) echo "watch --conns 10 --clients 10 --watchers 100 --rate 1000" ;;
     lease) echo "lease --conns 10 --clients 100" ;;

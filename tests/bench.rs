@@ -72,7 +72,13 @@ async fn bench_issues_and_counts_the_requests_asked() {
     let stored = range_retrying(&endpoint, all).await;
     assert_eq!(stored.count, 300, "every sequential key was written once");
 
-    for workload in ["range", "range-serializable", "txn-cas", "mixed"] {
+    for workload in [
+        "range",
+        "range-serializable",
+        "txn-cas",
+        "txn-read",
+        "mixed",
+    ] {
         let (ok, out, err) = bench(&[
             workload,
             "--endpoints",

@@ -13,6 +13,8 @@
 //! - `range` / `range-serializable`: single-key reads, linearizable or served locally;
 //! - `txn-cas`: compare-and-swap transactions (compare the key's mod revision with the last one
 //!   the client saw; put on success, read on failure);
+//! - `txn-read`: transactions that only read (compare the key's version with zero; read the key
+//!   and the next one on success, the key alone on failure), which etcd serves as reads;
 //! - `mixed`: `--read-ratio` linearizable reads, the rest puts;
 //! - `watch`: `--watchers` watch streams on one key while the clients put to it; reports the
 //!   delivery latency from the put's start to each watcher's receipt;
@@ -60,6 +62,7 @@ pub enum Workload {
     Range,
     RangeSerializable,
     TxnCas,
+    TxnRead,
     Mixed,
     Watch,
     Lease,
@@ -69,7 +72,11 @@ impl Workload {
     fn reads(self) -> bool {
         matches!(
             self,
-            Workload::Range | Workload::RangeSerializable | Workload::Mixed | Workload::TxnCas
+            Workload::Range
+                | Workload::RangeSerializable
+                | Workload::Mixed
+                | Workload::TxnCas
+                | Workload::TxnRead
         )
     }
 }

@@ -194,6 +194,16 @@ impl Client {
                         Err(status) => Err(status),
                     }
                 }
+                (Workload::TxnRead, _) => {
+                    let next = self.keys.next(&mut self.rng);
+                    match kv.txn(read_txn(key, next)).await {
+                        Ok(response) if response.get_ref().responses.is_empty() => {
+                            Err(tonic::Status::internal("a read transaction read nothing"))
+                        }
+                        Ok(_) => Ok(()),
+                        Err(status) => Err(status),
+                    }
+                }
                 (Workload::Watch, _) => kv
                     .put(pb::PutRequest {
                         key: watch_key.clone(),
@@ -294,6 +304,30 @@ fn cas(key: Bytes, mod_revision: i64, value: Bytes) -> pb::TxnRequest {
                 ..Default::default()
             })),
         }],
+    }
+}
+
+/// A transaction that only reads: if `key` exists (its version is above zero), read it and
+/// `other`; else read `key` alone.
+fn read_txn(key: Bytes, other: Bytes) -> pb::TxnRequest {
+    use pb::compare::{CompareResult, CompareTarget, TargetUnion};
+    use pb::request_op::Request as Op;
+    let read = |key: &Bytes| pb::RequestOp {
+        request: Some(Op::RequestRange(pb::RangeRequest {
+            key: key.clone(),
+            ..Default::default()
+        })),
+    };
+    pb::TxnRequest {
+        compare: vec![pb::Compare {
+            result: CompareResult::Greater as i32,
+            target: CompareTarget::Version as i32,
+            key: key.clone(),
+            target_union: Some(TargetUnion::Version(0)),
+            ..Default::default()
+        }],
+        success: vec![read(&key), read(&other)],
+        failure: vec![read(&key)],
     }
 }
 
