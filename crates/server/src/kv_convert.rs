@@ -167,6 +167,19 @@ pub fn txn_is_serializable(req: &pb::TxnRequest) -> bool {
     txn_ranges_all(req, &|range| range.serializable)
 }
 
+/// Whether a range of the transaction, or of a nested one, reads more than one key.
+pub fn txn_reads_many_keys(req: &pb::TxnRequest) -> bool {
+    use pb::request_op::Request as R;
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .any(|op| match &op.request {
+            Some(R::RequestRange(r)) => !r.range_end.is_empty(),
+            Some(R::RequestTxn(nested)) => txn_reads_many_keys(nested),
+            Some(R::RequestPut(_) | R::RequestDeleteRange(_)) | None => false,
+        })
+}
+
 /// etcd's `checkTxnRequest`: no branch, nor the compares, of this transaction or a nested one
 /// may have more than `ops_max` items.
 pub fn check_txn_ops(req: &pb::TxnRequest, ops_max: usize) -> Result<(), ServerError> {
@@ -271,6 +284,99 @@ mod tests {
             check_txn_ops(&nested, 2),
             Err(ServerError::TooManyOps { ops: 3, ops_max: 2 })
         );
+    }
+
+    /// Goal: which transactions the edge serves as reads, without the log or its read barrier,
+    /// and which it moves off the connection's task. Method: a table of transactions, each
+    /// with the three answers expected.
+    #[test]
+    fn read_only_serializable_and_many_key_transactions() {
+        use pb::request_op::Request as R;
+        let range = |end: &str, serializable: bool| pb::RequestOp {
+            request: Some(R::RequestRange(pb::RangeRequest {
+                key: "a".into(),
+                range_end: end.to_owned().into(),
+                serializable,
+                ..Default::default()
+            })),
+        };
+        let put = || pb::RequestOp {
+            request: Some(R::RequestPut(pb::PutRequest::default())),
+        };
+        let nested = |success: Vec<pb::RequestOp>| pb::RequestOp {
+            request: Some(R::RequestTxn(pb::TxnRequest {
+                success,
+                ..Default::default()
+            })),
+        };
+        let none = || pb::RequestOp { request: None };
+        // (case, success, failure, read-only, serializable, many keys)
+        let table = vec![
+            ("empty", vec![], vec![], true, true, false),
+            (
+                "one get",
+                vec![range("", false)],
+                vec![],
+                true,
+                false,
+                false,
+            ),
+            (
+                "serializable gets",
+                vec![range("", true)],
+                vec![range("", true)],
+                true,
+                true,
+                false,
+            ),
+            (
+                "a mix",
+                vec![range("", true)],
+                vec![range("", false)],
+                true,
+                false,
+                false,
+            ),
+            ("a prefix", vec![], vec![range("b", true)], true, true, true),
+            (
+                "a nested prefix",
+                vec![nested(vec![range("b", false)])],
+                vec![],
+                true,
+                false,
+                true,
+            ),
+            (
+                "a put",
+                vec![range("", true), put()],
+                vec![],
+                false,
+                false,
+                false,
+            ),
+            (
+                "a nested put",
+                vec![nested(vec![put()])],
+                vec![],
+                false,
+                false,
+                false,
+            ),
+            ("no request", vec![none()], vec![], false, false, false),
+        ];
+        for (case, success, failure, read_only, serializable, many) in table {
+            let req = pb::TxnRequest {
+                success,
+                failure,
+                ..Default::default()
+            };
+            assert_eq!(txn_is_read_only(&req), read_only, "{case}");
+            assert_eq!(txn_is_serializable(&req), serializable, "{case}");
+            assert_eq!(txn_reads_many_keys(&req), many, "{case}");
+            if let Ok(converted) = txn_from_proto(&req) {
+                assert_eq!(converted.is_read_only(), read_only, "{case}");
+            }
+        }
     }
 
     /// Goal: unknown enum values from the wire are refused, not panicked on.

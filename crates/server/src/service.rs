@@ -193,16 +193,10 @@ impl Edge {
             return node_range(&self.node, &req);
         }
         // A range over many keys can take long. It runs on a task of its own rather than on its
-        // connection's, where the requests behind it would wait for it (see
-        // `client_api::streams`), and reads the engine without the store's lock, which applying
-        // needs (see `chorus_storage::mvcc::DetachedRange`).
+        // connection's, and reads the engine without the store's lock, which applying needs
+        // (see `chorus_storage::mvcc::DetachedRange`).
         let node = self.node.clone();
-        match tokio::spawn(async move { detached_range(&node, &req) }).await {
-            Ok(response) => response,
-            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-            // Only a runtime that is shutting down cancels a task.
-            Err(_) => Err(ServerError::Stopped.into()),
-        }
+        on_own_task(move || detached_range(&node, &req)).await
     }
 
     /// Waits, for at most the request timeout, until this member's store has applied every
@@ -231,11 +225,33 @@ impl Edge {
         if !kv_convert::txn_is_serializable(request) {
             self.read_barrier().await?;
         }
-        let response = self
-            .node
-            .read_store(|store| store.read_txn(&req))
-            .map_err(ServerError::from)?;
-        Ok(Some(kv_convert::txn_to_proto(&response)))
+        let node = self.node.clone();
+        let read = move || {
+            node.read_store(|store| store.read_txn(&req))
+                .map(|response| kv_convert::txn_to_proto(&response))
+                .map_err(|error| ServerError::from(error).into())
+        };
+        // As a range: one over many keys runs on a task of its own.
+        let response = if kv_convert::txn_reads_many_keys(request) {
+            on_own_task(read).await?
+        } else {
+            read()?
+        };
+        Ok(Some(response))
+    }
+}
+
+/// Runs `work` on a task of its own rather than on the task of the request's connection, where
+/// the requests behind it would wait for it (see `client_api::streams`): for reads that can
+/// take long.
+async fn on_own_task<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    match tokio::spawn(async move { work() }).await {
+        Ok(response) => response,
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        // Only a runtime that is shutting down cancels a task.
+        Err(_) => Err(ServerError::Stopped.into()),
     }
 }
 
