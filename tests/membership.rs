@@ -159,6 +159,21 @@ async fn members_join_get_promoted_and_leave_while_serving() {
         refused.expect_err("a write on a learner").message(),
         "etcdserver: rpc not supported for learner"
     );
+    // Nor a transaction, even one that only reads, and serializably.
+    let read = pb::TxnRequest {
+        success: vec![pb::RequestOp {
+            request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest {
+                serializable: true,
+                ..get("before/0000")
+            })),
+        }],
+        ..Default::default()
+    };
+    let refused = kv(&new_endpoint).await.txn(read).await;
+    assert_eq!(
+        refused.expect_err("a transaction on a learner").message(),
+        "etcdserver: rpc not supported for learner"
+    );
 
     // Promote it once it is in sync; it then serves everything.
     eventually("promote the learner", || async {
