@@ -463,9 +463,10 @@ async fn snapshot_stream_restores_and_defragment_keeps_data() {
 
 /// Goal: a range over more records than the server reads on its runtime's workers (it reads
 /// those off the workers and without the store's lock) answers as any range does, at the
-/// revision it was asked for, while writes go on. Method: 1,500 keys written by transactions;
-/// ranges over all of them (plain, limited, sorted, keys only, count only, at the revision
-/// before the last batch) while another task keeps writing keys outside the range.
+/// revision it was asked for, while writes go on; so does a transaction that reads such ranges.
+/// Method: 1,500 keys written by transactions; ranges over all of them (plain, limited, sorted,
+/// keys only, count only, at the revision before the last batch, and twice in one transaction)
+/// while another task keeps writing keys outside the range.
 #[tokio::test(flavor = "multi_thread")]
 async fn large_ranges_answer_while_writes_go_on() {
     let cluster = Cluster::start(1, &[]);
@@ -549,6 +550,28 @@ async fn large_ranges_answer_while_writes_go_on() {
         };
         let got = client.range(before_last).await.unwrap().into_inner();
         assert_eq!((got.count, got.kvs.len()), (1375, 1375));
+
+        // A transaction that reads the same, twice, at one revision.
+        let read = || pb::RequestOp {
+            request: Some(Op::RequestRange(all())),
+        };
+        let txn = pb::TxnRequest {
+            success: vec![read(), read()],
+            ..Default::default()
+        };
+        let got = client.txn(txn).await.unwrap().into_inner();
+        let ranges: Vec<&pb::RangeResponse> = got
+            .responses
+            .iter()
+            .map(|op| match &op.response {
+                Some(pb::response_op::Response::ResponseRange(range)) => range,
+                other => panic!("unexpected txn response {other:?}"),
+            })
+            .collect();
+        assert_eq!(ranges.len(), 2);
+        assert_eq!(ranges[0], ranges[1]);
+        assert_eq!(ranges[0].kvs.len(), 1500);
+        assert_eq!(ranges[0].kvs[1499].value.as_ref(), b"v11");
     }
     writer.await.unwrap();
     let got = client.range(all()).await.unwrap().into_inner();

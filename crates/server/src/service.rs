@@ -9,7 +9,7 @@ use std::time::Duration;
 use chorus_proto::etcdserverpb as pb;
 use chorus_proto::internal as ipb;
 use chorus_raft::NodeId;
-use chorus_storage::mvcc::{DetachedRange, RangeRequest, WriteResponse};
+use chorus_storage::mvcc::{RangeRequest, WriteResponse};
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
@@ -225,13 +225,19 @@ impl Edge {
         if !kv_convert::txn_is_serializable(request) {
             self.read_barrier().await?;
         }
+        // As a range: one over many keys runs on a task of its own, and every range reads the
+        // engine after the store's lock is released.
         let node = self.node.clone();
         let read = move || {
-            node.read_store(|store| store.read_txn(&req))
+            let txn = node.read_store(|store| store.start_read_txn(&req));
+            let response = match txn {
+                Ok(txn) => off_workers_if(txn.len(), || txn.finish()),
+                Err(error) => Err(error),
+            };
+            response
                 .map(|response| kv_convert::txn_to_proto(&response))
                 .map_err(|error| ServerError::from(error).into())
         };
-        // As a range: one over many keys runs on a task of its own.
         let response = if kv_convert::txn_reads_many_keys(request) {
             on_own_task(read).await?
         } else {
@@ -266,20 +272,26 @@ fn node_range(node: &NodeHandle, req: &RangeRequest) -> Result<pb::RangeResponse
 /// records does so off the runtime's workers: the task holds its thread for as long as it
 /// reads, and the worker's other tasks move to another thread meanwhile.
 fn detached_range(node: &NodeHandle, req: &RangeRequest) -> Result<pb::RangeResponse, Status> {
-    let finish = |range: DetachedRange| {
-        range
-            .finish()
-            .map(|response| kv_convert::range_to_proto(&response))
-    };
     let range = node.read_store(|store| store.start_range(req));
     let response = match range {
-        Ok(range) if range.len() >= BLOCKING_RANGE_RECORDS && multi_threaded() => {
-            tokio::task::block_in_place(|| finish(range))
-        }
-        Ok(range) => finish(range),
+        Ok(range) => off_workers_if(range.len(), || {
+            range
+                .finish()
+                .map(|response| kv_convert::range_to_proto(&response))
+        }),
         Err(error) => Err(error),
     };
     response.map_err(|error| ServerError::from(error).into())
+}
+
+/// Runs `finish`, the second step of a detached read of `records` records, under
+/// `block_in_place` when there are enough of them to hold a runtime worker for long.
+fn off_workers_if<T>(records: usize, finish: impl FnOnce() -> T) -> T {
+    if records >= BLOCKING_RANGE_RECORDS && multi_threaded() {
+        tokio::task::block_in_place(finish)
+    } else {
+        finish()
+    }
 }
 
 /// How many records a range reads before it leaves the runtime's workers. Reading 1,000 takes

@@ -1529,3 +1529,45 @@ fn detached_ranges_read_records_near_and_far_apart() {
     assert_eq!(stored("k007"), Some(b(&value("w", 7))));
     assert_eq!(stored("k021").map(|value| value.len()), Some(724));
 }
+
+// Goal: a transaction that only reads, started detached, answers as the store stood when it
+// started, for every range of its branch, whatever is applied before it finishes. Method:
+// start one (a compare that holds, a range, a nested transaction with a range), then overwrite
+// and delete what it reads and compact, then finish it and compare with `read_txn` before the
+// writes.
+#[test]
+fn detached_read_transactions_read_the_revision_they_started_at() {
+    let (_dir, mut store) = open();
+    for i in 0..50 {
+        put(&mut store, &format!("k{i:02}"), &format!("v{i}"));
+    }
+    let range = |key: &str, end: &str| RequestOp::Range(RangeRequest::range(b(key), b(end)));
+    let req = TxnRequest {
+        compare: vec![Compare {
+            key: b("k00"),
+            range_end: Bytes::new(),
+            result: CompareResult::Equal,
+            target: CompareTarget::Value(b("v0")),
+        }],
+        success: vec![
+            range("k", "l"),
+            RequestOp::Txn(TxnRequest {
+                success: vec![range("k10", "k20")],
+                ..TxnRequest::default()
+            }),
+        ],
+        failure: vec![],
+    };
+    let want = store.read_txn(&req).unwrap();
+    assert!(want.succeeded);
+    assert_eq!(want.revision, store.current_revision());
+    let started = store.start_read_txn(&req).unwrap();
+    assert_eq!(started.len(), 60);
+    for i in 0..50 {
+        put(&mut store, &format!("k{i:02}"), "w");
+    }
+    del(&mut store, "k", "l");
+    store.compact(store.current_revision()).unwrap();
+    assert_eq!(started.finish().unwrap(), want);
+    assert!(!store.read_txn(&req).unwrap().succeeded);
+}

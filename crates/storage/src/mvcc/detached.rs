@@ -10,6 +10,10 @@
 //! result is the one [`MvccStore::range`] gives at the moment `start_range` ran, whatever the
 //! store applies meanwhile: the read transaction keeps the engine's records as they were, and
 //! the range holds its own references to the records in memory.
+//!
+//! A transaction that only reads starts the same way ([`MvccStore::start_read_txn`]): its
+//! compares are evaluated and the ranges of its branch started together, under one hold of the
+//! lock, so that they all read the same revision; [`DetachedTxn::finish`] reads them.
 
 use std::cmp::Ordering;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -19,8 +23,11 @@ use bytes::{Bytes, BytesMut};
 use super::codec::{RECORD_ID_BYTES, RecordId, RecordRef};
 use super::error::{MvccResult, engine};
 use super::store::{MvccStore, RECORDS, pinned};
-use super::txn::check_range_request;
-use super::types::{KeyValue, RangeRequest, RangeResponse, Revision, SortTarget};
+use super::txn::{TxnPath, check_range_request, check_txn_request};
+use super::types::{
+    KeyValue, RangeRequest, RangeResponse, RequestOp, ResponseOp, Revision, SortTarget, TxnRequest,
+    TxnResponse,
+};
 use super::view::{EngineTable, RecordKey, RecordValue, check_key, missing, shape_range};
 
 /// A range whose keys are known and whose records are not yet read: see the module's doc. Hold
@@ -184,6 +191,112 @@ impl DetachedRange {
             }
         }
         Ok(shape_range(&self.req, kvs, self.current, self.count))
+    }
+}
+
+/// A transaction that only reads, its compares evaluated and the ranges of its branch started:
+/// see the module's doc. Held as briefly as a [`DetachedRange`], for the same reason.
+#[must_use = "a detached transaction reads nothing until it is finished"]
+pub struct DetachedTxn {
+    /// The header's revision: the store's for the outer transaction, zero for a nested one.
+    revision: Revision,
+    succeeded: bool,
+    ops: Vec<DetachedOp>,
+}
+
+/// One operation of a detached transaction's branch.
+enum DetachedOp {
+    Range(Box<DetachedRange>),
+    Txn(DetachedTxn),
+}
+
+impl MvccStore {
+    /// The first step of a transaction that only reads ([`TxnRequest::is_read_only`]): the
+    /// checks, the compares and the start of every range on the branch they choose. Its errors
+    /// are those of applying the transaction; [`DetachedTxn::finish`] then gives the response
+    /// applying it would.
+    ///
+    /// # Panics
+    ///
+    /// If the transaction writes.
+    pub fn start_read_txn(&self, req: &TxnRequest) -> MvccResult<DetachedTxn> {
+        assert!(
+            req.is_read_only(),
+            "start_read_txn takes a transaction that only reads"
+        );
+        check_txn_request(req, self.config.txn_ops_max)?;
+        self.check_not_failed()?;
+        let view = self.view();
+        let path = TxnPath::evaluate(&view, req)?;
+        path.check(&view, req)?;
+        let mut txn = self.start_path(req, &path)?;
+        txn.revision = view.current;
+        Ok(txn)
+    }
+
+    fn start_path(&self, req: &TxnRequest, path: &TxnPath) -> MvccResult<DetachedTxn> {
+        let branch = if path.succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
+        let mut nested = path.nested.iter();
+        let ops = branch
+            .iter()
+            .map(|op| match op {
+                RequestOp::Range(range) => self
+                    .start_range(range)
+                    .map(|range| DetachedOp::Range(Box::new(range))),
+                RequestOp::Txn(txn) => {
+                    let path = nested.next().expect("a path for every nested txn");
+                    self.start_path(txn, path).map(DetachedOp::Txn)
+                }
+                RequestOp::Put(_) | RequestOp::DeleteRange(_) => {
+                    unreachable!("checked by start_read_txn: the transaction only reads")
+                }
+            })
+            .collect::<MvccResult<Vec<_>>>()?;
+        Ok(DetachedTxn {
+            revision: Revision(0),
+            succeeded: path.succeeded,
+            ops,
+        })
+    }
+}
+
+impl DetachedTxn {
+    /// How many records the second step reads, over all its ranges.
+    pub fn len(&self) -> usize {
+        self.ops
+            .iter()
+            .map(|op| match op {
+                DetachedOp::Range(range) => range.len(),
+                DetachedOp::Txn(txn) => txn.len(),
+            })
+            .sum()
+    }
+
+    /// Whether the second step reads nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The second step: reads every range and gives the response applying the transaction
+    /// would.
+    pub fn finish(self) -> MvccResult<TxnResponse> {
+        let responses = self
+            .ops
+            .into_iter()
+            .map(|op| match op {
+                DetachedOp::Range(range) => range.finish().map(ResponseOp::Range),
+                DetachedOp::Txn(txn) => txn.finish().map(ResponseOp::Txn),
+            })
+            .collect::<MvccResult<Vec<_>>>()?;
+        Ok(TxnResponse {
+            revision: self.revision,
+            succeeded: self.succeeded,
+            responses,
+        })
     }
 }
 

@@ -49,7 +49,7 @@ mod upgrade;
 mod view;
 mod write;
 
-pub use detached::DetachedRange;
+pub use detached::{DetachedRange, DetachedTxn};
 pub use error::{MvccError, MvccResult};
 pub use snapshot::{SNAPSHOT_MAGIC, Snapshot, SnapshotMeta, SnapshotRestore};
 pub use store::{ENGINE_FILE, MvccConfig, MvccStore};

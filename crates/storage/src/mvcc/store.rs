@@ -17,7 +17,7 @@ use super::commit::{Committer, EngineCommit, InFlight};
 use super::detached::EngineReaders;
 use super::error::{MvccError, MvccResult, engine};
 use super::index::KeyIndex;
-use super::txn::{TxnPath, check_range_request, check_txn_request, read_path};
+use super::txn::check_range_request;
 use super::types::{
     Event, EventBatch, EventKind, HashKv, KeyValue, LeaseId, RangeRequest, RangeResponse, Revision,
     TxnRequest, TxnResponse,
@@ -428,24 +428,14 @@ impl MvccStore {
 
     /// etcd's Txn for a transaction that only reads ([`TxnRequest::is_read_only`]): the response
     /// applying it would give, with the same checks and errors, without writing anything. As
-    /// etcd does, a server serves such a transaction as a read rather than through the log.
+    /// etcd does, a server serves such a transaction as a read rather than through the log (and
+    /// can read its ranges without the store: [`MvccStore::start_read_txn`]).
     ///
     /// # Panics
     ///
     /// If the transaction writes.
     pub fn read_txn(&self, req: &TxnRequest) -> MvccResult<TxnResponse> {
-        assert!(
-            req.is_read_only(),
-            "read_txn takes a transaction that only reads"
-        );
-        check_txn_request(req, self.config.txn_ops_max)?;
-        self.check_not_failed()?;
-        let view = self.view();
-        let path = TxnPath::evaluate(&view, req)?;
-        path.check(&view, req)?;
-        let mut response = read_path(&view, req, &path)?;
-        response.revision = view.current;
-        Ok(response)
+        self.start_read_txn(req)?.finish()
     }
 
     /// The events of the revisions from `from` on, oldest first, stopping after the first

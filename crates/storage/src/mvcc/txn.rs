@@ -17,7 +17,7 @@ use super::error::{MvccError, MvccResult};
 use super::index::KeySpan;
 use super::types::{
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, KeyValue, PutRequest, RangeRequest,
-    RequestOp, ResponseOp, Revision, TxnRequest, TxnResponse,
+    RequestOp, TxnRequest,
 };
 use super::view::{RecordTable, View};
 
@@ -212,39 +212,6 @@ impl TxnPath {
         }
         Ok(())
     }
-}
-
-/// The response of a transaction that only reads, on `path`: what applying it gives, the
-/// header's revision left at zero as for a nested transaction.
-pub(crate) fn read_path<T: RecordTable>(
-    view: &View<'_, T>,
-    txn: &TxnRequest,
-    path: &TxnPath,
-) -> MvccResult<TxnResponse> {
-    let branch = if path.succeeded {
-        &txn.success
-    } else {
-        &txn.failure
-    };
-    let mut nested = path.nested.iter();
-    let responses = branch
-        .iter()
-        .map(|op| match op {
-            RequestOp::Range(range) => view.range(range).map(ResponseOp::Range),
-            RequestOp::Txn(txn) => {
-                let path = nested.next().expect("a path for every nested txn");
-                read_path(view, txn, path).map(ResponseOp::Txn)
-            }
-            RequestOp::Put(_) | RequestOp::DeleteRange(_) => {
-                unreachable!("a transaction read as a read only reads")
-            }
-        })
-        .collect::<MvccResult<Vec<_>>>()?;
-    Ok(TxnResponse {
-        revision: Revision(0),
-        succeeded: path.succeeded,
-        responses,
-    })
 }
 
 /// etcd's compare: every live key of the range must satisfy it. With no key, a value compare
