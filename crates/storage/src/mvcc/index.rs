@@ -131,6 +131,25 @@ impl History {
         }
     }
 
+    /// The latest version of the key, if the key is live.
+    fn live_version(&self) -> Option<LiveVersion> {
+        match self {
+            History::Once(id) => Some(LiveVersion {
+                created: id.main,
+                modified: id.main,
+                version: 1,
+            }),
+            History::Generations(generations) => {
+                let generation = generations.last().filter(|g| g.is_live())?;
+                Some(LiveVersion {
+                    created: generation.created,
+                    modified: generation.puts.last()?.main,
+                    version: generation.version,
+                })
+            }
+        }
+    }
+
     /// The put visible at revision `at`, if the key existed then.
     fn visible_at(&self, at: Revision) -> Option<RecordId> {
         match self {
@@ -178,6 +197,15 @@ impl History {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct KeyIndex {
     keys: BTreeMap<Box<[u8]>, History>,
+}
+
+/// What the index knows of a live key's latest version without its record: its create and mod
+/// revisions and its version (the record adds the value and the lease).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LiveVersion {
+    pub created: Revision,
+    pub modified: Revision,
+    pub version: i64,
 }
 
 /// What a put did to the index: the create revision and version the new record gets.
@@ -237,6 +265,17 @@ impl KeyIndex {
             .range::<[u8], _>(bounds)
             .filter_map(|(key, history)| Some((key.as_ref(), history.latest()?)))
             .collect()
+    }
+
+    /// The latest versions of the live keys of `span`, in key order.
+    pub fn live_versions<'a>(
+        &'a self,
+        span: &'a KeySpan,
+    ) -> impl Iterator<Item = LiveVersion> + 'a {
+        span.bounds()
+            .into_iter()
+            .flat_map(|bounds| self.keys.range::<[u8], _>(bounds))
+            .filter_map(|(_, history)| history.live_version())
     }
 
     /// Records a put of `key` at `id`. Precondition: `id` is above every id of the key.

@@ -217,7 +217,30 @@ impl TxnPath {
 /// etcd's compare: every live key of the range must satisfy it. With no key, a value compare
 /// fails and the others compare against zeros (version 0, create 0, mod 0, lease 0).
 fn compare_holds<T: RecordTable>(view: &View<'_, T>, compare: &Compare) -> MvccResult<bool> {
-    let kvs = view.live(&KeySpan::new(&compare.key, &compare.range_end))?;
+    let span = KeySpan::new(&compare.key, &compare.range_end);
+    if let CompareTarget::Version(_) | CompareTarget::Create(_) | CompareTarget::Mod(_) =
+        compare.target
+    {
+        // The key index knows these (a compare-and-swap on the mod revision is the common
+        // case): no record is read.
+        let mut any = false;
+        let holds = view.index.live_versions(&span).all(|live| {
+            any = true;
+            let kv = KeyValue {
+                create_revision: live.created,
+                mod_revision: live.modified,
+                version: live.version,
+                ..KeyValue::default()
+            };
+            compare_kv(compare, &kv)
+        });
+        return Ok(if any {
+            holds
+        } else {
+            compare_kv(compare, &KeyValue::default())
+        });
+    }
+    let kvs = view.live(&span)?;
     if kvs.is_empty() {
         if matches!(compare.target, CompareTarget::Value(_)) {
             return Ok(false);
