@@ -141,43 +141,27 @@ pub fn txn_from_proto(req: &pb::TxnRequest) -> Result<mvcc::TxnRequest, ServerEr
     })
 }
 
-/// Whether every operation of the transaction, and of its nested ones, passes `range`: each is
-/// a range for which `range` holds, or a nested transaction of which that is true.
-fn txn_ranges_all(req: &pb::TxnRequest, range: &impl Fn(&pb::RangeRequest) -> bool) -> bool {
-    use pb::request_op::Request as R;
-    req.success
-        .iter()
-        .chain(&req.failure)
-        .all(|op| match &op.request {
-            Some(R::RequestRange(r)) => range(r),
-            Some(R::RequestTxn(nested)) => txn_ranges_all(nested, range),
-            Some(R::RequestPut(_) | R::RequestDeleteRange(_)) | None => false,
-        })
-}
-
-/// Whether the transaction only reads (every operation, nested ones included, is a range), as
-/// [`mvcc::TxnRequest::is_read_only`] says of the converted request.
-pub fn txn_is_read_only(req: &pb::TxnRequest) -> bool {
-    txn_ranges_all(req, &|_| true)
-}
-
-/// Whether the transaction only reads and every range in it is serializable: etcd serves such
-/// a transaction from the member's own store, with no read barrier.
-pub fn txn_is_serializable(req: &pb::TxnRequest) -> bool {
-    txn_ranges_all(req, &|range| range.serializable)
-}
-
-/// Whether a range of the transaction, or of a nested one, reads more than one key.
-pub fn txn_reads_many_keys(req: &pb::TxnRequest) -> bool {
-    use pb::request_op::Request as R;
-    req.success
-        .iter()
-        .chain(&req.failure)
-        .any(|op| match &op.request {
-            Some(R::RequestRange(r)) => !r.range_end.is_empty(),
-            Some(R::RequestTxn(nested)) => txn_reads_many_keys(nested),
-            Some(R::RequestPut(_) | R::RequestDeleteRange(_)) | None => false,
-        })
+/// Every range of a transaction that only reads, its nested transactions' included; `None`
+/// when an operation does anything else (as [`mvcc::TxnRequest::is_read_only`] says of the
+/// converted request). The edge serves such a transaction as a read, with no read barrier when
+/// every range is serializable, and off its connection's task when a range reads many keys.
+pub fn txn_ranges(req: &pb::TxnRequest) -> Option<Vec<&pb::RangeRequest>> {
+    fn collect<'a>(req: &'a pb::TxnRequest, ranges: &mut Vec<&'a pb::RangeRequest>) -> bool {
+        use pb::request_op::Request as R;
+        req.success
+            .iter()
+            .chain(&req.failure)
+            .all(|op| match &op.request {
+                Some(R::RequestRange(range)) => {
+                    ranges.push(range);
+                    true
+                }
+                Some(R::RequestTxn(nested)) => collect(nested, ranges),
+                Some(R::RequestPut(_) | R::RequestDeleteRange(_)) | None => false,
+            })
+    }
+    let mut ranges = Vec::new();
+    collect(req, &mut ranges).then_some(ranges)
 }
 
 /// etcd's `checkTxnRequest`: no branch, nor the compares, of this transaction or a nested one
@@ -370,9 +354,16 @@ mod tests {
                 failure,
                 ..Default::default()
             };
-            assert_eq!(txn_is_read_only(&req), read_only, "{case}");
-            assert_eq!(txn_is_serializable(&req), serializable, "{case}");
-            assert_eq!(txn_reads_many_keys(&req), many, "{case}");
+            let ranges = txn_ranges(&req);
+            assert_eq!(ranges.is_some(), read_only, "{case}");
+            let all = |f: fn(&&pb::RangeRequest) -> bool| {
+                ranges.as_ref().is_some_and(|r| r.iter().all(f))
+            };
+            let any = |f: fn(&&pb::RangeRequest) -> bool| {
+                ranges.as_ref().is_some_and(|r| r.iter().any(f))
+            };
+            assert_eq!(all(|r| r.serializable), serializable, "{case}");
+            assert_eq!(any(|r| !r.range_end.is_empty()), many, "{case}");
             if let Ok(converted) = txn_from_proto(&req) {
                 assert_eq!(converted.is_read_only(), read_only, "{case}");
             }

@@ -216,15 +216,16 @@ impl Edge {
         &self,
         request: &pb::TxnRequest,
     ) -> Result<Option<pb::TxnResponse>, Status> {
-        if !kv_convert::txn_is_read_only(request) {
+        let Some(ranges) = kv_convert::txn_ranges(request) else {
             return Ok(None);
-        }
+        };
         // etcd's learners serve no transaction, serializable or not.
         self.refuse_learner()?;
         let req = kv_convert::txn_from_proto(request)?;
-        if !kv_convert::txn_is_serializable(request) {
+        if !ranges.iter().all(|range| range.serializable) {
             self.read_barrier().await?;
         }
+        let many_keys = ranges.iter().any(|range| !range.range_end.is_empty());
         // As a range: one over many keys runs on a task of its own, and every range reads the
         // engine after the store's lock is released.
         let node = self.node.clone();
@@ -238,7 +239,7 @@ impl Edge {
                 .map(|response| kv_convert::txn_to_proto(&response))
                 .map_err(|error| ServerError::from(error).into())
         };
-        let response = if kv_convert::txn_reads_many_keys(request) {
+        let response = if many_keys {
             on_own_task(read).await?
         } else {
             read()?
