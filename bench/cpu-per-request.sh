@@ -22,10 +22,7 @@ ARGS=("$@")
 if [[ ${#ARGS[@]} -eq 0 ]]; then
   ARGS=(put --conns 30 --clients 300 --total 80000)
 fi
-if [[ -z "${CHORUS:-}" ]]; then
-  cargo build --release --quiet
-  CHORUS="$PWD/target/release/chorus"
-fi
+need_chorus
 case "$SYSTEM" in
   chorus) SERVER=("$CHORUS" serve) ;;
   etcd) SERVER=(etcd) ;;

@@ -30,12 +30,9 @@ RANGES="${RANGES:-5}"
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
 need_etcd etcd-server etcd-client
-if [[ -n "${CHORUS:-}" ]]; then
-  CHORUS_LABEL="$CHORUS"
-else
-  cargo build --release --quiet
-  CHORUS="$PWD/target/release/chorus"
-fi
+# The table names a build given in CHORUS by its path, this tree's by its commit.
+CHORUS_LABEL="${CHORUS:-}"
+need_chorus
 WORK="$(mktemp -d)"
 PIDS=()
 trap 'stop_clusters "$WORK"' EXIT

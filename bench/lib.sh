@@ -105,3 +105,12 @@ need_etcd() {
     exit 1
   fi
 }
+
+# need_chorus: leaves in CHORUS the chorus binary to run: the one CHORUS already names, else
+# this tree's release build, built now.
+need_chorus() {
+  if [[ -z "${CHORUS:-}" ]]; then
+    cargo build --release --quiet
+    CHORUS="$PWD/target/release/chorus"
+  fi
+}
