@@ -17,8 +17,11 @@
 //! [`MvccStore::begin`], [`WriteBatch::apply`] per entry, [`WriteBatch::set_applied_index`],
 //! [`WriteBatch::commit`]); reads ([`MvccStore::range`], [`MvccStore::events`]) see committed
 //! batches. A range over many keys can leave the store's lock early: [`MvccStore::start_range`]
-//! walks the index and the second step, [`DetachedRange::finish`], reads the engine. A request error (etcd's errors: compacted, future revision, duplicate key, key not
-//! found, ...) leaves the store unchanged; any other error means the node must stop.
+//! walks the index and the second step, [`DetachedRange::finish`], reads the engine; a
+//! transaction that only reads does the same ([`MvccStore::start_read_txn`],
+//! [`DetachedTxn::finish`]). A request error (etcd's errors: compacted, future revision,
+//! duplicate key, key not found, ...) leaves the store unchanged; any other error means the
+//! node must stop.
 //!
 //! Errors map to etcd's messages through [`MvccError`]'s `Display`; the variants carry what the
 //! gRPC layer needs (the compacted or current revision, the offending key).
